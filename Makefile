@@ -1,0 +1,51 @@
+# ceed-vla — the two commands on a fresh machine are `make demo` and `make test`.
+# Every target finds Python 3.12, creates or reuses .venv with uv from uv.lock, then runs.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PROFILE ?= quick
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help venv demo test lint gpu-check bench clean
+
+help:
+	@echo "make demo       record -> train -> distill -> evaluate on the embedded default (PROFILE=quick|full)"
+	@echo "make test       the test suite (what CI runs)"
+	@echo "make lint       ruff"
+	@echo "make gpu-check  GPU tests + decode benchmark on CUDA (on a GPU machine)"
+	@echo "make bench      CPU benchmarks writing JSON under benchmarks/results/"
+
+venv: $(VENV)/.synced
+
+$(VENV)/.synced: pyproject.toml uv.lock scripts/setup_env.sh
+	@bash scripts/setup_env.sh "$(VENV)"
+	@touch $@
+
+demo: venv
+	$(VENV)/bin/ceed demo --profile $(PROFILE)
+
+test: venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: venv
+	$(VENV)/bin/ceed bench env
+	$(VENV)/bin/ceed bench decode
+
+# On a GPU machine with no registry access the project's venv cannot be built: use the machine's own
+# Python with torch/triton/transformers and put this checkout on its path (scripts/gpu_check.sh).
+gpu-check:
+	@bash scripts/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""ceed_vla.distill"""

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Create or reuse the project's virtual environment from uv.lock.
+# Finds Python 3.12 (PATH, then pyenv), installs uv when missing, checks the system libraries
+# MuJoCo rendering and video decoding need, and installs them with apt-get when it can.
+set -euo pipefail
+VENV="${1:-.venv}"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+find_python() {
+    local c
+    for c in python3.12 python3; do
+        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+            command -v "$c"; return 0
+        fi
+    done
+    if command -v pyenv >/dev/null 2>&1; then
+        local v prefix
+        for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | sort -V -r); do
+            prefix="$(pyenv prefix "$v" 2>/dev/null)" || continue
+            if [ -x "$prefix/bin/python3.12" ]; then echo "$prefix/bin/python3.12"; return 0; fi
+        done
+    fi
+    return 1
+}
+
+PY="$(find_python)" || die "Python 3.12 not found. Install it (e.g. 'pyenv install 3.12' or your distribution's python3.12) and rerun."
+say "python: $PY"
+
+if ! command -v uv >/dev/null 2>&1; then
+    say "uv not found; installing it with pip"
+    "$PY" -m pip install --quiet uv || die "could not install uv; install it (https://docs.astral.sh/uv/) and rerun"
+    hash -r
+fi
+UV="$(command -v uv || echo "$("$PY" -m site --user-base)/bin/uv")"
+
+need_libs=()
+ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || need_libs+=(libegl1 libgl1)
+ldconfig -p 2>/dev/null | grep -q 'libOSMesa' || need_libs+=(libosmesa6)
+if [ ${#need_libs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing rendering libraries: ${need_libs[*]}"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_libs[@]}") >/dev/null \
+            || say "warning: apt-get failed; headless rendering needs: ${need_libs[*]}"
+    else
+        say "warning: headless MuJoCo rendering needs the system packages: ${need_libs[*]} (EGL or OSMesa)"
+    fi
+fi
+if ! ldconfig -p 2>/dev/null | grep -q 'libavutil'; then
+    say "note: FFmpeg libraries not found; LeRobot decodes video with PyAV instead of torchcodec (works, slower)"
+fi
+
+say "syncing $VENV from uv.lock"
+UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync --frozen --python "$PY" --quiet
+say "ready: $VENV"
