@@ -17,11 +17,13 @@ import os
 import sys
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class Job:
     name: str
     module: str
     help: str
+
 
 # Grouped jobs (`ceed distill collect`, `ceed bench decode`) are listed under their group.
 JOBS: dict[str | None, list[Job]] = {
@@ -49,11 +51,13 @@ GROUP_HELP = {
     "bench": "benchmarks writing JSON",
 }
 
+
 def _load(job: Job):
     module = importlib.import_module(job.module)
     if not (hasattr(module, "configure_parser") and hasattr(module, "main")):
         raise RuntimeError(f"{job.module} does not define configure_parser() and main()")
     return module
+
 
 def _add_jobs(subparsers, jobs: list[Job], chosen: list[str]) -> None:
     for job in jobs:
@@ -62,6 +66,7 @@ def _add_jobs(subparsers, jobs: list[Job], chosen: list[str]) -> None:
         # Only the chosen job is imported to fill in its arguments.
         if job.name in chosen:
             _load(job).configure_parser(parser)
+
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -81,6 +86,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         _add_jobs(gsub, jobs, words[1:2] if words[:1] == [group] else [])
     return parser
 
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
 
 if __name__ == "__main__":
     sys.exit(main())

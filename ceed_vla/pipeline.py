@@ -1,0 +1,103 @@
+"""A small, resumable stage runner for multi-step jobs such as `ceed demo`.
+
+A stage is a named command with a config. Its *key* hashes the config together with the keys of the
+stages it depends on, so a changed config reruns that stage and everything downstream, and a rerun
+with nothing changed skips finished stages. A stage is finished when its marker file
+`<workdir>/<name>/.stage.json` holds its key; the marker is written atomically after the command
+succeeds, so an interrupted stage is simply run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class StageError(RuntimeError):
+    """A stage's command failed; the message names the stage and how to rerun it."""
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[Path], None]  # receives the stage's own output directory
+    config: dict[str, Any] = field(default_factory=dict)
+    depends_on: Sequence[str] = ()
+
+
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class Pipeline:
+    def __init__(self, workdir: Path, stages: Sequence[Stage], log: Callable[[str], None] | None = None):
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        for s in stages:
+            unknown = [d for d in s.depends_on if d not in names[: names.index(s.name)]]
+            if unknown:
+                raise ValueError(f"stage {s.name!r} depends on {unknown}, which are not earlier stages")
+        self.workdir = Path(workdir)
+        self.stages = list(stages)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    def keys(self) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        for s in self.stages:
+            keys[s.name] = _digest({"config": s.config, "upstream": {d: keys[d] for d in s.depends_on}})
+        return keys
+
+    def stage_dir(self, name: str) -> Path:
+        return self.workdir / name
+
+    def is_done(self, name: str, key: str) -> bool:
+        marker = self.stage_dir(name) / ".stage.json"
+        try:
+            return json.loads(marker.read_text()).get("key") == key
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    def run(self, only: Sequence[str] | None = None, force: Sequence[str] = ()) -> dict[str, dict]:
+        keys = self.keys()
+        summary: dict[str, dict] = {}
+        total = len(self.stages)
+        for i, stage in enumerate(self.stages, 1):
+            key = keys[stage.name]
+            if only and stage.name not in only:
+                continue
+            if stage.name not in force and self.is_done(stage.name, key):
+                self.log(f"[{i}/{total}] {stage.name}: up to date (key {key}), skipped")
+                summary[stage.name] = {"key": key, "skipped": True, "seconds": 0.0}
+                continue
+            out = self.stage_dir(stage.name)
+            out.mkdir(parents=True, exist_ok=True)
+            self.log(f"[{i}/{total}] {stage.name}: running (key {key}) -> {out}")
+            t0 = time.perf_counter()
+            try:
+                stage.run(out)
+            except Exception as exc:
+                raise StageError(
+                    f"stage {stage.name!r} failed: {exc}. Fix the cause and rerun the same command; "
+                    "finished stages are skipped."
+                ) from exc
+            seconds = time.perf_counter() - t0
+            write_json_atomic(out / ".stage.json", {"key": key, "config": stage.config, "seconds": seconds})
+            self.log(f"[{i}/{total}] {stage.name}: done in {seconds:.0f} s")
+            summary[stage.name] = {"key": key, "skipped": False, "seconds": seconds}
+        return summary

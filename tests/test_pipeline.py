@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from ceed_vla.pipeline import Pipeline, Stage, StageError
+
+
+def _recorder(calls, name, fail=False):
+    def run(out):
+        calls.append(name)
+        if fail:
+            raise RuntimeError("boom")
+        (out / "result.txt").write_text(name)
+
+    return run
+
+
+def _stages(calls, cfg_b=1, fail_b=False):
+    return [
+        Stage("a", _recorder(calls, "a"), {"x": 1}),
+        Stage("b", _recorder(calls, "b", fail_b), {"y": cfg_b}, depends_on=["a"]),
+        Stage("c", _recorder(calls, "c"), {}, depends_on=["b"]),
+    ]
+
+
+def test_rerun_skips_finished_stages(tmp_path):
+    calls = []
+    Pipeline(tmp_path, _stages(calls)).run()
+    assert calls == ["a", "b", "c"]
+    calls.clear()
+    summary = Pipeline(tmp_path, _stages(calls)).run()
+    assert calls == []
+    assert all(s["skipped"] for s in summary.values())
+
+
+def test_changed_config_reruns_stage_and_downstream(tmp_path):
+    calls = []
+    Pipeline(tmp_path, _stages(calls)).run()
+    calls.clear()
+    Pipeline(tmp_path, _stages(calls, cfg_b=2)).run()
+    assert calls == ["b", "c"]
+
+
+def test_failed_stage_leaves_no_marker_and_reruns(tmp_path):
+    calls = []
+    with pytest.raises(StageError, match="stage 'b' failed"):
+        Pipeline(tmp_path, _stages(calls, fail_b=True)).run()
+    assert calls == ["a", "b"]
+    assert not (tmp_path / "b" / ".stage.json").exists()
+    calls.clear()
+    Pipeline(tmp_path, _stages(calls)).run()
+    assert calls == ["b", "c"]
+    assert json.loads((tmp_path / "c" / ".stage.json").read_text())["key"]
+
+
+def test_dependency_on_later_stage_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not earlier stages"):
+        Pipeline(tmp_path, [Stage("a", lambda o: None, depends_on=["b"]), Stage("b", lambda o: None)])
