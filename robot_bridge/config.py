@@ -1,0 +1,193 @@
+"""Configuration of the policy bridge: one validated dataclass, filled from ROS parameters.
+
+Every field is also a ROS parameter of the `policy_bridge` node with the same name, so a parameter
+YAML (`launch/config/*.yaml`) and this dataclass describe the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+
+
+class ConfigError(ValueError):
+    """A bridge or sim-robot parameter has a value the node cannot run with."""
+
+
+class OutputMode(StrEnum):
+    TRAJECTORY = "trajectory"  # trajectory_msgs/JointTrajectory -> JointTrajectoryController
+    FORWARD = "forward"  # std_msgs/Float64MultiArray per tick -> forward command controller
+    TWIST = "twist"  # geometry_msgs/TwistStamped per tick -> MoveIt Servo
+
+
+class HoldMode(StrEnum):
+    LAST = "last"  # repeat the last published command (position interfaces)
+    ZERO = "zero"  # publish zeros (velocity / end-effector delta interfaces)
+
+
+DEFAULT_COMMAND_TOPICS = {
+    OutputMode.TRAJECTORY: "/joint_trajectory_controller/joint_trajectory",
+    OutputMode.FORWARD: "/forward_position_controller/commands",
+    OutputMode.TWIST: "/servo_node/delta_twist_cmds",
+}
+
+
+@dataclass
+class SafetyConfig:
+    """Limits applied to every command before it leaves the bridge.
+
+    action_low / action_high: per-dimension bounds, [D]. max_delta: the largest change of one
+    dimension between two consecutive commands, [D] (a single value is broadcast).
+    """
+
+    action_low: list[float]
+    action_high: list[float]
+    max_delta: list[float]
+    hold_mode: HoldMode = HoldMode.LAST
+    initial_command: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.hold_mode = _enum(HoldMode, self.hold_mode, "hold_mode")
+        dim = len(self.action_low)
+        if dim == 0:
+            raise ConfigError("action_low is empty: give one lower bound per action dimension")
+        if len(self.action_high) != dim:
+            raise ConfigError(
+                f"action_high has {len(self.action_high)} values but action_low has {dim}: give one bound per dimension"
+            )
+        if len(self.max_delta) == 1:
+            self.max_delta = list(self.max_delta) * dim
+        if len(self.max_delta) != dim:
+            raise ConfigError(f"max_delta has {len(self.max_delta)} values; expected 1 or {dim}")
+        for i, (lo, hi) in enumerate(zip(self.action_low, self.action_high, strict=True)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ConfigError(f"action bounds of dimension {i} are [{lo}, {hi}]: need finite low < high")
+        bad = [d for d in self.max_delta if not (math.isfinite(d) and d > 0)]
+        if bad:
+            raise ConfigError(f"max_delta={self.max_delta} has non-positive or non-finite values {bad}")
+        if self.initial_command and len(self.initial_command) != dim:
+            raise ConfigError(
+                f"initial_command has {len(self.initial_command)} values; expected {dim} or none"
+            )
+
+    @property
+    def dim(self) -> int:
+        return len(self.action_low)
+
+
+@dataclass
+class BridgeConfig:
+    """Everything the policy bridge node reads from its ROS parameters."""
+
+    policy: str = "sine"  # "sine[:amplitude]", "expert:TASK", "checkpoint:DIR" (see policies.py)
+    device: str = "cpu"
+    torch_threads: int = 1
+    instruction: str = ""  # used until one arrives on instruction_topic; "" = wait for it
+    control_rate_hz: float = 20.0
+    output_mode: OutputMode = OutputMode.FORWARD
+    dry_run: bool = False  # commands go to "<command_topic>/dry_run" only
+    command_topic: str = ""  # "" = the default for output_mode
+    gripper_topic: str = "/gripper_controller/commands"  # twist mode: dimensions after x, y, z
+    joint_names: list[str] = field(default_factory=list)  # trajectory mode: one per action dim
+    twist_frame_id: str = "base_link"
+    twist_scale: float = 1.0  # twist mode: m/s per action unit
+    camera_topic: str = "/camera/image_raw"
+    state_topic: str = "/joint_states"
+    # The JointState entries that form the policy's state vector, in order (the sim robot's defaults).
+    state_joint_names: list[str] = field(default_factory=lambda: ["ee_x", "ee_y", "ee_z", "gripper"])
+    instruction_topic: str = "/instruction"
+    estop_topic: str = "/estop"
+    estop_reset_topic: str = "/estop_reset"
+    environment_state_topic: str = ""  # sim only: the raw sim state for the scripted expert
+    diagnostics_topic: str = "/diagnostics"
+    diagnostics_rate_hz: float = 2.0
+    image_width: int = 0  # 0 = accept any width
+    image_height: int = 0
+    stale_timeout_s: float = 0.0  # 0 = one control period
+    blend_steps: int = 2  # ticks over which a new chunk is cross-faded into the old one
+    refill_margin_ticks: int = 1  # start inference this many ticks before the queue would run dry
+    action_low: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0, -1.0])
+    action_high: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    max_delta: list[float] = field(default_factory=lambda: [0.5])
+    hold_mode: HoldMode = HoldMode.LAST
+    initial_command: list[float] = field(default_factory=list)
+    autostart: bool = True  # configure and activate on start (no lifecycle manager needed)
+
+    def __post_init__(self):
+        self.output_mode = _enum(OutputMode, self.output_mode, "output_mode")
+        self.hold_mode = _enum(HoldMode, self.hold_mode, "hold_mode")
+        if not self.policy:
+            raise ConfigError("policy is empty: use 'sine', 'expert:TASK' or 'checkpoint:DIR'")
+        _positive(self.control_rate_hz, "control_rate_hz")
+        _positive(self.diagnostics_rate_hz, "diagnostics_rate_hz")
+        _positive(self.twist_scale, "twist_scale")
+        if self.torch_threads < 1:
+            raise ConfigError(f"torch_threads={self.torch_threads}: need at least 1")
+        if self.stale_timeout_s < 0:
+            raise ConfigError(f"stale_timeout_s={self.stale_timeout_s}: need >= 0 (0 = one control period)")
+        if self.stale_timeout_s == 0:
+            self.stale_timeout_s = self.period_s
+        if self.image_width < 0 or self.image_height < 0:
+            raise ConfigError(f"image size {self.image_width}x{self.image_height}: need >= 0 (0 = any)")
+        if self.blend_steps < 0 or self.refill_margin_ticks < 0:
+            raise ConfigError(
+                f"blend_steps={self.blend_steps}, refill_margin_ticks={self.refill_margin_ticks}: need >= 0"
+            )
+        if not self.command_topic:
+            self.command_topic = DEFAULT_COMMAND_TOPICS[self.output_mode]
+        self.safety = SafetyConfig(
+            action_low=list(self.action_low),
+            action_high=list(self.action_high),
+            max_delta=list(self.max_delta),
+            hold_mode=self.hold_mode,
+            initial_command=list(self.initial_command),
+        )
+        dim = self.safety.dim
+        if self.output_mode is OutputMode.TRAJECTORY and len(self.joint_names) != dim:
+            raise ConfigError(
+                f"output_mode=trajectory needs one joint name per action dimension: got joint_names="
+                f"{self.joint_names} for {dim} dimensions"
+            )
+        if self.output_mode is OutputMode.TWIST and dim < 3:
+            raise ConfigError(f"output_mode=twist needs at least 3 action dimensions (x, y, z); got {dim}")
+        if not self.state_joint_names:
+            raise ConfigError("state_joint_names is empty: name the JointState entries that form the state")
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+    @property
+    def action_dim(self) -> int:
+        return self.safety.dim
+
+    @property
+    def published_command_topic(self) -> str:
+        return f"{self.command_topic}/dry_run" if self.dry_run else self.command_topic
+
+    @property
+    def published_gripper_topic(self) -> str:
+        return f"{self.gripper_topic}/dry_run" if self.dry_run else self.gripper_topic
+
+    @classmethod
+    def parameter_defaults(cls) -> dict[str, object]:
+        """ROS parameter names and defaults (lists and enums as ROS-declarable values)."""
+        out = {}
+        for f in fields(cls):
+            value = f.default_factory() if callable(f.default_factory) else f.default
+            out[f.name] = value.value if isinstance(value, StrEnum) else value
+        return out
+
+
+def _enum(kind, value, name):
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise ConfigError(f"{name}={value!r} is not one of: {choices}") from None
+
+
+def _positive(value: float, name: str) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}={value}: need a finite value > 0")

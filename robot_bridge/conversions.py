@@ -1,0 +1,168 @@
+"""Conversions between ROS messages and the arrays the bridge works on, with input validation.
+
+Every parse function raises `MalformedInputError` with a message saying what was wrong; the node
+logs it and holds, it never crashes on a bad message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import TwistStamped
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+
+class MalformedInputError(ValueError):
+    """An incoming message cannot be turned into an observation."""
+
+
+SUPPORTED_ENCODINGS = ("rgb8", "bgr8")
+
+
+def image_to_array(msg: Image, width: int = 0, height: int = 0) -> np.ndarray:
+    """sensor_msgs/Image (rgb8 or bgr8) -> uint8 [H, W, 3] RGB; width/height 0 accept any size."""
+    if msg.encoding not in SUPPORTED_ENCODINGS:
+        raise MalformedInputError(
+            f"image encoding {msg.encoding!r} is not supported: publish one of {SUPPORTED_ENCODINGS}"
+        )
+    if (width and msg.width != width) or (height and msg.height != height):
+        raise MalformedInputError(
+            f"image is {msg.width}x{msg.height} but the policy expects {width}x{height}: "
+            "resize upstream or set image_width/image_height"
+        )
+    if msg.height == 0 or msg.width == 0 or msg.step < 3 * msg.width:
+        raise MalformedInputError(f"image header is inconsistent: {msg.width}x{msg.height}, step {msg.step}")
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if data.size != msg.step * msg.height:
+        raise MalformedInputError(f"image data has {data.size} bytes; header says {msg.step}x{msg.height}")
+    rows = data.reshape(msg.height, msg.step)[:, : 3 * msg.width]
+    image = rows.reshape(msg.height, msg.width, 3)  # [H, W, 3]
+    return image[..., ::-1].copy() if msg.encoding == "bgr8" else image.copy()
+
+
+def array_to_image(image: np.ndarray, stamp: Time, frame_id: str = "camera") -> Image:
+    """uint8 [H, W, 3] RGB -> sensor_msgs/Image rgb8."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
+    msg.encoding = "rgb8"
+    msg.step = 3 * msg.width
+    msg.data = image.tobytes()
+    return msg
+
+
+def joint_state_to_vector(msg: JointState, names: list[str]) -> np.ndarray:
+    """Pick `names` (in order) out of a JointState's positions -> float32 [S]."""
+    if len(msg.position) != len(msg.name):
+        raise MalformedInputError(f"JointState has {len(msg.name)} names but {len(msg.position)} positions")
+    index = {name: i for i, name in enumerate(msg.name)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise MalformedInputError(
+            f"JointState lacks joints {missing} (it has {list(msg.name)}): set state_joint_names to match"
+        )
+    state = np.asarray([msg.position[index[n]] for n in names], dtype=np.float32)
+    if not np.all(np.isfinite(state)):
+        raise MalformedInputError(f"JointState positions are not finite: {state.tolist()}")
+    return state
+
+
+def vector_to_joint_state(values: np.ndarray, names: list[str], stamp: Time) -> JointState:
+    msg = JointState()
+    msg.header.stamp = stamp
+    msg.name = list(names)
+    msg.position = [float(v) for v in values]
+    return msg
+
+
+def parse_instruction(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise MalformedInputError("instruction is empty: publish the task in words on the instruction topic")
+    return text
+
+
+def float_array(values: np.ndarray, label: str = "action") -> Float64MultiArray:
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=label, size=len(values), stride=len(values))]
+    msg.data = [float(v) for v in values]
+    return msg
+
+
+def float_array_to_vector(msg: Float64MultiArray, dim: int) -> np.ndarray:
+    values = np.asarray(msg.data, dtype=np.float64)
+    if values.shape != (dim,):
+        raise MalformedInputError(f"command has {values.size} values; expected {dim}")
+    if not np.all(np.isfinite(values)):
+        raise MalformedInputError(f"command is not finite: {values.tolist()}")
+    return values
+
+
+def to_duration(seconds: float) -> Duration:
+    ns = int(round(seconds * 1e9))
+    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def from_duration(d: Duration) -> float:
+    return d.sec + d.nanosec * 1e-9
+
+
+def from_time(t: Time) -> float:
+    return t.sec + t.nanosec * 1e-9
+
+
+def trajectory(points: np.ndarray, joint_names: list[str], stamp: Time, period_s: float) -> JointTrajectory:
+    """Commands [T, D] for consecutive ticks -> JointTrajectory starting at `stamp`.
+
+    Point i is due at stamp + i * period (the first point at the stamp itself, so a controller that
+    receives it late starts from the current command). A single point is a hold: stay there.
+    """
+    msg = JointTrajectory()
+    msg.header.stamp = stamp
+    msg.joint_names = list(joint_names)
+    for i, values in enumerate(points):
+        point = JointTrajectoryPoint()
+        point.positions = [float(v) for v in values]
+        point.time_from_start = to_duration(i * period_s)
+        msg.points.append(point)
+    return msg
+
+
+def twist(command: np.ndarray, stamp: Time, frame_id: str, scale: float) -> TwistStamped:
+    """The first three action dimensions, times `scale`, as an end-effector linear velocity."""
+    msg = TwistStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) * scale for v in command[:3])
+    return msg
+
+
+def twist_to_vector(msg: TwistStamped, scale: float) -> np.ndarray:
+    lin = msg.twist.linear
+    return np.asarray([lin.x, lin.y, lin.z], dtype=np.float64) / scale
+
+
+def diagnostics(
+    stamp: Time, name: str, level: int, message: str, values: dict[str, object]
+) -> DiagnosticArray:
+    status = DiagnosticStatus(name=name, hardware_id="ceed_vla", level=level, message=message)
+    status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
+    out = DiagnosticArray()
+    out.header.stamp = stamp
+    out.status = [status]
+    return out
+
+
+def diagnostic_values(msg: DiagnosticArray) -> dict[str, str]:
+    return {kv.key: kv.value for status in msg.status for kv in status.values}
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,274 @@
+"""The bridge's control logic without ROS: observations in, one safe command per control tick out.
+
+    camera / state / instruction --observe_*--> latest observation --inference_request--> policy
+    policy chunk [K, D] --deliver--> ChunkQueue (stitched) --tick--> SafetyFilter --> command
+
+`tick(now)` is called by the control timer at a fixed rate. It holds (publishes the hold command and
+empties the queue) while the e-stop is latched, an input is stale or malformed, or there is no
+instruction; it holds without emptying the queue on underrun. A background worker asks
+`inference_request(now)` for work; a request is handed out once the queue would run dry within the
+expected inference latency plus `refill_margin_ticks`, so a policy that decodes faster than the chunk
+it produces keeps the queue from ever running dry.
+
+All methods are thread-safe: ROS callbacks, the control timer and the inference worker call them
+from different threads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .chunking import ChunkQueue
+from .config import BridgeConfig, OutputMode
+from .safety import EStopLatch, SafetyFilter, StaleWatchdog
+
+CAMERA, STATE, ENV_STATE = "camera", "state", "environment_state"
+
+
+@dataclass
+class InferenceRequest:
+    observation: dict  # the policy observation (docs/interfaces.md), batch of 1
+    obs_tick: int  # the tick that was next to run when the observation was taken
+    image_stamp: float  # header stamp (s) of the camera frame in the observation
+    generation: int  # queue generation; a result from an older generation is discarded
+    reset_policy: bool  # call policy.reset() before predicting (first request after a hold)
+
+
+@dataclass
+class TickResult:
+    tick: int
+    command: np.ndarray | None  # [D] what to publish this tick; None = nothing to publish
+    holding: bool
+    reason: str  # "ok" or why the bridge holds
+    plan: np.ndarray | None = None  # [T, D] commands from this tick on (a new chunk arrived or a hold began)
+    image_stamp: float | None = None  # camera stamp behind the first command of a new chunk
+
+
+@dataclass
+class BridgeStats:
+    ticks: int = 0
+    hold_ticks: int = 0
+    chunks: int = 0
+    late_chunks: int = 0
+    dropped_actions: int = 0
+    inference_errors: int = 0
+    invalid_inputs: int = 0
+    latency_ema_s: float = 0.0
+    last_latency_s: float = 0.0
+    last_iterations: float = float("nan")
+    periods: deque = field(default_factory=lambda: deque(maxlen=400))  # s between ticks
+
+
+class BridgeCore:
+    def __init__(self, config: BridgeConfig):
+        self.config = config
+        self.period = config.period_s
+        self.queue = ChunkQueue(config.action_dim, config.blend_steps)
+        self.safety = SafetyFilter(config.safety)
+        self.estop = EStopLatch()
+        required = [CAMERA, STATE] + ([ENV_STATE] if config.environment_state_topic else [])
+        self.watchdog = StaleWatchdog(required, config.stale_timeout_s)
+        self.stats = BridgeStats()
+        self._lock = threading.Lock()
+        self._tick = 0
+        self._last_tick_time: float | None = None
+        self._image: np.ndarray | None = None  # [H, W, 3] uint8
+        self._image_stamp = 0.0
+        self._state: np.ndarray | None = None  # [S] float32
+        self._env_state: np.ndarray | None = None  # [E] float32
+        self._instruction = config.instruction.strip()
+        self._invalid: dict[str, str] = {}
+        self._holding = True
+        self._reason = "starting"
+        self._in_flight = False
+        self._generation = 0
+        self._reset_policy = True
+        self._fresh_chunk_stamp: float | None = None
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def observe_image(self, image: np.ndarray, stamp: float, now: float) -> None:
+        with self._lock:
+            self._image, self._image_stamp = image, stamp
+            self._invalid.pop(CAMERA, None)
+            self.watchdog.feed(CAMERA, now)
+
+    def observe_state(self, state: np.ndarray, now: float) -> None:
+        with self._lock:
+            self._state = state
+            self._invalid.pop(STATE, None)
+            self.watchdog.feed(STATE, now)
+
+    def observe_environment_state(self, env_state: np.ndarray, now: float) -> None:
+        with self._lock:
+            self._env_state = env_state
+            self.watchdog.feed(ENV_STATE, now)
+
+    def set_instruction(self, text: str) -> None:
+        with self._lock:
+            self._instruction = text
+            self._invalid.pop("instruction", None)
+            self._flush()  # a new task: the queued actions belong to the old one
+
+    def invalid_input(self, kind: str, reason: str) -> None:
+        """A message on input `kind` was malformed: hold until a valid one arrives."""
+        with self._lock:
+            self._invalid[kind] = reason
+            self.stats.invalid_inputs += 1
+
+    def set_estop(self, asserted: bool) -> None:
+        with self._lock:
+            self.estop.update(asserted)
+
+    def reset_estop(self) -> bool:
+        with self._lock:
+            return self.estop.reset()
+
+    # ---- inference ------------------------------------------------------------------------------
+    def inference_request(self, now: float) -> InferenceRequest | None:
+        with self._lock:
+            if self._in_flight or self._hold_reason(now) is not None:
+                return None
+            lead = math.ceil(self.stats.latency_ema_s / self.period) + self.config.refill_margin_ticks
+            if len(self.queue.remaining(self._tick)) > lead:
+                return None
+            self._in_flight = True
+            request = InferenceRequest(
+                observation=self._observation(),
+                obs_tick=self._tick,
+                image_stamp=self._image_stamp,
+                generation=self._generation,
+                reset_policy=self._reset_policy,
+            )
+            self._reset_policy = False
+            return request
+
+    def deliver(
+        self, request: InferenceRequest, chunk: np.ndarray, latency_s: float, iterations: float
+    ) -> bool:
+        """Merge a predicted chunk [K, D]; returns False when it was discarded (stale or too late)."""
+        with self._lock:
+            self._in_flight = False
+            self._record_latency(latency_s, iterations)
+            if request.generation != self._generation:
+                return False
+            merged = self.queue.merge(chunk, request.obs_tick, self._tick)
+            self.stats.dropped_actions += merged.dropped
+            if not merged.accepted:
+                self.stats.late_chunks += 1
+                return False
+            self.stats.chunks += 1
+            self._fresh_chunk_stamp = request.image_stamp
+            return True
+
+    def inference_failed(self) -> None:
+        with self._lock:
+            self._in_flight = False
+            self.stats.inference_errors += 1
+
+    # ---- control ------------------------------------------------------------------------------
+    def tick(self, now: float) -> TickResult:
+        with self._lock:
+            tick = self._tick
+            self._tick += 1
+            self._record_period(now)
+            reason = self._hold_reason(now)
+            if reason is not None:
+                self._flush()
+                return self._hold(tick, reason)
+            plan = None
+            stamp = self._fresh_chunk_stamp
+            if stamp is not None and self.config.output_mode is OutputMode.TRAJECTORY:
+                plan = self.safety.plan(self.queue.remaining(tick))  # [T, D]
+            action = self.queue.pop(tick)
+            if action is None:
+                return self._hold(tick, "underrun")
+            result = self.safety.apply(action)
+            if result.command is None:
+                self._flush()
+                return self._hold(tick, result.rejected_reason)
+            self._fresh_chunk_stamp = None
+            self._holding, self._reason = False, "ok"
+            return TickResult(tick, result.command, False, "ok", plan=plan, image_stamp=stamp)
+
+    def status(self, now: float) -> dict[str, object]:
+        """Numbers for diagnostics."""
+        with self._lock:
+            periods = np.asarray(self.stats.periods) if self.stats.periods else np.asarray([np.nan])
+            return {
+                "state": self._reason,
+                "holding": self._holding,
+                "estop_latched": self.estop.latched,
+                "control_hz": float(1.0 / np.mean(periods)) if np.isfinite(periods).all() else 0.0,
+                "period_jitter_p99_ms": float(np.percentile(np.abs(periods - self.period), 99) * 1e3),
+                "inference_latency_ms": self.stats.last_latency_s * 1e3,
+                "inference_latency_ema_ms": self.stats.latency_ema_s * 1e3,
+                "iterations_per_chunk": self.stats.last_iterations,
+                "queue_length": len(self.queue.remaining(self._tick)),
+                "chunks": self.stats.chunks,
+                "late_chunks": self.stats.late_chunks,
+                "inference_errors": self.stats.inference_errors,
+                "invalid_inputs": self.stats.invalid_inputs,
+                "clamped_commands": self.safety.clamped_count,
+                "rejected_actions": self.safety.rejected_count,
+                "observation_age_ms": self.watchdog.oldest_age(now) * 1e3,
+                "ticks": self.stats.ticks,
+                "hold_ticks": self.stats.hold_ticks,
+            }
+
+    # ---- internals (lock held) ----------------------------------------------------------------
+    def _hold_reason(self, now: float) -> str | None:
+        if self.estop.latched:
+            return "estop"
+        if self._invalid:
+            return "invalid_" + sorted(self._invalid)[0]
+        stale = self.watchdog.stale_inputs(now)
+        if stale:
+            return "stale_" + stale[0]
+        if not self._instruction:
+            return "no_instruction"
+        return None
+
+    def _hold(self, tick: int, reason: str) -> TickResult:
+        entering = not self._holding or reason != self._reason
+        self._holding, self._reason = True, reason
+        self.stats.hold_ticks += 1
+        command = self.safety.hold_command()
+        plan = command[None] if (entering and command is not None) else None  # [1, D]
+        return TickResult(tick, command, True, reason, plan=plan)
+
+    def _flush(self) -> None:
+        self.queue.clear()
+        self._generation += 1
+        self._reset_policy = True
+        self._fresh_chunk_stamp = None
+
+    def _observation(self) -> dict:
+        image = torch.from_numpy(self._image).permute(2, 0, 1).float().div_(255.0)[None]  # [1, 3, H, W]
+        obs = {
+            "observation.image": image,
+            "observation.state": torch.from_numpy(self._state).float()[None],  # [1, S]
+            "task": [self._instruction],
+        }
+        if self._env_state is not None:
+            obs["observation.environment_state"] = torch.from_numpy(self._env_state).float()[None]  # [1, E]
+        return obs
+
+    def _record_latency(self, latency_s: float, iterations: float) -> None:
+        s = self.stats
+        s.last_latency_s = latency_s
+        s.latency_ema_s = (
+            latency_s if s.chunks == 0 and s.latency_ema_s == 0 else 0.8 * s.latency_ema_s + 0.2 * latency_s
+        )
+        s.last_iterations = iterations
+
+    def _record_period(self, now: float) -> None:
+        if self._last_tick_time is not None:
+            self.stats.periods.append(now - self._last_tick_time)
+        self._last_tick_time = now
+        self.stats.ticks += 1

@@ -1,0 +1,59 @@
+"""Declare a config dataclass's fields as ROS parameters and read them back into the dataclass.
+
+Parameters are declared with dynamic typing so YAML written by hand works: `control_rate_hz: 20`
+(an integer) is accepted for a float, `[0, 1]` for a list of floats. Values are coerced to the
+field's type here and the dataclass validates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rcl_interfaces.msg import ParameterDescriptor
+
+from .config import ConfigError
+
+_DYNAMIC = ParameterDescriptor(dynamic_typing=True)
+
+
+def declare(node, config_cls, overrides: dict | None = None) -> None:
+    """Declare every field of `config_cls` on `node`; `overrides` replace the dataclass defaults."""
+    defaults = config_cls.parameter_defaults()
+    defaults.update(overrides or {})
+    for name, value in defaults.items():
+        if not node.has_parameter(name):
+            # An empty list has no ROS type: declare it unset, reading back gives the default.
+            node.declare_parameter(name, None if value == [] else value, _DYNAMIC)
+
+
+def read(node, config_cls, overrides: dict | None = None):
+    """Build `config_cls` from the node's parameters (raises ConfigError on a bad value)."""
+    defaults = config_cls.parameter_defaults()
+    defaults.update(overrides or {})
+    types = {f.name: str(f.type) for f in dataclasses.fields(config_cls)}
+    values = {}
+    for name, default in defaults.items():
+        value = node.get_parameter(name).value
+        values[name] = _coerce(name, types[name], default if value is None else value)
+    return config_cls(**values)
+
+
+def _coerce(name: str, type_name: str, value):
+    try:
+        if type_name == "list[float]":
+            return [float(v) for v in value]
+        if type_name == "list[str]":
+            return [str(v) for v in value]
+        if type_name == "float":
+            return float(value)
+        if type_name == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if type_name == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        return value if not isinstance(value, bytes) else value.decode()
+    except (TypeError, ValueError):
+        raise ConfigError(f"parameter {name}={value!r} is not a valid {type_name}") from None
