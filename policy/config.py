@@ -1,0 +1,160 @@
+"""Model configuration of the VLA policy: one dataclass, named presets, validation that quotes bad values.
+
+Presets:
+    tiny        the embedded default: a 4-layer Llama-style LM (hidden 256) and a 4-layer strided conv,
+                trained from scratch on CPU in minutes.
+    small       the same shape, wider and deeper (hidden 512, 8 layers), for a GPU.
+    pretrained  a local Hugging Face causal LM directory (its own tokenizer) and, optionally, a local
+                vision tower directory (any `transformers.AutoModel` with `last_hidden_state`).
+
+Derived fields (`chunk_tokens`) are properties so a config on disk never disagrees with itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message quotes it and says what is accepted."""
+
+
+@dataclass
+class LMConfig:
+    """Shape of a backbone built from scratch (ignored when `VLAConfig.lm_path` is set)."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"LMConfig.{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_heads != 0:
+            raise ConfigError(
+                f"LMConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+
+
+@dataclass
+class VisionConfig:
+    """The image encoder: a strided conv stack (`conv`) or a local pretrained tower (`pretrained`)."""
+
+    kind: str = "conv"
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    grid: int = 4  # the conv output is pooled to grid x grid patch tokens
+    image_size: int | None = None  # resize input images to this square size; None keeps their size
+    tower_path: str | None = None  # local directory of a transformers vision model (kind="pretrained")
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(self.channels)
+        if self.kind not in ("conv", "pretrained"):
+            raise ConfigError(f"VisionConfig.kind must be 'conv' or 'pretrained', got {self.kind!r}")
+        if self.kind == "pretrained" and not self.tower_path:
+            raise ConfigError("VisionConfig.kind='pretrained' needs tower_path (a local directory), got None")
+        if not self.channels or any(int(c) <= 0 for c in self.channels):
+            raise ConfigError(f"VisionConfig.channels must be positive ints, got {self.channels!r}")
+        if self.grid <= 0:
+            raise ConfigError(f"VisionConfig.grid must be positive, got {self.grid!r}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError(f"VisionConfig.image_size must be >= 8 or None, got {self.image_size!r}")
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+
+@dataclass
+class VLAConfig:
+    """Everything needed to rebuild the network; saved as `config.json` in every checkpoint."""
+
+    chunk_size: int = 8  # K: action steps per chunk
+    n_action_steps: int | None = None  # steps of each chunk executed by select_action (None = K)
+    action_dim: int = 4  # D: dims per action (from the dataset)
+    state_dim: int = 4
+    n_bins: int = 256
+    max_text_tokens: int = 24  # instructions are truncated to this many tokens
+    text_vocab_size: int = 512  # upper bound when training the default tokenizer
+    lm: LMConfig = field(default_factory=LMConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    lm_path: str | None = None  # local pretrained causal LM directory (its tokenizer is used)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lm, dict):
+            self.lm = LMConfig(**self.lm)
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        for name in ("chunk_size", "action_dim", "state_dim", "max_text_tokens", "text_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"VLAConfig.{name} must be a positive int, got {value!r}")
+        if self.n_bins < 2 or self.n_bins > 4096:
+            raise ConfigError(f"VLAConfig.n_bins must be in [2, 4096], got {self.n_bins!r}")
+        if self.n_action_steps is not None and not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ConfigError(
+                f"VLAConfig.n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"VLAConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.lm_path is not None and not isinstance(self.lm_path, str):
+            raise ConfigError(f"VLAConfig.lm_path must be a str path or None, got {self.lm_path!r}")
+
+    @property
+    def chunk_tokens(self) -> int:
+        """n = K * D action tokens per chunk."""
+        return self.chunk_size * self.action_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VLAConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown VLAConfig fields {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def tiny_config(**overrides: Any) -> VLAConfig:
+    return VLAConfig(**overrides)
+
+
+def small_config(**overrides: Any) -> VLAConfig:
+    overrides.setdefault("lm", LMConfig(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048))
+    overrides.setdefault("vision", VisionConfig(channels=(64, 128, 256, 512), grid=6))
+    return VLAConfig(**overrides)
+
+
+def pretrained_config(lm_path: str, tower_path: str | None = None, **overrides: Any) -> VLAConfig:
+    """Wrap a local causal LM (and optionally a local vision tower); shapes come from their configs."""
+    vision = VisionConfig(kind="pretrained", tower_path=tower_path) if tower_path else VisionConfig()
+    overrides.setdefault("vision", vision)
+    return VLAConfig(lm_path=lm_path, **overrides)
+
+
+PRESETS = {"tiny": tiny_config, "small": small_config, "pretrained": pretrained_config}
+
+
+def make_config(preset: str, **overrides: Any) -> VLAConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset](**overrides)

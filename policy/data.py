@@ -1,0 +1,244 @@
+"""Training data: a LeRobotDataset on disk -> in-memory frames -> action-chunk samples.
+
+Chunks follow the dataset's own delta-timestamp machinery: the dataset is opened with
+`delta_timestamps={"action": [0, 1/fps, ..., (K-1)/fps]}` and its resolved `delta_indices` are
+applied with LeRobot's rule (indices clamped to the episode, `action_is_pad` where they run past it).
+The frames themselves are decoded once into memory (uint8 images), because LeRobot's per-item path
+costs about 10 ms a sample here — more than a training step of the tiny model.
+
+Validation holds out whole episodes, so validation loss measures generalisation to new initial
+conditions rather than to neighbouring frames of a training episode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .modeling import ACTION_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
+
+REQUIRED_FEATURES = (IMAGE_KEY, STATE_KEY, ACTION_KEY)
+
+
+class DatasetFeatureError(ValueError):
+    """The dataset lacks a feature the policy needs."""
+
+
+@dataclass
+class DataConfig:
+    repo_id: str
+    root: str
+    chunk_size: int = 8
+    val_fraction: float = 0.1  # share of episodes held out for validation (whole episodes)
+    shift: int = 4  # random-shift augmentation in pixels (0 = off)
+    max_episodes: int | None = None  # use only the first N episodes (quick runs)
+
+    def __post_init__(self) -> None:
+        if not Path(self.root).is_dir():
+            raise FileNotFoundError(
+                f"dataset root {self.root!r} does not exist; record one with `ceed record`"
+            )
+        if self.chunk_size <= 0:
+            raise ValueError(f"DataConfig.chunk_size must be positive, got {self.chunk_size!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"DataConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.shift < 0:
+            raise ValueError(f"DataConfig.shift must be >= 0, got {self.shift!r}")
+        if self.max_episodes is not None and self.max_episodes <= 0:
+            raise ValueError(f"DataConfig.max_episodes must be positive or None, got {self.max_episodes!r}")
+
+
+@dataclass
+class Frames:
+    """Every frame of the dataset, in memory; row i is the dataset's absolute index i."""
+
+    images: torch.Tensor  # [N, 3, H, W] uint8
+    states: torch.Tensor  # [N, S] float32
+    actions: torch.Tensor  # [N, D] float32
+    episode: torch.Tensor  # [N] long
+    ep_start: torch.Tensor  # [N] long: first index of the row's episode
+    ep_end: torch.Tensor  # [N] long: one past the last index of the row's episode
+    tasks: list[str]  # [N]
+    delta: list[int]  # action offsets resolved from delta timestamps, length K
+    fps: float
+
+    def __len__(self) -> int:
+        return int(self.states.shape[0])
+
+
+def check_features(features: dict, root: str | Path) -> None:
+    missing = [k for k in REQUIRED_FEATURES if k not in features]
+    if missing:
+        raise DatasetFeatureError(
+            f"dataset at {root} is missing feature(s) {missing} (has {sorted(features)}); "
+            f"the policy needs {list(REQUIRED_FEATURES)} — see docs/interfaces.md"
+        )
+
+
+def open_dataset(repo_id: str, root: str | Path, chunk_size: int):
+    """The LeRobotDataset with the action-chunk delta timestamps, after checking its features."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+    meta = LeRobotDatasetMetadata(repo_id, root=root)
+    check_features(meta.features, root)
+    delta = {ACTION_KEY: [i / meta.fps for i in range(chunk_size)]}
+    return LeRobotDataset(repo_id, root=root, delta_timestamps=delta)
+
+
+def _to_uint8_chw(images: torch.Tensor) -> torch.Tensor:
+    if images.dtype != torch.uint8:
+        images = (
+            (images.float() * (255.0 if images.max() <= 1.0 else 1.0)).round().clamp(0, 255).to(torch.uint8)
+        )
+    if images.shape[-1] == 3 and images.shape[1] != 3:
+        images = images.permute(0, 3, 1, 2)
+    return images.contiguous()
+
+
+def load_frames(repo_id: str, root: str | Path, chunk_size: int, block: int = 2000) -> Frames:
+    """Decode the whole dataset into memory (images as uint8), with LeRobot's delta indices."""
+    ds = open_dataset(repo_id, root, chunk_size)
+    reader = ds._ensure_reader()
+    if reader.hf_dataset is None:
+        reader.load_and_activate()
+    delta = list(reader.delta_indices[ACTION_KEY])
+    hf = ds.hf_dataset.with_format("torch")
+    n = len(hf)
+    video = IMAGE_KEY in ds.meta.video_keys
+    columns = [STATE_KEY, ACTION_KEY, "episode_index", "task_index"] + ([] if video else [IMAGE_KEY])
+    parts: dict[str, list[torch.Tensor]] = {c: [] for c in columns}
+    for lo in tqdm(range(0, n, block), desc="loading frames", unit="block", leave=False):
+        rows = hf.select_columns(columns)[lo : lo + block]
+        for c in columns:
+            parts[c].append(torch.as_tensor(rows[c]))
+    if video:  # decode frame by frame through LeRobot (slow path, once)
+        parts[IMAGE_KEY] = [
+            (ds[i][IMAGE_KEY] * 255).round().to(torch.uint8)[None]
+            for i in tqdm(range(n), desc="decoding video frames", leave=False)
+        ]
+    cols = {c: torch.cat(v) for c, v in parts.items()}
+    task_names = {
+        int(row): str(name)
+        for name, row in zip(ds.meta.tasks.index, ds.meta.tasks["task_index"], strict=True)
+    }
+    episode = cols["episode_index"].long()
+    starts, ends = _episode_bounds(episode)
+    return Frames(
+        images=_to_uint8_chw(cols[IMAGE_KEY]),
+        states=cols[STATE_KEY].float(),
+        actions=cols[ACTION_KEY].float(),
+        episode=episode,
+        ep_start=starts,
+        ep_end=ends,
+        tasks=[task_names[int(t)] for t in cols["task_index"]],
+        delta=delta,
+        fps=float(ds.fps),
+    )
+
+
+def _episode_bounds(episode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the [start, end) index range of its episode (episodes are contiguous on disk)."""
+    n = episode.numel()
+    change = torch.nonzero(episode[1:] != episode[:-1]).flatten() + 1
+    bounds = torch.cat([torch.tensor([0]), change, torch.tensor([n])])
+    lengths = bounds[1:] - bounds[:-1]
+    return bounds[:-1].repeat_interleave(lengths), bounds[1:].repeat_interleave(lengths)
+
+
+def split_episodes(episodes: list[int], val_fraction: float) -> tuple[list[int], list[int]]:
+    """Hold out every k-th episode (k = round(1 / val_fraction)), spread over the recording order."""
+    if val_fraction <= 0 or len(episodes) < 2:
+        return list(episodes), []
+    k = max(2, round(1.0 / val_fraction))
+    val = [e for i, e in enumerate(episodes) if i % k == k - 1]
+    train = [e for e in episodes if e not in set(val)]
+    return train, val
+
+
+class ChunkDataset(Dataset):
+    """Samples `{image, state, action [K, D], action_is_pad [K], task}` from chosen episodes.
+
+    Augmentation is a random shift (replicate-pad by `shift` px, crop back) drawn from a generator
+    seeded by (seed, epoch, index): a sample looks the same whichever process or worker loads it,
+    which is what makes resumed and multi-process runs reproduce single-process ones.
+    """
+
+    def __init__(self, frames: Frames, episodes: list[int], shift: int = 0, seed: int = 0):
+        self.frames = frames
+        keep = torch.isin(frames.episode, torch.tensor(sorted(episodes), dtype=torch.long))
+        self.rows = torch.nonzero(keep).flatten()  # [M] absolute dataset indices
+        self.delta = torch.tensor(frames.delta, dtype=torch.long)  # [K]
+        self.shift = shift
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self.rows.numel())
+
+    def __getitem__(self, i: int) -> dict:
+        f = self.frames
+        idx = int(self.rows[i])
+        target = idx + self.delta  # [K]
+        start, end = int(f.ep_start[idx]), int(f.ep_end[idx])
+        pad = (target < start) | (target >= end)  # [K]
+        action = f.actions[target.clamp(start, end - 1)]  # [K, D]
+        image = f.images[idx].float() / 255.0  # [3, H, W]
+        if self.shift:
+            image = self._shift(image, idx)
+        return {
+            IMAGE_KEY: image,
+            STATE_KEY: f.states[idx],
+            ACTION_KEY: action,
+            f"{ACTION_KEY}_is_pad": pad,
+            TASK_KEY: f.tasks[idx],
+        }
+
+    def _shift(self, image: torch.Tensor, idx: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, idx)) & 0x7FFF_FFFF_FFFF_FFFF)
+        dx, dy = torch.randint(0, 2 * self.shift + 1, (2,), generator=g).tolist()
+        _, h, w = image.shape
+        padded = F.pad(image[None], (self.shift,) * 4, mode="replicate")[0]
+        return padded[:, dy : dy + h, dx : dx + w]
+
+
+def build_datasets(config: DataConfig, seed: int = 0) -> tuple[Frames, ChunkDataset, ChunkDataset | None]:
+    frames = load_frames(config.repo_id, config.root, config.chunk_size)
+    episodes = sorted(set(frames.episode.tolist()))
+    if config.max_episodes is not None:
+        episodes = episodes[: config.max_episodes]
+    train_eps, val_eps = split_episodes(episodes, config.val_fraction)
+    train = ChunkDataset(frames, train_eps, shift=config.shift, seed=seed)
+    val = ChunkDataset(frames, val_eps, shift=0, seed=seed) if val_eps else None
+    return frames, train, val
+
+
+def train_statistics(frames: Frames, dataset: ChunkDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actions [M, D] and states [M, S] of the training rows (statistics never see validation data)."""
+    return frames.actions[dataset.rows], frames.states[dataset.rows]
+
+
+def steps_per_epoch(n_samples: int, batch_size: int) -> int:
+    return max(1, math.floor(n_samples / batch_size))
+
+
+__all__ = [
+    "ChunkDataset",
+    "DataConfig",
+    "DatasetFeatureError",
+    "Frames",
+    "build_datasets",
+    "check_features",
+    "load_frames",
+    "open_dataset",
+    "split_episodes",
+    "train_statistics",
+]

@@ -1,0 +1,165 @@
+"""`ceed train`: train the VLA teacher on a LeRobotDataset recorded by `ceed record`.
+
+    ceed train --dataset-root data/mt10 --output runs/teacher --preset tiny --steps 1500
+    torchrun --nproc_per_node 2 -m ceed_vla.cli train ...    # DDP (gloo on CPU, NCCL on GPU)
+    ceed train --output runs/teacher --resume ...             # continue from checkpoints/last
+
+The output directory holds `checkpoints/step_N/` (loadable policies + training state), `best/` (lowest
+validation loss), `final/` (the last weights), `metrics.jsonl`, `loss_curve.png` and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from .action_tokenizer import ActionTokenizer, StateNormalizer
+from .checkpoint_io import atomic_write_text
+from .config import VisionConfig, VLAConfig, make_config
+from .data import DataConfig, build_datasets, train_statistics
+from .modeling import VLAPolicy
+from .text_tokenizer import load_tokenizer, train_instruction_tokenizer
+from .trainer import NextTokenLoss, TrainConfig, Trainer, last_checkpoint
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset-root", required=True, help="local LeRobotDataset root (from `ceed record`)")
+    data.add_argument("--repo-id", default=None, help="dataset repo id (default: local/<root folder name>)")
+    data.add_argument("--val-fraction", type=float, default=0.1, help="share of episodes held out")
+    data.add_argument("--shift", type=int, default=4, help="random-shift augmentation in pixels (0 = off)")
+    data.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=["tiny", "small", "pretrained"], default="tiny")
+    model.add_argument("--chunk-size", type=int, default=8, help="K action steps per chunk")
+    model.add_argument(
+        "--n-action-steps", type=int, default=None, help="steps executed per chunk (default K)"
+    )
+    model.add_argument("--image-size", type=int, default=None, help="resize camera images to this size")
+    model.add_argument(
+        "--lm-path", default=None, help="local pretrained causal LM directory (preset pretrained)"
+    )
+    model.add_argument("--vision-tower-path", default=None, help="local pretrained vision model directory")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--output", required=True, help="run directory")
+    train.add_argument("--steps", type=int, default=1500)
+    train.add_argument("--batch-size", type=int, default=32, help="global batch over all processes")
+    train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--warmup-steps", type=int, default=50)
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    train.add_argument("--save-every", type=int, default=500)
+    train.add_argument("--val-every", type=int, default=100)
+    train.add_argument("--log-every", type=int, default=10)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last")
+
+
+def model_config(args: argparse.Namespace, action_dim: int, state_dim: int) -> VLAConfig:
+    common = dict(
+        chunk_size=args.chunk_size,
+        n_action_steps=args.n_action_steps,
+        action_dim=action_dim,
+        state_dim=state_dim,
+    )
+    if args.preset == "pretrained":
+        if not args.lm_path:
+            raise SystemExit("--preset pretrained needs --lm-path (a local causal LM directory)")
+        return make_config("pretrained", lm_path=args.lm_path, tower_path=args.vision_tower_path, **common)
+    config = make_config(args.preset, **common)
+    if args.image_size:
+        config.vision = VisionConfig(**{**config.vision.__dict__, "image_size": args.image_size})
+    return config
+
+
+def build_policy(args: argparse.Namespace, frames, train_set) -> VLAPolicy:
+    actions, states = train_statistics(frames, train_set)
+    config = model_config(args, actions.shape[-1], states.shape[-1])
+    if config.lm_path:
+        tokenizer = load_tokenizer(config.lm_path)
+    else:
+        tasks = sorted(set(frames.tasks))
+        tokenizer = train_instruction_tokenizer(tasks, vocab_size=config.text_vocab_size)
+    action_tok = ActionTokenizer.fit(actions, n_bins=config.n_bins)
+    return VLAPolicy.build(config, tokenizer, action_tok, StateNormalizer.fit(states))
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        output_dir=args.output,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        precision=args.precision,
+        save_every=args.save_every,
+        val_every=args.val_every,
+        log_every=args.log_every,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        device=args.device,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    root = Path(args.dataset_root)
+    repo_id = args.repo_id or f"local/{root.name}"
+    data_cfg = DataConfig(
+        repo_id=repo_id,
+        root=str(root),
+        chunk_size=args.chunk_size,
+        val_fraction=args.val_fraction,
+        shift=args.shift,
+        max_episodes=args.max_episodes,
+    )
+    frames, train_set, val_set = build_datasets(data_cfg, seed=args.seed)
+    cfg = train_config(args)
+    if args.resume:
+        # Tokenizer and statistics must be those the run started with: take them from its checkpoint.
+        policy = VLAPolicy.from_pretrained(last_checkpoint(args.output))
+        policy.train()
+    else:
+        policy = build_policy(args, frames, train_set)
+    dataset_info = {
+        "repo_id": repo_id,
+        "root": str(root),
+        "train_samples": len(train_set),
+        "val_samples": len(val_set) if val_set is not None else 0,
+        "episodes": int(frames.episode.unique().numel()),
+    }
+    trainer = Trainer(
+        policy,
+        NextTokenLoss(),
+        train_set,
+        cfg,
+        val_set=val_set,
+        extra_files={"dataset.json": json.dumps(dataset_info, indent=2)},
+    )
+    if trainer.info.main:
+        print(
+            f"policy: {policy.num_parameters() / 1e6:.2f}M parameters, chunk {policy.config.chunk_size}x"
+            f"{policy.config.action_dim} = {policy.chunk_tokens} tokens; train {len(train_set)} samples, "
+            f"val {dataset_info['val_samples']}; device {trainer.device}, precision {cfg.precision}, "
+            f"{trainer.info.world} process(es)"
+        )
+    summary = trainer.fit(resume=args.resume)
+    if trainer.info.main:
+        policy.save_pretrained(
+            Path(args.output) / "final", extra_files={"dataset.json": json.dumps(dataset_info, indent=2)}
+        )
+        summary.update(dataset_info, parameters=policy.num_parameters(), world_size=trainer.info.world)
+        atomic_write_text(Path(args.output) / "summary.json", json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,526 @@
+"""One trainer for every model here; the loss is an object passed in, not a subclass or a copy.
+
+    loss_fn(model, batch) -> (loss: scalar Tensor, info: dict[str, float])
+
+Teacher training passes `NextTokenLoss()` (the policy's own `forward`); distillation passes its own
+loss and dataset. The model must offer `save_to(directory, extra_files)` (as `VLAPolicy` does) so a
+checkpoint is also a loadable policy.
+
+Semantics the trainer promises (and the tests check):
+- `batch_size` is the GLOBAL batch. Step s of epoch e uses samples perm_e[s*B:(s+1)*B] of a
+  permutation seeded by (seed, e); with W processes each takes a contiguous B/W slice and DDP averages
+  gradients, so W processes compute the same update as one process (up to float rounding).
+- The loss is a mean over samples, so that average is exact.
+- A run resumed from the checkpoint at step s continues with the same batches, learning rate and
+  RNG streams as the uninterrupted run: the same weights at every later step.
+
+Launch several processes with `torchrun --nproc_per_node N` or `accelerate launch --num_processes N`
+(both set RANK / WORLD_SIZE / MASTER_ADDR); backend NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .checkpoint_io import CheckpointError, atomic_directory, atomic_write_text
+
+TRAINING_STATE_FILE = "training_state.pt"
+TRAIN_CONFIG_FILE = "train_config.json"
+LAST_FILE = "last"
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "loss_curve.png"
+
+
+class LossFn(Protocol):
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class NextTokenLoss:
+    """Teacher training: the policy's own next-token cross-entropy over its action tokens."""
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return model(batch)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    steps: int = 1000
+    batch_size: int = 32  # global batch (split across processes)
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    precision: str = "auto"  # "fp32" | "bf16" | "auto" (bf16 on CUDA, fp32 on CPU)
+    save_every: int = 500
+    val_every: int = 100
+    val_batches: int = 16
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "save_every", "val_every", "val_batches", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(
+                f"TrainConfig.precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}"
+            )
+        if self.num_workers < 0:
+            raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers!r}")
+
+
+def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine from 1 to min_lr_ratio at `steps`."""
+
+    def f(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """This process's share of every global batch of one epoch, from batch `start` on (drop last)."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, epoch: int, info: DistInfo, start: int = 0):
+        self.n, self.global_batch, self.info, self.start = n, global_batch, info, start
+        self.local = global_batch // info.world
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        self.perm = torch.randperm(n, generator=g)
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in range(self.start, self.n // self.global_batch):
+            lo = b * self.global_batch + self.info.rank * self.local
+            yield self.perm[lo : lo + self.local].tolist()
+
+
+class _LossModule(nn.Module):
+    """Model + loss as one module so DDP sees the forward that produces the loss."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(self.model, batch)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train_set: Dataset,
+        config: TrainConfig,
+        val_set: Dataset | None = None,
+        collate_fn: Callable | None = None,
+        extra_files: dict[str, str] | None = None,
+    ):
+        self.config = config
+        self.info = init_distributed()
+        if config.batch_size % self.info.world:
+            raise ValueError(
+                f"batch_size {config.batch_size} is the global batch and must divide by the "
+                f"{self.info.world} processes"
+            )
+        if len(train_set) < config.batch_size:
+            raise ValueError(
+                f"the training set has {len(train_set)} samples, fewer than batch_size {config.batch_size}"
+            )
+        self.device = self._pick_device()
+        self.model = model.to(self.device)
+        self.loss_module = _LossModule(self.model, loss_fn)
+        self.train_set, self.val_set = train_set, val_set
+        self.collate_fn = collate_fn
+        self.extra_files = dict(extra_files or {})
+        self.out = Path(config.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.step = 0
+        self.best_val = math.inf
+        self.steps_per_epoch = len(train_set) // config.batch_size
+        self.wrapped: nn.Module = self.loss_module
+        if self.info.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=ids, find_unused_parameters=config.find_unused_parameters
+            )
+
+    # ------------------------------------------------------------------------------------ set-up
+
+    def _pick_device(self) -> torch.device:
+        if self.config.device != "auto":
+            return torch.device(self.config.device)
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.info.local_rank)
+        return torch.device("cpu")
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name or name.endswith(".pos") else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.95), fused=False)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        p = self.config.precision
+        if p == "bf16" or (p == "auto" and self.device.type == "cuda"):
+            return torch.bfloat16
+        return None
+
+    def _autocast(self):
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=self.config.num_workers,
+            collate_fn=self.collate_fn,
+            persistent_workers=False,
+        )
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        """Batches from `self.step` on, epoch after epoch, exactly as an uninterrupted run sees them."""
+        epoch, start = divmod(self.step, self.steps_per_epoch)
+        while True:
+            if hasattr(self.train_set, "set_epoch"):
+                self.train_set.set_epoch(epoch)
+            sampler = EpochBatchSampler(
+                len(self.train_set), self.config.batch_size, self.config.seed, epoch, self.info, start
+            )
+            yield from self._loader(self.train_set, sampler)
+            epoch, start = epoch + 1, 0
+
+    # -------------------------------------------------------------------------------------- loop
+
+    def fit(self, resume: bool = False, until_step: int | None = None) -> dict[str, Any]:
+        """Train to `config.steps` (or stop early at `until_step`, saving a checkpoint there)."""
+        torch.manual_seed(self.config.seed + self.info.rank)
+        if resume:
+            self.load_last()
+        else:
+            self._reset_metrics()
+        stop = min(self.config.steps, until_step or self.config.steps)
+        bar = tqdm(
+            total=stop, initial=self.step, desc="train", disable=not self.info.main, dynamic_ncols=True
+        )
+        window: list[dict[str, float]] = []
+        t_window, t_start, start_step = time.perf_counter(), time.perf_counter(), self.step
+        batches = self._batches()
+        self.model.train()
+        try:
+            while self.step < stop:
+                window.append(self._train_step(next(batches)))
+                self.step += 1
+                bar.update(1)
+                if self.step % self.config.log_every == 0 or self.step == stop:
+                    row = self._log_train(window, time.perf_counter() - t_window)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
+                    window, t_window = [], time.perf_counter()
+                if self.val_set is not None and (self.step % self.config.val_every == 0 or self.step == stop):
+                    self._validate()
+                if self.step % self.config.save_every == 0 or self.step == stop:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            if self.info.world == 1 and self.step > start_step:
+                self.save_checkpoint()  # a Ctrl-C'd run resumes from where it stopped
+            raise
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t_start
+        summary = {
+            "steps": self.step,
+            "train_seconds": elapsed,
+            "samples_per_s": (self.step - start_step) * self.config.batch_size / max(elapsed, 1e-9),
+            "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+        }
+        if self.info.main:
+            self.plot_curves()
+        return summary
+
+    def _train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        batch = _move(batch, self.device)
+        with self._autocast():
+            loss, info = self.wrapped(batch)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {**info, "loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+
+    def _mean_across(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        keys = sorted(rows[0])
+        values = torch.tensor([[r[k] for k in keys] for r in rows], dtype=torch.float64).mean(0)
+        if self.info.world > 1:
+            dist.all_reduce(values)
+            values /= self.info.world
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    def _log_train(self, window: list[dict[str, float]], seconds: float) -> dict[str, float]:
+        row = self._mean_across(window)
+        row.update(
+            split="train",
+            step=self.step,
+            lr=self.scheduler.get_last_lr()[0],
+            samples_per_s=len(window) * self.config.batch_size / max(seconds, 1e-9),
+        )
+        self._append_metrics(row)
+        return row
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset) -> dict[str, float]:
+        """Mean loss/info over up to `val_batches` fixed global batches (sharded across processes)."""
+        was_training = self.model.training
+        self.model.eval()
+        n = min(len(dataset), self.config.val_batches * self.config.batch_size)
+        order = list(range(n))[self.info.rank :: self.info.world]
+        local_bs = max(1, self.config.batch_size // self.info.world)
+        sums: dict[str, float] = {}
+        count = 0
+        for lo in range(0, len(order), local_bs):
+            batch = _move(self.collate([dataset[i] for i in order[lo : lo + local_bs]]), self.device)
+            with self._autocast():
+                loss, info = self.loss_module(batch)
+            k = len(order[lo : lo + local_bs])
+            for key, v in {**info, "loss": float(loss)}.items():
+                sums[key] = sums.get(key, 0.0) + v * k
+            count += k
+        keys = sorted(sums)
+        totals = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
+        if self.info.world > 1:
+            dist.all_reduce(totals)
+        self.model.train(was_training)
+        return {k: float(totals[i] / max(totals[-1], 1)) for i, k in enumerate(keys)}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.collate_fn is not None:
+            return self.collate_fn(samples)
+        return torch.utils.data.default_collate(samples)
+
+    def _validate(self) -> None:
+        row = self.evaluate(self.val_set)
+        row.update(split="val", step=self.step)
+        self._append_metrics(row)
+        if row["loss"] < self.best_val:
+            self.best_val = row["loss"]
+            if self.info.main:
+                self._save_model(
+                    self.out / "best", {"best_step.json": json.dumps({"step": self.step, **row})}
+                )
+        self._barrier()
+
+    # ------------------------------------------------------------------------------- checkpoints
+
+    def _barrier(self) -> None:
+        if self.info.world > 1:
+            dist.barrier()
+
+    def _save_model(self, directory: Path, extra: dict[str, str]) -> None:
+        files = {
+            **self.extra_files,
+            TRAIN_CONFIG_FILE: json.dumps(dataclasses.asdict(self.config), indent=2),
+            **extra,
+        }
+        with atomic_directory(directory) as tmp:
+            self.model.save_to(tmp, files)
+
+    def save_checkpoint(self) -> Path:
+        """checkpoints/step_NNNNNN/ = loadable policy + training_state.pt; `checkpoints/last` names it."""
+        name = f"step_{self.step:06d}"
+        path = self.ckpt_dir / name
+        if self.info.main:
+            state = {
+                "step": self.step,
+                "best_val": self.best_val,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": _rng_state(),
+                "world_size": self.info.world,
+            }
+            with atomic_directory(path) as tmp:
+                self.model.save_to(
+                    tmp,
+                    {
+                        **self.extra_files,
+                        TRAIN_CONFIG_FILE: json.dumps(dataclasses.asdict(self.config), indent=2),
+                    },
+                )
+                torch.save(state, tmp / TRAINING_STATE_FILE)
+            atomic_write_text(self.ckpt_dir / LAST_FILE, name)
+            self.plot_curves()
+        self._barrier()
+        return path
+
+    def load_last(self) -> None:
+        """Restore weights, optimizer, scheduler, step and RNG from the last checkpoint."""
+        from safetensors.torch import load_model
+
+        path = last_checkpoint(self.out)
+        state_file = path / TRAINING_STATE_FILE
+        if not state_file.is_file():
+            raise CheckpointError(f"checkpoint {path} is missing {TRAINING_STATE_FILE!r}")
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=False)
+        except Exception as e:  # torch raises several unrelated types for a truncated file
+            raise CheckpointError(f"{state_file} is corrupt: {e}") from e
+        load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.best_val = float(state["best_val"])
+        self._truncate_metrics(self.step)
+
+    # ----------------------------------------------------------------------------------- metrics
+
+    def _reset_metrics(self) -> None:
+        if self.info.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / METRICS_FILE, "")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Forget rows logged after the checkpoint we resumed from (they will be logged again)."""
+        path = self.out / METRICS_FILE
+        if not self.info.main or not path.is_file():
+            return
+        rows = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        if self.info.main:
+            with open(self.out / METRICS_FILE, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def plot_curves(self) -> Path | None:
+        path = self.out / METRICS_FILE
+        if not path.is_file():
+            return None
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return plot_loss_curve(rows, self.out / CURVE_FILE)
+
+
+def last_checkpoint(output_dir: str | Path) -> Path:
+    """The checkpoint directory named by `<output_dir>/checkpoints/last`."""
+    ckpt_dir = Path(output_dir) / "checkpoints"
+    pointer = ckpt_dir / LAST_FILE
+    if not pointer.is_file():
+        raise CheckpointError(
+            f"nothing to resume: {pointer} does not exist (no checkpoint was saved in {output_dir})"
+        )
+    path = ckpt_dir / pointer.read_text().strip()
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+def plot_loss_curve(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for split, style in (("train", "-"), ("val", "o-")):
+        pts = [(r["step"], r["loss"]) for r in rows if r.get("split") == split]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=f"{split} loss", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / action token)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
