@@ -1,0 +1,212 @@
+"""Consistency-distillation losses: L = L_consistency + w * L_AR.
+
+Notation: a block of n action tokens follows a prefix of P embeddings. The prediction for block
+position i is read at sequence position P - 1 + i, so it sees the prefix and tokens [0, i) of the
+block; position 0 sees the prefix only. Logits are taken over the n_bins action rows only, as in
+greedy decoding.
+
+- Global consistency: the student on a random intermediate Jacobi state y_j against the
+  stop-gradient student on the fixed point y*, per position (KL(p* || p_j)).
+- Local consistency: the same against the next state y_{j+1} instead of y*.
+- Positions whose whole context already equals the target's (the converged prefix, and the first
+  position after it) see identical inputs in both forwards and are masked.
+- L_AR: teacher-forced next-token cross-entropy on mixed labels: the teacher's tokens for samples
+  where the teacher's action is within delta (mean L1, action units) of the ground truth, else the
+  ground-truth tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+LABEL_MODES = ("mixed", "teacher", "gt")
+CONSISTENCY_MODES = ("global", "local", "none")
+
+# Batch keys the distillation dataset adds next to the observation keys.
+STATE = "distill.state"  # [B, n] long: intermediate Jacobi state (or its noised variant)
+TARGET = "distill.target"  # [B, n] long: fixed point (global) or next state (local)
+TEACHER = "distill.teacher_tokens"  # [B, n] long
+GT = "distill.gt_tokens"  # [B, n] long
+L1 = "distill.l1"  # [B] float: mean |teacher action - ground-truth action|
+
+
+def converged_prefix_len(state: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Length of the leading run where `state` equals `target`. state, target: [B, n] -> [B] long."""
+    equal = (state == target).long()  # [B, n]
+    return equal.cumprod(dim=1).sum(dim=1)
+
+
+def consistency_mask(state: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[B, n] bool: True where the student's context on `state` differs from that on `target`.
+
+    Position i's context is the prefix plus tokens [0, i); it matches the target's when i <= c, c the
+    converged prefix length, so only positions i > c carry a consistency signal.
+    """
+    c = converged_prefix_len(state, target)  # [B]
+    positions = torch.arange(state.shape[1], device=state.device)  # [n]
+    return positions[None, :] > c[:, None]
+
+
+def consistency_loss(
+    student_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over masked positions of KL(softmax(target) || softmax(student)).
+
+    student_logits, target_logits: [B, n, V]; mask: [B, n] bool. `target_logits` is detached here.
+    Returns 0 (still attached to the student's graph) when no position is masked in.
+    """
+    log_q = F.log_softmax(student_logits.float(), dim=-1)  # [B, n, V]
+    log_p = F.log_softmax(target_logits.detach().float(), dim=-1)  # [B, n, V]
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # [B, n]
+    m = mask.to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp_min(1.0)
+
+
+def mix_labels(
+    teacher_tokens: torch.Tensor, gt_tokens: torch.Tensor, l1: torch.Tensor, delta: float, mode: str = "mixed"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample label choice. tokens: [B, n]; l1: [B]. Returns (labels [B, n], use_teacher [B] bool).
+
+    "mixed": the teacher's tokens where l1 <= delta, else the ground truth; "teacher" / "gt": always.
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"label mode must be one of {LABEL_MODES}, got {mode!r}")
+    if mode == "teacher":
+        use_teacher = torch.ones_like(l1, dtype=torch.bool)
+    elif mode == "gt":
+        use_teacher = torch.zeros_like(l1, dtype=torch.bool)
+    else:
+        use_teacher = l1 <= delta
+    labels = torch.where(use_teacher[:, None], teacher_tokens, gt_tokens)
+    return labels, use_teacher
+
+
+def ar_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced next-token CE. logits: [B, n, V] (position i predicts label i); labels: [B, n]."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+
+
+def block_logits(
+    lm: torch.nn.Module,
+    prefix_embeds: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    bins: torch.Tensor,
+    action_token_start: int,
+    n_bins: int,
+) -> torch.Tensor:
+    """Action-row logits the LM gives for every block position, teacher-forced on `bins`.
+
+    prefix_embeds: [B, P, H]; prefix_mask: [B, P] bool, left padded; bins: [B, n] in [0, n_bins).
+    Returns [B, n, n_bins]: row i is read at sequence position P - 1 + i.
+    """
+    b, p, _ = prefix_embeds.shape
+    n = bins.shape[1]
+    token_embeds = lm.get_input_embeddings()(bins + action_token_start).to(prefix_embeds.dtype)  # [B, n, H]
+    embeds = torch.cat([prefix_embeds, token_embeds], dim=1)  # [B, P + n, H]
+    mask = torch.cat([prefix_mask.bool(), prefix_mask.new_ones(b, n, dtype=torch.bool)], dim=1)  # [B, P + n]
+    positions = (mask.long().cumsum(dim=1) - 1).clamp_min(0)  # [B, P + n]
+    hidden = _last_hidden(lm, embeds, mask, positions)[:, p - 1 : p - 1 + n]  # [B, n, H]
+    head = lm.get_output_embeddings()
+    weight = head.weight[action_token_start : action_token_start + n_bins]  # [n_bins, H]
+    bias = (
+        None
+        if getattr(head, "bias", None) is None
+        else head.bias[action_token_start : action_token_start + n_bins]
+    )
+    return F.linear(hidden.to(weight.dtype), weight, bias)  # [B, n, n_bins]
+
+
+def _last_hidden(lm, embeds, mask, positions) -> torch.Tensor:
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else None
+    if decoder is not None and decoder is not lm:
+        out = decoder(
+            inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions, use_cache=False
+        )
+        return out.last_hidden_state
+    out = lm(
+        inputs_embeds=embeds,
+        attention_mask=mask.long(),
+        position_ids=positions,
+        use_cache=False,
+        output_hidden_states=True,
+    )
+    return out.hidden_states[-1]
+
+
+@dataclass
+class DistillLossConfig:
+    """L = L_consistency + w_ar * L_AR.
+
+    w_ar: weight of the AR cross-entropy (the consistency term has weight 1).
+    delta: the teacher's chunk is trusted as label when its mean L1 to the ground truth, in action
+        units (actions live in [-1, 1]; one of 256 bins is 0.0078 wide), is at most delta.
+    labels: "mixed" (the rule above), "teacher" or "gt" (ablations).
+    consistency: "global" (against the fixed point), "local" (against the next Jacobi state; the
+        dataset must then give next states as targets) or "none" (ablation: AR loss only).
+    """
+
+    w_ar: float = 10.0
+    delta: float = 0.1
+    labels: str = "mixed"
+    consistency: str = "global"
+
+    def __post_init__(self) -> None:
+        if self.w_ar < 0:
+            raise ValueError(f"w_ar must be >= 0, got {self.w_ar}")
+        if self.delta < 0:
+            raise ValueError(f"delta must be >= 0 (action units), got {self.delta}")
+        if self.labels not in LABEL_MODES:
+            raise ValueError(f"labels must be one of {LABEL_MODES}, got {self.labels!r}")
+        if self.consistency not in CONSISTENCY_MODES:
+            raise ValueError(f"consistency must be one of {CONSISTENCY_MODES}, got {self.consistency!r}")
+        if self.consistency == "none" and self.w_ar == 0:
+            raise ValueError("consistency='none' with w_ar=0 leaves no loss; set w_ar > 0")
+
+
+class DistillLoss:
+    """Pluggable loss for the shared trainer: `loss_fn(policy, batch) -> (loss, info)`.
+
+    The policy provides `prefix_embeddings(batch) -> (embeds [B, P, H], mask [B, P])`, `lm`,
+    `action_token_start` and `n_bins`; the batch carries the observation keys plus the
+    `distill.*` keys of `DistillDataset`.
+    """
+
+    def __init__(self, config: DistillLossConfig | None = None):
+        self.config = config or DistillLossConfig()
+
+    def __call__(self, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        prefix, mask = policy.prefix_embeddings(batch)  # [B, P, H], [B, P]
+        logits = _BlockLogits(policy, prefix, mask)
+        labels, use_teacher = mix_labels(batch[TEACHER], batch[GT], batch[L1], cfg.delta, cfg.labels)
+        info: dict[str, float] = {"teacher_label_share": use_teacher.float().mean().item()}
+        loss_ar = ar_loss(logits(labels), labels) if cfg.w_ar > 0 else prefix.new_zeros(())
+        loss = cfg.w_ar * loss_ar
+        info["loss_ar"] = loss_ar.item()
+        if cfg.consistency != "none":
+            state, target = batch[STATE], batch[TARGET]
+            with torch.no_grad():
+                target_logits = logits(target, grad=False)  # [B, n, n_bins]
+            cmask = consistency_mask(state, target)  # [B, n]
+            loss_c = consistency_loss(logits(state), target_logits, cmask)
+            loss = loss + loss_c
+            info["loss_consistency"] = loss_c.item()
+            info["consistency_positions"] = cmask.float().mean().item()
+        info["loss"] = loss.item()
+        return loss, info
+
+
+class _BlockLogits:
+    """Runs the LM on the shared prefix with different action blocks."""
+
+    def __init__(self, policy, prefix: torch.Tensor, mask: torch.Tensor):
+        self.policy, self.prefix, self.mask = policy, prefix, mask
+
+    def __call__(self, bins: torch.Tensor, grad: bool = True) -> torch.Tensor:
+        prefix = self.prefix if grad else self.prefix.detach()
+        p = self.policy
+        return block_logits(p.lm, prefix, self.mask, bins.long(), p.action_token_start, p.n_bins)
