@@ -7,7 +7,7 @@ YAML (`launch/config/*.yaml`) and this dataclass describe the same thing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -80,7 +80,7 @@ class SafetyConfig:
 class BridgeConfig:
     """Everything the policy bridge node reads from its ROS parameters."""
 
-    policy: str = "sine"  # "sine[:amplitude]", "expert:TASK", "checkpoint:DIR" (see policies.py)
+    policy: str = "sine"  # "sine[:amplitude]", "expert", "checkpoint:DIR" (see policies.py)
     device: str = "cpu"
     torch_threads: int = 1
     instruction: str = ""  # used until one arrives on instruction_topic; "" = wait for it
@@ -118,7 +118,7 @@ class BridgeConfig:
         self.output_mode = _enum(OutputMode, self.output_mode, "output_mode")
         self.hold_mode = _enum(HoldMode, self.hold_mode, "hold_mode")
         if not self.policy:
-            raise ConfigError("policy is empty: use 'sine', 'expert:TASK' or 'checkpoint:DIR'")
+            raise ConfigError("policy is empty: use 'sine', 'expert' or 'checkpoint:DIR'")
         _positive(self.control_rate_hz, "control_rate_hz")
         _positive(self.diagnostics_rate_hz, "diagnostics_rate_hz")
         _positive(self.twist_scale, "twist_scale")
@@ -169,15 +169,6 @@ class BridgeConfig:
     @property
     def published_gripper_topic(self) -> str:
         return f"{self.gripper_topic}/dry_run" if self.dry_run else self.gripper_topic
-
-    @classmethod
-    def parameter_defaults(cls) -> dict[str, object]:
-        """ROS parameter names and defaults (lists and enums as ROS-declarable values)."""
-        out = {}
-        for f in fields(cls):
-            value = f.default_factory() if callable(f.default_factory) else f.default
-            out[f.name] = value.value if isinstance(value, StrEnum) else value
-        return out
 
 
 def _enum(kind, value, name):

@@ -51,11 +51,9 @@ NODE_NAME = "policy_bridge"
 class PolicyBridgeNode(LifecycleNode):
     """`policy`: an object with the policy API to use instead of the `policy` parameter (tests)."""
 
-    def __init__(
-        self, node_name: str = NODE_NAME, *, policy=None, parameter_overrides: dict | None = None, **kwargs
-    ):
+    def __init__(self, node_name: str = NODE_NAME, *, policy=None, **kwargs):
         super().__init__(node_name, **kwargs)
-        ros_params.declare(self, BridgeConfig, parameter_overrides)
+        ros_params.declare(self, BridgeConfig)
         self._given_policy = policy
         self.config: BridgeConfig | None = None
         self.core: BridgeCore | None = None

@@ -1,8 +1,9 @@
 """Which policy drives the bridge, chosen by the `policy` parameter.
 
     "checkpoint:DIR"    a trained VLA checkpoint directory (ceed_vla.policy.VLAPolicy.from_pretrained)
-    "expert:TASK"       the sim suite's scripted expert for a MetaWorld task (needs the sim robot's
-                        environment_state topic: it reads privileged sim state)
+    "expert"            the sim suite's scripted MetaWorld expert; it reads the task from the
+                        instruction and privileged sim state, so it needs the sim robot's
+                        environment_state topic (set environment_state_topic)
     "sine[:AMPLITUDE]"  a slow sine per action dimension, for bring-up: it checks topics, limits and
                         controller wiring before a learned policy is trusted with the arm
 
@@ -75,16 +76,10 @@ def load_policy(spec: str, action_dim: int, control_rate_hz: float, device: str 
         policy = VLAPolicy.from_pretrained(arg)
         return policy.to(device).eval() if hasattr(policy, "to") else policy
     if kind == "expert":
-        if not arg:
-            raise PolicySpecError("policy 'expert:' needs a task name, e.g. 'expert:reach-v3'")
-        return _scripted_expert(arg)
-    raise PolicySpecError(f"policy={spec!r}: use 'checkpoint:DIR', 'expert:TASK' or 'sine[:AMPLITUDE]'")
+        from ceed_vla.sim.experts import ScriptedExpert
 
-
-def _scripted_expert(task: str):
-    from ceed_vla.sim import make_expert
-
-    return make_expert(task)
+        return ScriptedExpert()
+    raise PolicySpecError(f"policy={spec!r}: use 'checkpoint:DIR', 'expert' or 'sine[:AMPLITUDE]'")
 
 
 def _float(text: str, spec: str) -> float:

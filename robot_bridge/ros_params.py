@@ -8,6 +8,7 @@ field's type here and the dataclass validates them.
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 
 from rcl_interfaces.msg import ParameterDescriptor
 
@@ -16,23 +17,30 @@ from .config import ConfigError
 _DYNAMIC = ParameterDescriptor(dynamic_typing=True)
 
 
-def declare(node, config_cls, overrides: dict | None = None) -> None:
-    """Declare every field of `config_cls` on `node`; `overrides` replace the dataclass defaults."""
-    defaults = config_cls.parameter_defaults()
-    defaults.update(overrides or {})
-    for name, value in defaults.items():
+def defaults(config_cls) -> dict[str, object]:
+    """Field names and defaults of a config dataclass, as ROS-declarable values (enums as strings)."""
+    out = {}
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        out[f.name] = value.value if isinstance(value, StrEnum) else value
+    return out
+
+
+def declare(node, config_cls) -> None:
+    """Declare every field of `config_cls` as a parameter of `node`."""
+    for name, value in defaults(config_cls).items():
         if not node.has_parameter(name):
             # An empty list has no ROS type: declare it unset, reading back gives the default.
             node.declare_parameter(name, None if value == [] else value, _DYNAMIC)
 
 
-def read(node, config_cls, overrides: dict | None = None):
+def read(node, config_cls):
     """Build `config_cls` from the node's parameters (raises ConfigError on a bad value)."""
-    defaults = config_cls.parameter_defaults()
-    defaults.update(overrides or {})
     types = {f.name: str(f.type) for f in dataclasses.fields(config_cls)}
     values = {}
-    for name, default in defaults.items():
+    for name, default in defaults(config_cls).items():
         value = node.get_parameter(name).value
         values[name] = _coerce(name, types[name], default if value is None else value)
     return config_cls(**values)
