@@ -1,9 +1,8 @@
 """Consistency-distillation losses: L = L_consistency + w * L_AR.
 
 Notation: a block of n action tokens follows a prefix of P embeddings. The prediction for block
-position i is read at sequence position P - 1 + i, so it sees the prefix and tokens [0, i) of the
-block; position 0 sees the prefix only. Logits are taken over the n_bins action rows only, as in
-greedy decoding.
+position i sees the prefix and tokens [0, i) of the block; position 0 sees the prefix only. Logits
+are taken over the n_bins action rows only, as in greedy decoding.
 
 - Global consistency: the student on a random intermediate Jacobi state y_j against the
   stop-gradient student on the fixed point y*, per position (KL(p* || p_j)).
@@ -90,53 +89,6 @@ def ar_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
 
-def block_logits(
-    lm: torch.nn.Module,
-    prefix_embeds: torch.Tensor,
-    prefix_mask: torch.Tensor,
-    bins: torch.Tensor,
-    action_token_start: int,
-    n_bins: int,
-) -> torch.Tensor:
-    """Action-row logits the LM gives for every block position, teacher-forced on `bins`.
-
-    prefix_embeds: [B, P, H]; prefix_mask: [B, P] bool, left padded; bins: [B, n] in [0, n_bins).
-    Returns [B, n, n_bins]: row i is read at sequence position P - 1 + i.
-    """
-    b, p, _ = prefix_embeds.shape
-    n = bins.shape[1]
-    token_embeds = lm.get_input_embeddings()(bins + action_token_start).to(prefix_embeds.dtype)  # [B, n, H]
-    embeds = torch.cat([prefix_embeds, token_embeds], dim=1)  # [B, P + n, H]
-    mask = torch.cat([prefix_mask.bool(), prefix_mask.new_ones(b, n, dtype=torch.bool)], dim=1)  # [B, P + n]
-    positions = (mask.long().cumsum(dim=1) - 1).clamp_min(0)  # [B, P + n]
-    hidden = _last_hidden(lm, embeds, mask, positions)[:, p - 1 : p - 1 + n]  # [B, n, H]
-    head = lm.get_output_embeddings()
-    weight = head.weight[action_token_start : action_token_start + n_bins]  # [n_bins, H]
-    bias = (
-        None
-        if getattr(head, "bias", None) is None
-        else head.bias[action_token_start : action_token_start + n_bins]
-    )
-    return F.linear(hidden.to(weight.dtype), weight, bias)  # [B, n, n_bins]
-
-
-def _last_hidden(lm, embeds, mask, positions) -> torch.Tensor:
-    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else None
-    if decoder is not None and decoder is not lm:
-        out = decoder(
-            inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions, use_cache=False
-        )
-        return out.last_hidden_state
-    out = lm(
-        inputs_embeds=embeds,
-        attention_mask=mask.long(),
-        position_ids=positions,
-        use_cache=False,
-        output_hidden_states=True,
-    )
-    return out.hidden_states[-1]
-
-
 @dataclass
 class DistillLossConfig:
     """L = L_consistency + w_ar * L_AR.
@@ -170,9 +122,9 @@ class DistillLossConfig:
 class DistillLoss:
     """Pluggable loss for the shared trainer: `loss_fn(policy, batch) -> (loss, info)`.
 
-    The policy provides `prefix_embeddings(batch) -> (embeds [B, P, H], mask [B, P])`, `lm`,
-    `action_token_start` and `n_bins`; the batch carries the observation keys plus the
-    `distill.*` keys of `DistillDataset`.
+    The policy provides `prefix_embeddings(batch) -> (embeds [B, P, H], mask [B, P])` and
+    `action_logits(embeds, mask, bins [B, n]) -> [B, n, n_bins]` (teacher-forced, row i predicts
+    bin i); the batch carries the observation keys plus the `distill.*` keys of `DistillDataset`.
     """
 
     def __init__(self, config: DistillLossConfig | None = None):
@@ -181,7 +133,10 @@ class DistillLoss:
     def __call__(self, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         prefix, mask = policy.prefix_embeddings(batch)  # [B, P, H], [B, P]
-        logits = _BlockLogits(policy, prefix, mask)
+
+        def logits(bins: torch.Tensor) -> torch.Tensor:  # [B, n] -> [B, n, n_bins]
+            return policy.action_logits(prefix, mask, bins.long())
+
         labels, use_teacher = mix_labels(batch[TEACHER], batch[GT], batch[L1], cfg.delta, cfg.labels)
         info: dict[str, float] = {"teacher_label_share": use_teacher.float().mean().item()}
         loss_ar = ar_loss(logits(labels), labels) if cfg.w_ar > 0 else prefix.new_zeros(())
@@ -190,7 +145,7 @@ class DistillLoss:
         if cfg.consistency != "none":
             state, target = batch[STATE], batch[TARGET]
             with torch.no_grad():
-                target_logits = logits(target, grad=False)  # [B, n, n_bins]
+                target_logits = logits(target)  # [B, n, n_bins], stop-gradient
             cmask = consistency_mask(state, target)  # [B, n]
             loss_c = consistency_loss(logits(state), target_logits, cmask)
             loss = loss + loss_c
@@ -198,15 +153,3 @@ class DistillLoss:
             info["consistency_positions"] = cmask.float().mean().item()
         info["loss"] = loss.item()
         return loss, info
-
-
-class _BlockLogits:
-    """Runs the LM on the shared prefix with different action blocks."""
-
-    def __init__(self, policy, prefix: torch.Tensor, mask: torch.Tensor):
-        self.policy, self.prefix, self.mask = policy, prefix, mask
-
-    def __call__(self, bins: torch.Tensor, grad: bool = True) -> torch.Tensor:
-        prefix = self.prefix if grad else self.prefix.detach()
-        p = self.policy
-        return block_logits(p.lm, prefix, self.mask, bins.long(), p.action_token_start, p.n_bins)

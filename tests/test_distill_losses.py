@@ -91,37 +91,6 @@ def _obs(b=2, seed=0):
     return {"observation.state": torch.randn(b, 4, generator=g)}
 
 
-def test_block_logits_match_full_forward(tiny_block_policy):
-    p = tiny_block_policy
-    batch = _obs()
-    bins = torch.randint(0, p.n_bins, (2, p.chunk_tokens), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        prefix, mask = p.prefix_embeddings(batch)
-        got = L.block_logits(p.lm, prefix, mask, bins, p.action_token_start, p.n_bins)  # [B, n, n_bins]
-        embeds = torch.cat([prefix, p.lm.get_input_embeddings()(bins + p.action_token_start)], dim=1)
-        full = p.lm(inputs_embeds=embeds).logits  # [B, P + n, V]
-    want = full[:, 2 : 2 + p.chunk_tokens, p.action_token_start :]
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    # Causal: position i does not depend on block token i or later.
-    changed = bins.clone()
-    changed[:, 3:] = (changed[:, 3:] + 1) % p.n_bins
-    with torch.no_grad():
-        again = L.block_logits(p.lm, prefix, mask, changed, p.action_token_start, p.n_bins)
-    torch.testing.assert_close(again[:, :4], got[:, :4])
-
-
-def test_block_logits_ignore_left_padding(tiny_block_policy):
-    p = tiny_block_policy
-    bins = torch.randint(0, p.n_bins, (1, p.chunk_tokens), generator=torch.Generator().manual_seed(2))
-    obs = _obs(1)
-    with torch.no_grad():
-        prefix, mask = p.prefix_embeddings(obs)
-        plain = L.block_logits(p.lm, prefix[:, 1:], mask[:, 1:], bins, p.action_token_start, p.n_bins)
-        padded_prefix, padded_mask = p.prefix_embeddings({**obs, "prefix_pad": torch.tensor([1])})
-        padded = L.block_logits(p.lm, padded_prefix, padded_mask, bins, p.action_token_start, p.n_bins)
-    torch.testing.assert_close(padded, plain, rtol=1e-4, atol=1e-5)
-
-
 def _distill_batch(p, state, target, teacher, gt, l1):
     return {**_obs(state.shape[0]), L.STATE: state, L.TARGET: target, L.TEACHER: teacher, L.GT: gt, L.L1: l1}
 
@@ -141,7 +110,7 @@ def test_distill_loss_parts(tiny_block_policy):
     labels = torch.stack([target[0], gt[1]])
     with torch.no_grad():
         prefix, mask = p.prefix_embeddings(batch)
-        ce = L.ar_loss(L.block_logits(p.lm, prefix, mask, labels, p.action_token_start, p.n_bins), labels)
+        ce = L.ar_loss(p.action_logits(prefix, mask, labels), labels)
     assert loss.item() == pytest.approx(2.0 * ce.item(), rel=1e-5)
     # A state off the fixed point gives a positive consistency loss whose gradient reaches the LM.
     state = target.clone()
