@@ -277,7 +277,11 @@ class VLAPolicy(nn.Module):
         """[B, K, D] actions; `decoding` is a `ceed_vla.decoding.DecodeConfig` (AR when None)."""
         from ceed_vla.decoding import DecodeConfig, decode
 
-        config = decoding if decoding is not None else DecodeConfig(mode="ar")
+        config = decoding if decoding is not None else DecodeConfig(mode="ar", n_bins=self.n_bins)
+        if config.n_bins != self.n_bins:
+            raise ConfigError(
+                f"DecodeConfig.n_bins is {config.n_bins} but this policy has {self.n_bins} action bins"
+            )
         embeds, mask = self.prefix_embeddings(obs)
         out = decode(
             self.lm,
