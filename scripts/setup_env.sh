@@ -52,5 +52,7 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libavutil'; then
 fi
 
 say "syncing $VENV from uv.lock"
-UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync --frozen --python "$PY" --quiet
+# --inexact: the ROS wheels also register egg-info distributions uv does not know; an exact sync
+# uninstalls them, and with them the rclpy and message modules they share with the real wheels.
+UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync --frozen --inexact --python "$PY" --quiet
 say "ready: $VENV"
