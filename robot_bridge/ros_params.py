@@ -42,11 +42,20 @@ def read(node, config_cls):
     values = {}
     for name, default in defaults(config_cls).items():
         value = node.get_parameter(name).value
-        values[name] = _coerce(name, types[name], default if value is None else value)
+        values[name] = coerce(name, types[name], default if value is None else value)
     return config_cls(**values)
 
 
-def _coerce(name: str, type_name: str, value):
+def from_dict(config_cls, params: dict):
+    """Build `config_cls` from a plain mapping (a node's `ros__parameters` in a YAML file)."""
+    unknown = sorted(set(params) - set(defaults(config_cls)))
+    if unknown:
+        raise ConfigError(f"{config_cls.__name__} has no parameters {unknown}")
+    types = {f.name: str(f.type) for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: coerce(k, types[k], v) for k, v in params.items()})
+
+
+def coerce(name: str, type_name: str, value):
     try:
         if type_name == "list[float]":
             return [float(v) for v in value]
