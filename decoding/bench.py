@@ -1,0 +1,427 @@
+"""`ceed bench decode`: ms per chunk, iterations and action deviation for every decoding mode.
+
+For a checkpoint (or a fresh policy of a preset) and a list of observations (frames of a LeRobotDataset
+when given, else synthetic ones, which the JSON says), the prefix embeddings are computed once per
+observation and then every decoding variant decodes every observation: AR (the reference), exact
+Jacobi from each initial-guess strategy, and early exit over a sigma sweep and a tau sweep. Per
+variant: ms per chunk p50/p95 (wall clock of `decode()`, synchronised on CUDA), iterations and forward
+passes per chunk, tokens per forward, speedup versus AR measured in the same run, the mean absolute
+action deviation from AR and the share of chunks identical to AR.
+
+Writes one JSON record, prints a table and draws speedup versus action deviation (PNG).
+
+This job sits at the edge of the package: it imports ceed_vla.policy (lazily) to load or build the
+policy, and LeRobot only when a dataset is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DecodeConfig
+from .decode import decode
+from .guess import guess_from_previous_chunk
+
+SYNTHETIC_TASKS = (
+    "push the puck to the goal",
+    "open the drawer",
+    "press the button from the top",
+    "reach the red target",
+    "open the door",
+)
+INIT_VARIANTS = ("constant", "random", "first_token", "prev_tail")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class BenchConfigError(ValueError):
+    """A `ceed bench decode` option has a value that cannot work."""
+
+
+@dataclass
+class DecodeBenchConfig:
+    checkpoint: str | None = None  # a policy checkpoint directory; None builds a fresh policy of `preset`
+    preset: str = "tiny"
+    dataset: str | None = None  # LeRobotDataset root for real observations; None = synthetic
+    repo_id: str | None = None
+    samples: int = 8  # observations (chunks) per variant
+    repeats: int = 2  # timed decodes per observation and variant
+    warmup: int = 2  # untimed decodes before each variant
+    device: str = "auto"
+    dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 elsewhere)
+    backend: str = "auto"
+    sigmas: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+    taus: tuple[int, ...] = (1, 2, 4, 8, 16)
+    inits: tuple[str, ...] = INIT_VARIANTS
+    sweep_init: str = "prev_tail"
+    steps_executed: int | None = None  # chunk steps executed between observations; None = the policy's
+    seed: int = 0
+    threads: int | None = None
+    out: str = "benchmarks/results/decode.json"
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        self.sigmas = tuple(int(s) for s in self.sigmas)
+        self.taus = tuple(int(t) for t in self.taus)
+        self.inits = tuple(self.inits)
+        if self.samples < 1:
+            raise BenchConfigError(f"samples={self.samples} must be >= 1")
+        if self.repeats < 1:
+            raise BenchConfigError(f"repeats={self.repeats} must be >= 1")
+        if self.warmup < 0:
+            raise BenchConfigError(f"warmup={self.warmup} must be >= 0")
+        if self.dtype not in (*DTYPES, "auto"):
+            raise BenchConfigError(f"dtype={self.dtype!r} is not one of {(*DTYPES, 'auto')}")
+        if any(s < 1 for s in self.sigmas):
+            raise BenchConfigError(f"sigmas={self.sigmas} must all be >= 1")
+        if any(t < 0 for t in self.taus):
+            raise BenchConfigError(f"taus={self.taus} must all be >= 0")
+        for init in (*self.inits, self.sweep_init):
+            if init not in INIT_VARIANTS:
+                raise BenchConfigError(f"init {init!r} is not one of {INIT_VARIANTS}")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_dir():
+            raise BenchConfigError(f"checkpoint={self.checkpoint!r} is not a directory")
+        if self.dataset is not None and not Path(self.dataset).is_dir():
+            raise BenchConfigError(f"dataset={self.dataset!r} is not a directory (a LeRobotDataset root)")
+        if self.steps_executed is not None and self.steps_executed < 1:
+            raise BenchConfigError(f"steps_executed={self.steps_executed} must be >= 1")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    decode: DecodeConfig
+    prev_tail: bool = False  # initial guess from this variant's previous chunk
+
+
+def build_variants(cfg: DecodeBenchConfig, n_bins: int, backend: str) -> list[Variant]:
+    def make(name: str, init: str, **kwargs) -> Variant:
+        strategy = "constant" if init == "prev_tail" else init
+        config = DecodeConfig(n_bins=n_bins, backend=backend, init=strategy, seed=cfg.seed, **kwargs)
+        return Variant(name, config, prev_tail=init == "prev_tail")
+
+    variants = [Variant("ar", DecodeConfig(mode="ar", n_bins=n_bins, backend=backend))]
+    variants += [make(f"jacobi/{init}", init, mode="jacobi") for init in cfg.inits]
+    variants += [make(f"ee/sigma={s}", cfg.sweep_init, mode="early_exit", sigma=s) for s in cfg.sigmas]
+    variants += [make(f"ee/tau={t}", cfg.sweep_init, mode="early_exit", tau=t) for t in cfg.taus]
+    return variants
+
+
+# ----------------------------------------------------------------------------------- model and data
+
+
+def resolve_device_dtype(cfg: DecodeBenchConfig) -> tuple[torch.device, torch.dtype]:
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if cfg.dtype == "auto":
+        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+    return device, DTYPES[cfg.dtype]
+
+
+def load_policy(cfg: DecodeBenchConfig, device: torch.device, dtype: torch.dtype):
+    """The checkpoint, or a fresh policy of the preset (random weights, synthetic tokenizer and stats).
+    Only the LM is cast to `dtype`: decoding is what is measured; the encoders stay in fp32."""
+    from ceed_vla.policy import ActionTokenizer, StateNormalizer, VLAPolicy, make_config
+    from ceed_vla.policy.text_tokenizer import train_instruction_tokenizer
+
+    if cfg.checkpoint is not None:
+        policy = VLAPolicy.from_pretrained(cfg.checkpoint)
+        source = {"checkpoint": str(Path(cfg.checkpoint).resolve())}
+    else:
+        torch.manual_seed(cfg.seed)
+        config = make_config(cfg.preset)
+        tokenizer = train_instruction_tokenizer(SYNTHETIC_TASKS, vocab_size=config.text_vocab_size)
+        actions = torch.rand(256, config.action_dim) * 2 - 1
+        states = torch.randn(256, config.state_dim)
+        policy = VLAPolicy.build(
+            config, tokenizer, ActionTokenizer.fit(actions, config.n_bins), StateNormalizer.fit(states)
+        )
+        source = {"preset": cfg.preset, "weights": "random (fresh model)"}
+    policy = policy.eval().to(device)
+    policy.lm.to(dtype)
+    source["parameters"] = sum(p.numel() for p in policy.parameters())
+    source["lm_parameters"] = sum(p.numel() for p in policy.lm.parameters())
+    return policy, source
+
+
+def synthetic_observations(policy, count: int, seed: int) -> list[dict[str, Any]]:
+    size = policy.config.vision.image_size or 64
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "observation.image": torch.rand(1, 3, size, size, generator=gen),
+            "observation.state": torch.rand(1, policy.config.state_dim, generator=gen) * 2 - 1,
+            "task": [SYNTHETIC_TASKS[i % len(SYNTHETIC_TASKS)]],
+        }
+        for i in range(count)
+    ]
+
+
+def dataset_observations(root: str, repo_id: str | None, count: int, stride: int) -> list[dict[str, Any]]:
+    """Frames 0, stride, 2 * stride, ... of the dataset: consecutive observations of a control loop that
+    executes `stride` steps of each chunk (until an episode ends)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset(repo_id or f"local/{Path(root).name}", root=root)
+    if len(ds) == 0:
+        raise BenchConfigError(f"dataset {root} has no frames")
+    observations = []
+    for i in range(count):
+        item = ds[(i * stride) % len(ds)]
+        observations.append(
+            {
+                "observation.image": item["observation.image"][None].float(),
+                "observation.state": item["observation.state"][None].float(),
+                "task": [item["task"]],
+            }
+        )
+    return observations
+
+
+# ----------------------------------------------------------------------------------------- measuring
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(torch.tensor(values, dtype=torch.float64).quantile(q)) if values else float("nan")
+
+
+def run_variant(
+    policy, variant: Variant, prefixes, reference_bins, steps_executed: int, cfg: DecodeBenchConfig
+) -> dict[str, Any]:
+    """Decode every prefix `repeats` times (after `warmup` untimed decodes); compare with AR."""
+    lm, n, start = policy.lm, policy.chunk_tokens, policy.action_token_start
+    embeds0, mask0 = prefixes[0]
+    for _ in range(cfg.warmup):
+        decode(lm, embeds0, mask0, n, start, variant.decode)
+    times, iterations, passes, deviation, identical = [], [], [], [], []
+    previous = None
+    for (embeds, mask), ref in zip(prefixes, reference_bins, strict=True):
+        guess = None
+        if variant.prev_tail and previous is not None:
+            guess = guess_from_previous_chunk(previous, steps_executed, policy.config.action_dim)
+        for r in range(cfg.repeats):
+            out = decode(lm, embeds, mask, n, start, variant.decode, init_guess=guess)
+            times.append(out.stats.wall_ms)
+            if r == 0:
+                iterations.append(out.stats.mean_iterations)
+                passes.append(out.stats.forward_passes)
+                bins = out.bins
+        previous = bins
+        delta = policy.tokens_to_actions(bins) - policy.tokens_to_actions(ref)  # [1, K, D]
+        deviation.append(float(delta.abs().mean()))
+        identical.append(bool(torch.equal(bins, ref)))
+    return {
+        "name": variant.name,
+        "mode": variant.decode.mode,
+        "init": "prev_tail" if variant.prev_tail else variant.decode.init,
+        "sigma": variant.decode.sigma,
+        "tau": variant.decode.tau,
+        "ms_p50": percentile(times, 0.5),
+        "ms_p95": percentile(times, 0.95),
+        "ms_mean": sum(times) / len(times),
+        "iterations_per_chunk": sum(iterations) / len(iterations),
+        "forward_passes_per_chunk": sum(passes) / len(passes),
+        "tokens_per_forward": n / (sum(passes) / len(passes)),
+        "action_deviation_from_ar": sum(deviation) / len(deviation),
+        "identical_to_ar": sum(identical) / len(identical),
+    }
+
+
+def run(cfg: DecodeBenchConfig, policy=None) -> dict[str, Any]:
+    """Measure every variant; ``policy`` (already on its device) replaces loading one from ``cfg``."""
+    from tqdm.auto import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if policy is None:
+        device, dtype = resolve_device_dtype(cfg)
+        policy, source = load_policy(cfg, device, dtype)
+    else:
+        device, dtype = policy.device, policy.lm.get_input_embeddings().weight.dtype
+        source = {"given": type(policy).__name__, "parameters": sum(p.numel() for p in policy.parameters())}
+    steps = cfg.steps_executed or policy.config.n_action_steps or policy.config.chunk_size
+    if cfg.dataset:
+        observations = dataset_observations(cfg.dataset, cfg.repo_id, cfg.samples, steps)
+        obs_source = f"dataset:{Path(cfg.dataset).resolve()}"
+    else:
+        observations = synthetic_observations(policy, cfg.samples, cfg.seed)
+        obs_source = "synthetic (random images and states; no dataset given)"
+    with torch.inference_mode():
+        prefixes = [policy.prefix_embeddings(obs) for obs in observations]
+    variants = build_variants(cfg, policy.n_bins, cfg.backend)
+    n, start = policy.chunk_tokens, policy.action_token_start
+    reference = [decode(policy.lm, e, m, n, start, variants[0].decode).bins for e, m in prefixes]  # AR
+    rows = []
+    for variant in tqdm(variants, desc="decode variants", unit="variant"):
+        row = run_variant(policy, variant, prefixes, reference, steps, cfg)
+        rows.append(row)
+    ar_p50, ar_mean = rows[0]["ms_p50"], rows[0]["ms_mean"]
+    for row in rows:
+        row["speedup_vs_ar"] = ar_p50 / row["ms_p50"]
+        row["speedup_vs_ar_mean"] = ar_mean / row["ms_mean"]
+    backend = decode(policy.lm, *prefixes[0], 1, policy.action_token_start, variants[0].decode).stats.backend
+    return {
+        "benchmark": "decode",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "device_type": device.type,
+        "dtype": str(dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "backend": backend,
+        "model": source,
+        "observations": obs_source,
+        "samples": cfg.samples,
+        "repeats": cfg.repeats,
+        "chunk_tokens": policy.chunk_tokens,
+        "chunk_size": policy.config.chunk_size,
+        "action_dim": policy.config.action_dim,
+        "prompt_positions": int(prefixes[0][0].shape[1]),
+        "steps_executed_between_chunks": steps,
+        "config": asdict(cfg),
+        "results": rows,
+    }
+
+
+# ------------------------------------------------------------------------------------------- output
+
+
+def format_table(record: dict[str, Any]) -> str:
+    head = f"{'variant':<20}{'ms p50':>9}{'ms p95':>9}{'iters':>8}{'fwd':>7}{'tok/fwd':>9}{'speedup':>9}{'dev':>9}{'=AR':>6}"
+    lines = [
+        f"decode benchmark: {record['device']} {record['dtype']}, backend {record['backend']}, n = "
+        f"{record['chunk_tokens']} tokens, {record['samples']} observations ({record['observations']})",
+        head,
+        "-" * len(head),
+    ]
+    for r in record["results"]:
+        lines.append(
+            f"{r['name']:<20}{r['ms_p50']:>9.2f}{r['ms_p95']:>9.2f}{r['iterations_per_chunk']:>8.2f}"
+            f"{r['forward_passes_per_chunk']:>7.2f}{r['tokens_per_forward']:>9.2f}{r['speedup_vs_ar']:>8.2f}x"
+            f"{r['action_deviation_from_ar']:>9.4f}{r['identical_to_ar']:>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot(record: dict[str, Any], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = {"ar": "black", "jacobi": "tab:blue", "early_exit": "tab:orange"}
+    for r in record["results"]:
+        ax.scatter(r["action_deviation_from_ar"], r["speedup_vs_ar"], color=groups[r["mode"]], s=28)
+        ax.annotate(
+            r["name"],
+            (r["action_deviation_from_ar"], r["speedup_vs_ar"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("mean |action - AR action| (action units)")
+    ax.set_ylabel("speedup vs AR (p50 ms per chunk)")
+    ax.set_title(f"decode: {record['device']} {record['dtype']}, n={record['chunk_tokens']}", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------- job
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    d = DecodeBenchConfig()
+    parser.add_argument(
+        "--checkpoint", help="policy checkpoint directory (default: a fresh policy of --preset)"
+    )
+    parser.add_argument(
+        "--preset", default=d.preset, help="policy preset for a fresh model (default: %(default)s)"
+    )
+    parser.add_argument("--dataset", help="LeRobotDataset root: decode real observations from it")
+    parser.add_argument("--repo-id", help="the dataset's repo id (default: local/<root name>)")
+    parser.add_argument("--samples", type=int, default=d.samples, help="observations per variant")
+    parser.add_argument("--repeats", type=int, default=d.repeats, help="timed decodes per observation")
+    parser.add_argument("--warmup", type=int, default=d.warmup)
+    parser.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 or auto")
+    parser.add_argument("--dtype", default=d.dtype, choices=[*DTYPES, "auto"])
+    parser.add_argument("--backend", default=d.backend, choices=["auto", "hf", "static"])
+    parser.add_argument("--sigmas", type=_ints, default=d.sigmas, help="comma-separated iteration caps")
+    parser.add_argument("--taus", type=_ints, default=d.taus, help="comma-separated bin tolerances")
+    parser.add_argument("--inits", type=lambda s: tuple(s.split(",")), default=d.inits)
+    parser.add_argument("--sweep-init", default=d.sweep_init, choices=INIT_VARIANTS)
+    parser.add_argument(
+        "--steps-executed", type=int, help="steps of a chunk executed before the next observation"
+    )
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--out", default=d.out, help="JSON path; the PNG goes next to it")
+    parser.add_argument("--no-plot", dest="plot", action="store_false")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = DecodeBenchConfig(
+        checkpoint=args.checkpoint,
+        preset=args.preset,
+        dataset=args.dataset,
+        repo_id=args.repo_id,
+        samples=args.samples,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        sigmas=args.sigmas,
+        taus=args.taus,
+        inits=args.inits,
+        sweep_init=args.sweep_init,
+        steps_executed=args.steps_executed,
+        seed=args.seed,
+        threads=args.threads,
+        out=args.out,
+        plot=args.plot,
+    )
+    record = run(cfg)
+    print(format_table(record))
+    out = Path(cfg.out)
+    atomic_write_bytes(out, (json.dumps(record, indent=2) + "\n").encode())
+    print(f"wrote {out}")
+    if cfg.plot:
+        plot(record, out.with_suffix(".png"))
+        print(f"wrote {out.with_suffix('.png')}")
+    return 0

@@ -1,0 +1,67 @@
+"""`ceed bench decode` on a tiny policy: the record it writes and what must hold in it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from ceed_vla.decoding.bench import BenchConfigError, DecodeBenchConfig, format_table, plot, run
+
+from tests.fixtures.policy import tiny_test_config
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    from ceed_vla.policy import ActionTokenizer, StateNormalizer, VLAPolicy
+    from ceed_vla.policy.text_tokenizer import train_instruction_tokenizer
+
+    torch.manual_seed(0)
+    config = tiny_test_config(chunk_size=3, n_action_steps=2)
+    tokenizer = train_instruction_tokenizer(["open the drawer", "push the puck"], vocab_size=64)
+    actions = ActionTokenizer.fit(torch.rand(64, 4) * 2 - 1, config.n_bins)
+    policy = VLAPolicy.build(config, tokenizer, actions, StateNormalizer.fit(torch.randn(64, 4)))
+    return policy.eval()
+
+
+def test_bench_record_table_and_plot(tiny_policy, tmp_path):
+    torch.set_num_threads(1)
+    cfg = DecodeBenchConfig(
+        samples=2, repeats=1, warmup=0, sigmas=(1,), taus=(3,), inits=("constant", "prev_tail")
+    )
+    record = run(cfg, policy=tiny_policy)
+    rows = {r["name"]: r for r in record["results"]}
+    assert list(rows) == ["ar", "jacobi/constant", "jacobi/prev_tail", "ee/sigma=1", "ee/tau=3"]
+    assert record["observations"].startswith("synthetic")
+    assert record["chunk_tokens"] == 12 and record["steps_executed_between_chunks"] == 2
+    assert rows["ar"]["speedup_vs_ar"] == 1.0 and rows["ar"]["iterations_per_chunk"] == 11
+    for name in ("jacobi/constant", "jacobi/prev_tail"):
+        assert rows[name]["identical_to_ar"] == 1.0 and rows[name]["action_deviation_from_ar"] == 0.0
+        assert rows[name]["iterations_per_chunk"] <= 11
+    assert (
+        rows["ee/sigma=1"]["iterations_per_chunk"] == 1
+        and rows["ee/sigma=1"]["forward_passes_per_chunk"] == 2
+    )
+    assert rows["ee/sigma=1"]["tokens_per_forward"] == 6.0
+    for r in rows.values():
+        assert 0 < r["ms_p50"] <= r["ms_p95"]
+    table = format_table(record)
+    assert "ee/sigma=1" in table and "speedup" in table
+    json.dumps(record)  # serialisable as written
+    png = tmp_path / "decode.png"
+    plot(record, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"samples": 0}, "samples=0"),
+        ({"sigmas": (0,)}, "sigmas"),
+        ({"sweep_init": "zeros"}, "zeros"),
+        ({"dtype": "int8"}, "int8"),
+    ],
+)
+def test_bench_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(BenchConfigError, match=match):
+        DecodeBenchConfig(**kwargs)
