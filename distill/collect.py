@@ -1,0 +1,327 @@
+"""`ceed distill collect`: the teacher's exact Jacobi trajectories over dataset frames, into zarr.
+
+    ceed distill collect --teacher runs/teacher/final --dataset-root data/mt10 --output runs/traj.zarr \\
+        --trajectories 12000 --warm-start 0.5
+    torchrun --nproc_per_node 2 -m ceed_vla.cli distill collect ...   # shards by RANK / WORLD_SIZE
+
+The plan is a fixed sequence of sample ids 0..T-1: id s visits frame perm_r[s % M] of a permutation
+of the M frames (round r = s // M has its own seeded permutation), so a partial run covers frames
+evenly and more trajectories than frames revisit each frame with another initial guess. Rank r
+collects the ids s with s % W == r. Every piece of randomness is seeded by the sample id, so a killed
+run resumed with the same arguments appends exactly what the uninterrupted run would have, and a
+larger --trajectories later extends the same plan.
+
+Initial guesses: a share `warm_start` of samples starts from the previous chunk's unexecuted tail,
+as decoding does at run time (`guess_from_previous_chunk`), taken from the ground-truth chunk of
+frame t - e with e in [1, K) executed steps drawn per sample (a stand-in for the policy's own
+previous chunk, which is close to it); the rest start from the decoder's constant guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .store import StoreError, TeacherMismatchError, TrajectoryBatch, TrajectoryStore, fingerprint
+
+SUMMARY_FILE = "summary_rank{rank:03d}.json"
+
+
+@dataclass
+class CollectConfig:
+    """What to collect. `trajectories` is the plan size over all ranks (None = one per frame)."""
+
+    output: str
+    trajectories: int | None = None
+    batch_size: int = 32
+    warm_start: float = 0.5
+    delta: float = 0.1  # only for the summary's "share within delta"; training picks its own
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trajectories is not None and self.trajectories < 1:
+            raise ValueError(f"trajectories must be >= 1 or None (one per frame), got {self.trajectories}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.warm_start <= 1.0:
+            raise ValueError(f"warm_start is a probability in [0, 1], got {self.warm_start}")
+        if self.delta < 0:
+            raise ValueError(f"delta must be >= 0 (action units), got {self.delta}")
+
+
+def teacher_fingerprint(policy) -> str:
+    """Hash of everything that decides the teacher's tokens: config, normaliser, token ids, weights."""
+    config = {
+        "policy": policy.config.to_dict(),
+        "action_tokenizer": policy.action_tokenizer.to_dict(),
+        "state_normalizer": policy.state_normalizer.to_dict(),
+        "action_token_start": policy.action_token_start,
+    }
+    return fingerprint(config, policy.state_dict())
+
+
+class SamplePlan:
+    """Sample id -> (frame index, warm-start guess or not, executed steps e), all seeded by the id."""
+
+    def __init__(self, n_frames: int, total: int, seed: int, warm_start: float, chunk_size: int):
+        if n_frames < 1:
+            raise ValueError("the dataset has no frames to collect from")
+        self.n_frames, self.total, self.seed = n_frames, total, seed
+        self.warm_start, self.chunk_size = warm_start, chunk_size
+        self._perms: dict[int, np.ndarray] = {}
+
+    def ids_for_rank(self, rank: int, world: int) -> np.ndarray:
+        return np.arange(rank, self.total, world, dtype=np.int64)
+
+    def frame(self, sample_id: int) -> int:
+        r, pos = divmod(int(sample_id), self.n_frames)
+        if r not in self._perms:
+            self._perms[r] = np.random.default_rng([self.seed, r]).permutation(self.n_frames)
+        return int(self._perms[r][pos])
+
+    def guess(self, sample_id: int) -> tuple[bool, int]:
+        """(use a warm start, executed steps e in [1, K))."""
+        rng = np.random.default_rng([self.seed, 1_000_003, int(sample_id)])
+        warm = bool(rng.random() < self.warm_start) and self.chunk_size > 1
+        steps = int(rng.integers(1, self.chunk_size)) if self.chunk_size > 1 else 1
+        return warm, steps
+
+
+def trim_trajectory(states: np.ndarray, fixed_point: np.ndarray) -> np.ndarray:
+    """Cut a sequence's recorded states [T, n] after the first one equal to its fixed point."""
+    hits = np.flatnonzero((states == fixed_point[None]).all(axis=1))
+    if not len(hits):
+        raise RuntimeError("the recorded Jacobi trajectory never reaches the decoded output")
+    return states[: hits[0] + 1]
+
+
+class Collector:
+    """Runs the teacher's exact Jacobi decoding over planned samples and appends them to a shard."""
+
+    def __init__(self, teacher, dataset, frames, config: CollectConfig):
+        """teacher: VLAPolicy; dataset: ChunkDataset over every frame (row i = dataset index i);
+        frames: the `Frames` it reads (episode bounds for warm starts)."""
+        from ceed_vla.decoding import DecodeConfig
+
+        self.teacher, self.dataset, self.frames, self.config = teacher, dataset, frames, config
+        self.decode_config = DecodeConfig(mode="jacobi", n_bins=teacher.n_bins, record_trajectory=True)
+        self.chunk_size = teacher.config.chunk_size
+        self.action_dim = teacher.config.action_dim
+
+    def _warm_guess(self, index: int, steps: int) -> torch.Tensor | None:
+        """[n] bins: the tail of frame (index - steps)'s chunk, or None at an episode's start."""
+        from ceed_vla.decoding import guess_from_previous_chunk
+
+        prev = index - steps
+        if prev < int(self.frames.ep_start[index]):
+            return None
+        actions = self.dataset[prev]["action"][None]  # [1, K, D]
+        bins = self.teacher.actions_to_bins(actions)  # [1, n]
+        return guess_from_previous_chunk(bins, steps, self.action_dim)[0]
+
+    @torch.no_grad()
+    def run_batch(self, plan: SamplePlan, ids: np.ndarray) -> TrajectoryBatch:
+        from ceed_vla.decoding import decode
+
+        indices = [plan.frame(s) for s in ids]
+        items = [self.dataset[i] for i in indices]
+        batch = torch.utils.data.default_collate(items)
+        n = self.teacher.chunk_tokens
+        guesses = torch.full((len(ids), n), self.decode_config.constant_bin, dtype=torch.long)  # [B, n]
+        warm = np.zeros(len(ids), dtype=bool)
+        for k, s in enumerate(ids):
+            use_warm, steps = plan.guess(s)
+            g = self._warm_guess(indices[k], steps) if use_warm else None
+            if g is not None:
+                guesses[k], warm[k] = g, True
+        embeds, mask = self.teacher.prefix_embeddings(batch)  # [B, P, H], [B, P]
+        out = decode(
+            self.teacher.lm,
+            embeds,
+            mask,
+            n,
+            self.teacher.action_token_start,
+            config=self.decode_config,
+            init_guess=guesses.to(embeds.device),
+        )
+        fixed = out.bins.cpu()  # [B, n]
+        states = torch.stack(out.trajectory, dim=1).cpu().numpy()  # [B, T, n]
+        trajectories = [trim_trajectory(states[k], fixed[k].numpy()) for k in range(len(ids))]
+        gt_actions = batch["action"].float()  # [B, K, D]
+        gt_bins = self.teacher.actions_to_bins(gt_actions)  # [B, n]
+        l1 = chunk_l1(self.teacher.tokens_to_actions(fixed), gt_actions, batch.get("action_is_pad"))
+        return TrajectoryBatch(
+            sample_id=ids,
+            dataset_index=np.asarray(indices, dtype=np.int64),
+            states=trajectories,
+            fixed_point=fixed.numpy(),
+            teacher_tokens=fixed.numpy(),
+            gt_tokens=gt_bins.numpy(),
+            l1=l1.numpy(),
+            iterations=out.stats.iterations.cpu().numpy(),
+            warm_start=warm,
+        )
+
+
+def chunk_l1(teacher: torch.Tensor, gt: torch.Tensor, is_pad: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |teacher - gt| over the valid steps of each chunk. [B, K, D] x2 (+ [B, K] pad) -> [B]."""
+    err = (teacher.float() - gt.float()).abs().mean(dim=-1)  # [B, K]
+    valid = torch.ones_like(err) if is_pad is None else (~is_pad.bool()).float()
+    return (err * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
+
+
+def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int) -> dict[str, Any]:
+    """Collect this rank's remaining samples; returns the summary of everything its shard holds."""
+    cfg = collector.config
+    total = cfg.trajectories or len(collector.dataset)
+    plan = SamplePlan(len(collector.dataset), total, cfg.seed, cfg.warm_start, collector.chunk_size)
+    shard = store.shard(rank)
+    planned = plan.ids_for_rank(rank, world)
+    done = shard.sample_ids()
+    frames_done = shard.read().dataset_index if len(done) else np.zeros(0, dtype=np.int64)
+    if not (
+        np.array_equal(done, planned[: len(done)])
+        and np.array_equal(frames_done, [plan.frame(s) for s in done])
+    ):
+        raise StoreError(
+            f"{store.path} rank {rank} holds samples that this plan does not produce (seed, dataset "
+            f"or world size changed?); resume with the original arguments or use a new --output"
+        )
+    todo = planned[len(done) :]
+    t0 = time.perf_counter()
+    with tqdm(
+        total=len(planned), initial=len(done), desc=f"collect r{rank}", unit="traj", dynamic_ncols=True
+    ) as bar:
+        for lo in range(0, len(todo), cfg.batch_size):
+            ids = todo[lo : lo + cfg.batch_size]
+            shard.append(collector.run_batch(plan, ids))
+            bar.update(len(ids))
+    seconds = time.perf_counter() - t0
+    summary = summarize(shard.read(), cfg.delta)
+    summary.update(
+        rank=rank,
+        world_size=world,
+        collected_now=int(len(todo)),
+        seconds=seconds,
+        trajectories_per_s=len(todo) / seconds if seconds > 0 and len(todo) else None,
+    )
+    return summary
+
+
+def summarize(traj, delta: float) -> dict[str, Any]:
+    """Mean iterations (all, constant-guess, warm-start) and the share of teachers within delta."""
+    it = traj.iterations.astype(np.float64)
+    warm = traj.warm_start.astype(bool)
+    return {
+        "samples": int(len(traj)),
+        "states": int(len(traj.states)),
+        "mean_iterations": float(it.mean()) if len(it) else None,
+        "mean_iterations_constant_guess": float(it[~warm].mean()) if (~warm).any() else None,
+        "mean_iterations_warm_start": float(it[warm].mean()) if warm.any() else None,
+        "warm_start_share": float(warm.mean()) if len(warm) else None,
+        "delta": delta,
+        "share_within_delta": float((traj.l1 <= delta).mean()) if len(traj) else None,
+        "mean_l1": float(traj.l1.mean()) if len(traj) else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------ job
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher", required=True, help="teacher checkpoint directory (from `ceed train`)")
+    parser.add_argument("--dataset-root", required=True, help="local LeRobotDataset root")
+    parser.add_argument("--repo-id", default=None, help="dataset repo id (default: local/<root folder name>)")
+    parser.add_argument("--output", required=True, help="zarr store directory (created, or resumed)")
+    parser.add_argument(
+        "--trajectories", type=int, default=None, help="plan size over all ranks (default: one per frame)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--warm-start", type=float, default=0.5, help="share of samples with a warm-start guess"
+    )
+    parser.add_argument("--delta", type=float, default=0.1, help="L1 threshold reported in the summary")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
+    parser.add_argument(
+        "--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu")
+
+
+def open_store_for_rank(
+    path: str | Path, teacher_hash: str, n_tokens: int, n_bins: int, rank: int, world: int, meta: dict
+) -> TrajectoryStore:
+    """Rank 0 creates (or reopens) the store; the other ranks wait up to a minute for it to appear."""
+    kwargs = dict(teacher_hash=teacher_hash, n_tokens=n_tokens, n_bins=n_bins, world_size=world)
+    if rank == 0:
+        return TrajectoryStore.create_or_open(path, meta=meta, **kwargs)
+    deadline = time.monotonic() + 60.0
+    while True:
+        if Path(path).exists():
+            try:
+                return TrajectoryStore.create_or_open(path, **kwargs)
+            except TeacherMismatchError:
+                raise
+            except StoreError:  # rank 0 is still writing it
+                if time.monotonic() > deadline:
+                    raise
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"rank 0 did not create {path} within 60 s; is it running with the same --output?"
+            )
+        time.sleep(0.5)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ceed_vla.policy import load_policy
+    from ceed_vla.policy.data import ChunkDataset, load_frames
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank = args.rank if args.rank is not None else int(os.environ.get("RANK", "0"))
+    world = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank < world:
+        raise SystemExit(f"rank {rank} must lie in [0, world size {world})")
+    cfg = CollectConfig(
+        output=args.output,
+        trajectories=args.trajectories,
+        batch_size=args.batch_size,
+        warm_start=args.warm_start,
+        delta=args.delta,
+        seed=args.seed,
+    )
+    teacher = load_policy(args.teacher, device=args.device).eval()
+    root = Path(args.dataset_root)
+    repo_id = args.repo_id or f"local/{root.name}"
+    frames = load_frames(repo_id, root, teacher.config.chunk_size)
+    dataset = ChunkDataset(frames, sorted(set(frames.episode.tolist())))
+    meta = {
+        "teacher": str(Path(args.teacher).resolve()),
+        "dataset_root": str(root.resolve()),
+        "repo_id": repo_id,
+        "collect": asdict(cfg),
+    }
+    store = open_store_for_rank(
+        args.output, teacher_fingerprint(teacher), teacher.chunk_tokens, teacher.n_bins, rank, world, meta
+    )
+    summary = collect(Collector(teacher, dataset, frames, cfg), store, rank, world)
+    _write_json(Path(args.output) / SUMMARY_FILE.format(rank=rank), summary)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

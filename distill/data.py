@@ -1,0 +1,116 @@
+"""Training samples for distillation: a dataset frame joined with one of its Jacobi trajectories.
+
+Each item is the frame's observation (what the policy's `prefix_embeddings` reads) plus:
+
+    distill.state           [n] long   the state the student learns to jump from
+    distill.target          [n] long   the fixed point (global) or the next state (local)
+    distill.teacher_tokens  [n] long
+    distill.gt_tokens       [n] long
+    distill.l1              []  float  mean |teacher - ground truth| of the chunk, action units
+
+The state is drawn per (seed, epoch, item): the same item gives the same state in every process and
+after a resume, which the shared trainer's reproducibility relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .losses import CONSISTENCY_MODES, GT, L1, STATE, TARGET, TEACHER
+from .store import Trajectories
+
+
+@dataclass
+class StateSampling:
+    """How the intermediate state is drawn.
+
+    consistency: "global" (target = fixed point), "local" (target = the next state) or "none".
+    noise: probability of replacing the Jacobi state by the fixed point with noise from a random
+        position on (each later token moved by 1..noise_bins bins with probability 1/2), which
+        trains the student on states near the fixed point that early exit stops at.
+    """
+
+    consistency: str = "global"
+    noise: float = 0.0
+    noise_bins: int = 3
+    n_bins: int = 256
+
+    def __post_init__(self) -> None:
+        if self.consistency not in CONSISTENCY_MODES:
+            raise ValueError(f"consistency must be one of {CONSISTENCY_MODES}, got {self.consistency!r}")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"noise is a probability in [0, 1], got {self.noise}")
+        if self.noise_bins < 1:
+            raise ValueError(f"noise_bins must be >= 1, got {self.noise_bins}")
+
+
+def sample_state(
+    states: np.ndarray, rng: np.random.Generator, cfg: StateSampling
+) -> tuple[np.ndarray, np.ndarray]:
+    """states: [T, n], initial guess first, fixed point last -> (state [n], target [n])."""
+    fixed = states[-1]
+    n = fixed.shape[0]
+    if cfg.noise > 0 and n > 1 and rng.random() < cfg.noise:
+        return noised_fixed_point(fixed, rng, cfg), fixed.copy()
+    if len(states) == 1:  # the guess was already the fixed point: nothing to learn from it
+        return fixed.copy(), fixed.copy()
+    j = int(rng.integers(0, len(states) - 1))  # an intermediate state, never the fixed point
+    target = states[j + 1] if cfg.consistency == "local" else fixed
+    return states[j].copy(), target.copy()
+
+
+def noised_fixed_point(fixed: np.ndarray, rng: np.random.Generator, cfg: StateSampling) -> np.ndarray:
+    """The fixed point [n] with tokens from a random position c in [1, n) on moved by 1..noise_bins."""
+    n = fixed.shape[0]
+    c = int(rng.integers(1, n))
+    moved = rng.random(n) < 0.5
+    moved[:c] = False
+    moved[rng.integers(c, n)] = True  # at least one token differs
+    shift = rng.integers(1, cfg.noise_bins + 1, n) * rng.choice([-1, 1], n)
+    base = fixed.astype(np.int64)
+    up = base + shift
+    off_range = (up < 0) | (up >= cfg.n_bins)
+    moved_to = np.clip(np.where(off_range, base - shift, up), 0, cfg.n_bins - 1)  # bounce off the ends
+    return np.where(moved, moved_to, base).astype(fixed.dtype)
+
+
+class DistillDataset(Dataset):
+    """Rows `rows` of a trajectory store, joined with their frames from `frame_dataset`.
+
+    frame_dataset: indexable by absolute dataset index (the policy's `ChunkDataset` over every
+    episode), giving the observation keys.
+    """
+
+    def __init__(
+        self, frame_dataset, traj: Trajectories, rows: np.ndarray, sampling: StateSampling, seed: int = 0
+    ):
+        self.frames, self.traj = frame_dataset, traj
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.sampling, self.seed, self.epoch = sampling, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        k = int(self.rows[i])
+        t = self.traj
+        item = dict(self.frames[int(t.dataset_index[k])])
+        rng = np.random.default_rng([self.seed, self.epoch, int(t.sample_id[k])])
+        state, target = sample_state(t.trajectory(k), rng, self.sampling)
+        item.update(
+            {
+                STATE: torch.from_numpy(state.astype(np.int64)),
+                TARGET: torch.from_numpy(target.astype(np.int64)),
+                TEACHER: torch.from_numpy(t.teacher_tokens[k].astype(np.int64)),
+                GT: torch.from_numpy(t.gt_tokens[k].astype(np.int64)),
+                L1: torch.tensor(float(t.l1[k])),
+            }
+        )
+        return item

@@ -1,0 +1,187 @@
+"""`ceed distill train`: consistency-distil a student, initialised from the teacher, through the
+shared trainer (`ceed_vla.policy.Trainer`) with `DistillLoss`.
+
+    ceed distill train --teacher runs/teacher/final --trajectories runs/traj.zarr --output runs/student \\
+        --steps 2000 --w-ar 10 --delta 0.1 --labels mixed --consistency global
+    ceed distill train ... --resume                 # continue from <output>/checkpoints/last
+
+The store must come from this teacher (its fingerprint is checked). Samples are split by episode into
+training and validation. The output directory is the trainer's (checkpoints/step_N/ are loadable
+students, metrics.jsonl, loss_curve.png) plus final/ and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .collect import teacher_fingerprint
+from .data import DistillDataset, StateSampling
+from .losses import DistillLoss, DistillLossConfig
+from .store import TrajectoryStore
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument(
+        "--teacher", required=True, help="teacher checkpoint directory (the student starts from it)"
+    )
+    io.add_argument("--trajectories", required=True, help="zarr store from `ceed distill collect`")
+    io.add_argument(
+        "--dataset-root", default=None, help="LeRobotDataset root (default: the one the store records)"
+    )
+    io.add_argument("--repo-id", default=None)
+    io.add_argument("--output", required=True, help="run directory")
+    io.add_argument("--max-trajectories", type=int, default=None, help="use only the first N sample ids")
+    io.add_argument("--val-fraction", type=float, default=0.1, help="share of episodes held out")
+
+    loss = parser.add_argument_group("loss: L = L_consistency + w_ar * L_AR")
+    loss.add_argument("--w-ar", type=float, default=DistillLossConfig.w_ar)
+    loss.add_argument(
+        "--delta", type=float, default=DistillLossConfig.delta, help="teacher-label L1 threshold"
+    )
+    loss.add_argument("--labels", choices=["mixed", "teacher", "gt"], default="mixed")
+    loss.add_argument("--consistency", choices=["global", "local", "none"], default="global")
+    loss.add_argument("--noise", type=float, default=0.0, help="share of noise-augmented states")
+    loss.add_argument("--noise-bins", type=int, default=3)
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--warmup-steps", type=int, default=50)
+    train.add_argument("--min-lr-ratio", type=float, default=0.1)
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    train.add_argument("--save-every", type=int, default=500)
+    train.add_argument("--val-every", type=int, default=250)
+    train.add_argument("--val-batches", type=int, default=8)
+    train.add_argument("--log-every", type=int, default=10)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--threads", type=int, default=None)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--resume", action="store_true")
+
+
+def split_rows(traj, episodes: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the store for training and validation, split by the frames' episodes."""
+    from ceed_vla.policy.data import split_episodes
+
+    ep = episodes[traj.dataset_index]  # [N] episode of every sample
+    train_eps, val_eps = split_episodes(sorted(set(ep.tolist())), val_fraction)
+    rows = np.arange(len(traj))
+    return rows[np.isin(ep, train_eps)], rows[np.isin(ep, val_eps)]
+
+
+def build_datasets(args, student, store: TrajectoryStore):
+    from ceed_vla.policy.data import ChunkDataset, load_frames
+
+    meta = store.attrs.get("meta", {})
+    root = args.dataset_root or meta.get("dataset_root")
+    if root is None:
+        raise SystemExit("the store records no dataset root: pass --dataset-root")
+    repo_id = args.repo_id or meta.get("repo_id") or f"local/{Path(root).name}"
+    frames = load_frames(repo_id, root, student.config.chunk_size)
+    frame_set = ChunkDataset(frames, sorted(set(frames.episode.tolist())))
+    traj = store.read()
+    if args.max_trajectories is not None:
+        traj = _first(traj, args.max_trajectories)
+    if int(traj.dataset_index.max()) >= len(frames):
+        raise SystemExit(
+            f"the store indexes frame {int(traj.dataset_index.max())} but {root} has {len(frames)}"
+        )
+    train_rows, val_rows = split_rows(traj, frames.episode.numpy(), args.val_fraction)
+    sampling = StateSampling(
+        consistency=args.consistency, noise=args.noise, noise_bins=args.noise_bins, n_bins=student.n_bins
+    )
+    train_set = DistillDataset(frame_set, traj, train_rows, sampling, seed=args.seed)
+    val_set = (
+        DistillDataset(frame_set, traj, val_rows, sampling, seed=args.seed + 1) if len(val_rows) else None
+    )
+    return traj, train_set, val_set
+
+
+def _first(traj, n: int):
+    """The samples with the n smallest sample ids (the store is sorted by id)."""
+    from .store import Trajectories
+
+    n = min(n, len(traj))
+    end = int(traj.state_offsets[n])
+    cols = {
+        k: getattr(traj, k)[:n]
+        for k in (
+            "sample_id",
+            "dataset_index",
+            "fixed_point",
+            "teacher_tokens",
+            "gt_tokens",
+            "l1",
+            "iterations",
+            "warm_start",
+        )
+    }
+    return Trajectories(state_offsets=traj.state_offsets[: n + 1], states=traj.states[:end], **cols)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ceed_vla.policy import load_policy
+    from ceed_vla.policy.checkpoint_io import atomic_write_text
+    from ceed_vla.policy.trainer import TrainConfig, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    loss_cfg = DistillLossConfig(
+        w_ar=args.w_ar, delta=args.delta, labels=args.labels, consistency=args.consistency
+    )
+    student = load_policy(args.teacher)
+    store = TrajectoryStore.open(args.trajectories, teacher_hash=teacher_fingerprint(student), mode="r")
+    traj, train_set, val_set = build_datasets(args, student, store)
+    student.train()
+    cfg = TrainConfig(
+        output_dir=args.output,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        min_lr_ratio=args.min_lr_ratio,
+        precision=args.precision,
+        save_every=args.save_every,
+        val_every=args.val_every,
+        val_batches=args.val_batches,
+        log_every=args.log_every,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        device=args.device,
+    )
+    info = {
+        "teacher": str(Path(args.teacher).resolve()),
+        "teacher_hash": store.teacher_hash,
+        "trajectories": str(Path(args.trajectories).resolve()),
+        "samples_used": len(traj),
+        "train_samples": len(train_set),
+        "val_samples": len(val_set) if val_set is not None else 0,
+        "loss": asdict(loss_cfg),
+        "noise": args.noise,
+        "noise_bins": args.noise_bins,
+        "teacher_label_share": float((traj.l1 <= args.delta).mean()),
+    }
+    extra = {"distill.json": json.dumps(info, indent=2)}
+    trainer = Trainer(student, DistillLoss(loss_cfg), train_set, cfg, val_set=val_set, extra_files=extra)
+    if trainer.info.main:
+        print(
+            f"distilling {len(train_set)} trajectories (val {info['val_samples']}), teacher labels on "
+            f"{info['teacher_label_share']:.0%} at delta={args.delta}; device {trainer.device}"
+        )
+    summary = trainer.fit(resume=args.resume)
+    if trainer.info.main:
+        student.save_pretrained(Path(args.output) / "final", extra_files=extra)
+        summary.update(info)
+        atomic_write_text(Path(args.output) / "summary.json", json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,169 @@
+"""Trajectory collection and distillation on a tiny random VLA over in-memory frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ceed_vla.distill import collect as C
+from ceed_vla.distill.data import DistillDataset, StateSampling, noised_fixed_point, sample_state
+from ceed_vla.distill.losses import STATE, TARGET, DistillLoss, DistillLossConfig
+from ceed_vla.distill.store import StoreError, TeacherMismatchError, TrajectoryStore
+
+from tests.fixtures.distill import make_tiny_vla
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from ceed_vla.policy.data import ChunkDataset
+
+    from tests.fixtures.distill import make_synthetic_frames
+
+    torch.set_num_threads(1)
+    frames = make_synthetic_frames()
+    teacher = make_tiny_vla(frames)
+    return teacher, frames, ChunkDataset(frames, [0, 1, 2])
+
+
+def _run(setup, path, rank=0, world=1, **cfg):
+    teacher, frames, dataset = setup
+    config = C.CollectConfig(output=str(path), batch_size=4, trajectories=40, warm_start=0.5, **cfg)
+    store = C.open_store_for_rank(
+        path, C.teacher_fingerprint(teacher), teacher.chunk_tokens, teacher.n_bins, rank, world, {}
+    )
+    return C.collect(C.Collector(teacher, dataset, frames, config), store, rank, world), store
+
+
+def test_collected_trajectories_are_exact_jacobi(setup, tmp_path):
+    from ceed_vla.decoding import DecodeConfig
+
+    teacher, _, dataset = setup
+    summary, store = _run(setup, tmp_path / "s")
+    traj = store.read()
+    assert traj.sample_id.tolist() == list(range(40))
+    assert summary["samples"] == 40 and 0 < summary["warm_start_share"] < 1
+    # 40 samples over 30 frames: the second round revisits frames.
+    assert len(set(traj.dataset_index.tolist())) == 30
+    rows = [0, 7, 33]
+    batch = torch.utils.data.default_collate([dataset[int(traj.dataset_index[i])] for i in rows])
+    ar = teacher.actions_to_bins(
+        teacher.predict_action_chunk(batch, decoding=DecodeConfig(mode="ar", n_bins=64))
+    )
+    np.testing.assert_array_equal(traj.fixed_point[rows], ar.numpy())  # fixed point == teacher's AR
+    np.testing.assert_array_equal(traj.gt_tokens[rows], teacher.actions_to_bins(batch["action"]).numpy())
+    for i in range(40):
+        states = traj.trajectory(i)
+        np.testing.assert_array_equal(states[-1], traj.fixed_point[i])
+        assert not (states[:-1] == traj.fixed_point[i]).all(axis=1).any()  # trimmed at the first hit
+        assert len(states) <= traj.iterations[i] + 1
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(setup, tmp_path, monkeypatch):
+    _, full = _run(setup, tmp_path / "full")
+    calls = {"n": 0}
+    original = C.Collector.run_batch
+
+    def crash_on_third(self, plan, ids):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, plan, ids)
+
+    monkeypatch.setattr(C.Collector, "run_batch", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(setup, tmp_path / "cut")
+    assert len(TrajectoryStore.open(tmp_path / "cut").read()) == 8
+    monkeypatch.setattr(C.Collector, "run_batch", original)
+    summary, resumed = _run(setup, tmp_path / "cut")
+    assert summary["collected_now"] == 32
+    a, b = full.read(), resumed.read()
+    assert b.sample_id.tolist() == list(range(40))
+    for name in ("dataset_index", "fixed_point", "states", "state_offsets", "warm_start", "gt_tokens"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    with pytest.raises(StoreError, match="original arguments"):
+        _run(setup, tmp_path / "cut", seed=1)
+
+
+def test_sharded_collection_covers_the_plan_once(setup, tmp_path):
+    for rank in (0, 1):
+        _run(setup, tmp_path / "sharded", rank=rank, world=2)
+    _, single = _run(setup, tmp_path / "single")
+    a, b = TrajectoryStore.open(tmp_path / "sharded").read(), single.read()
+    assert a.sample_id.tolist() == list(range(40))
+    np.testing.assert_array_equal(a.dataset_index, b.dataset_index)
+    np.testing.assert_array_equal(a.fixed_point, b.fixed_point)
+
+
+def test_store_of_another_teacher_is_refused(setup, tmp_path):
+    teacher, frames, dataset = setup
+    _run(setup, tmp_path / "s")
+    other = make_tiny_vla(frames, seed=1)
+    with pytest.raises(TeacherMismatchError, match="collect a new store"):
+        C.open_store_for_rank(tmp_path / "s", C.teacher_fingerprint(other), 8, 64, 0, 1, {})
+
+
+def test_chunk_l1_ignores_padded_steps():
+    teacher = torch.zeros(1, 2, 2)
+    gt = torch.tensor([[[0.2, 0.4], [9.0, 9.0]]])
+    assert C.chunk_l1(teacher, gt, torch.tensor([[False, True]])).item() == pytest.approx(0.3)
+    assert C.chunk_l1(teacher, gt).item() == pytest.approx((0.3 + 9.0) / 2)
+
+
+def test_sample_state_rules():
+    states = np.array([[5, 0, 0, 0], [5, 1, 0, 0], [5, 1, 2, 0], [5, 1, 2, 3]])
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        s, t = sample_state(states, rng, StateSampling("global"))
+        assert t.tolist() == [5, 1, 2, 3] and s.tolist() != t.tolist()
+        seen.add(tuple(s))
+        s, t = sample_state(states, rng, StateSampling("local"))
+        j = [tuple(x) for x in states].index(tuple(s))
+        assert t.tolist() == states[j + 1].tolist()
+    assert len(seen) == 3  # every intermediate state is drawn
+    one = states[-1:]
+    s, t = sample_state(one, rng, StateSampling("global"))
+    assert s.tolist() == t.tolist() == [5, 1, 2, 3]
+
+
+def test_noised_fixed_point_keeps_a_prefix_and_stays_in_range():
+    fixed = np.array([0, 10, 20, 30, 63, 63], dtype=np.int16)
+    rng = np.random.default_rng(1)
+    cfg = StateSampling(noise=1.0, noise_bins=2, n_bins=64)
+    for _ in range(50):
+        s = noised_fixed_point(fixed, rng, cfg)
+        diff = np.flatnonzero(s != fixed)
+        assert len(diff) >= 1 and diff.min() >= 1
+        assert np.abs(s.astype(int) - fixed).max() <= 2 and s.min() >= 0 and s.max() <= 63
+
+
+def test_distillation_through_the_shared_trainer(setup, tmp_path):
+    from ceed_vla.policy import load_policy
+    from ceed_vla.policy.trainer import TrainConfig, Trainer
+
+    teacher, frames, dataset = setup
+    _, store = _run(setup, tmp_path / "s")
+    traj = store.read()
+    student = make_tiny_vla(frames)
+    train_set = DistillDataset(dataset, traj, np.arange(32), StateSampling("global", noise=0.3, n_bins=64))
+    item = train_set[3]
+    assert item[STATE].shape == item[TARGET].shape == (8,)
+    cfg = TrainConfig(
+        output_dir=str(tmp_path / "run"),
+        steps=3,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=0,
+        save_every=3,
+        val_every=3,
+        val_batches=1,
+        log_every=1,
+        device="cpu",
+    )
+    val_set = DistillDataset(dataset, traj, np.arange(32, 40), StateSampling("global", n_bins=64))
+    summary = Trainer(
+        student, DistillLoss(DistillLossConfig(w_ar=1.0)), train_set, cfg, val_set=val_set
+    ).fit()
+    assert summary["steps"] == 3 and np.isfinite(summary["best_val_loss"])
+    reloaded = load_policy(tmp_path / "run" / "checkpoints" / "step_000003")
+    assert C.teacher_fingerprint(reloaded) != C.teacher_fingerprint(teacher)  # the student moved
