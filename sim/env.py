@@ -1,0 +1,237 @@
+"""One MetaWorld v3 task with fast headless rendering and the project's observation format.
+
+Rendering (measured on the 2-core CPU machines, Mesa EGL, 128x128): MetaWorld's own settings
+(shadow-casting light, 4x multisampling, reflective table) render about 2 frames/s; with shadows,
+multisampling and reflections off on the *model* the same frame takes a fraction of that (see
+docs/sim.md for numbers). Shadows are turned off on the model, never through scene flags: a scene
+flag leaks into the next environment of the process, which then renders black.
+
+Corner cameras render upside down (both axes flipped); frames from them are turned upright here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import mujoco
+import numpy as np
+import torch
+from ceed_vla.sim.tasks import TaskSpec, get_task
+
+CONTROL_HZ = 80
+"""MetaWorld's control rate: frame_skip 5 x timestep 2.5 ms = 12.5 ms per env step."""
+
+METAWORLD_MAX_PATH_LENGTH = 500
+"""MetaWorld refuses to step past this many steps in one episode."""
+
+DEFAULT_MAX_EPISODE_STEPS = 250
+"""Horizon used by recording and evaluation (3.1 s at 80 Hz). MetaWorld allows 500; its scripted
+experts on MT10 succeed in 46-114 steps on average and at most 249 (peg-insert-side) over 30 seeds
+per task (docs/sim.md), so 250 keeps every expert success while a failure costs half the CPU."""
+
+_CORNER_CAMERAS = ("corner", "corner2", "corner3", "corner4")
+_CAMERA_POSITIONS = {"corner2": (0.75, 0.075, 0.7)}  # closer framing of the work area, as LeRobot uses
+_GOAL_MARKER_RGBA = {
+    "reach": (0.9, 0.05, 0.05, 1.0),
+    "push": (0.05, 0.85, 0.05, 1.0),
+    "pick-place": (0.1, 0.2, 1.0, 1.0),
+}
+
+
+@dataclass
+class EnvConfig:
+    """How one task is simulated and seen."""
+
+    task: str
+    image_size: int = 64
+    camera: str = "corner2"
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
+    goal_marker_radius: float = 0.03
+    """Radius (m) of the rendered goal sphere for tasks whose goal is a free point (MetaWorld's is 2 cm)."""
+    spec: TaskSpec = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.spec = get_task(self.task)
+        if not 8 <= self.image_size <= 1024:
+            raise ValueError(f"image_size must be in [8, 1024] pixels, got {self.image_size!r}")
+        if not 1 <= self.max_episode_steps <= METAWORLD_MAX_PATH_LENGTH:
+            raise ValueError(
+                f"max_episode_steps must be in [1, {METAWORLD_MAX_PATH_LENGTH}] (MetaWorld's own limit), "
+                f"got {self.max_episode_steps!r}"
+            )
+        if self.goal_marker_radius <= 0:
+            raise ValueError(f"goal_marker_radius must be positive, got {self.goal_marker_radius!r}")
+
+
+@dataclass
+class Observation:
+    """One observation, unbatched, in numpy."""
+
+    image: np.ndarray  # [H, W, 3] uint8, upright
+    state: np.ndarray  # [4] float32: end-effector x, y, z (m) and gripper opening in [0, 1]
+    environment_state: np.ndarray  # [39] float64: MetaWorld's full state vector (goal observable)
+
+
+@dataclass
+class StepResult:
+    observation: Observation | None  # None when the step was taken without rendering
+    success: bool
+    truncated: bool
+    reward: float
+    info: dict[str, Any]
+
+
+class MetaWorldEnv:
+    """A MetaWorld v3 task with seeded resets, headless rendering and policy-ready observations.
+
+    `reset(seed)` draws object and goal positions from `seed` alone, so an episode is reproducible
+    from its seed. Use as a context manager or call `close()`: the EGL context must be released
+    before interpreter exit.
+    """
+
+    control_hz = CONTROL_HZ
+
+    def __init__(self, config: EnvConfig):
+        self.config = config
+        self.spec = config.spec
+        self._env = _make_metaworld_env(self.spec.env_name)
+        self._configure_model(self._env.model)
+        size = config.image_size
+        self._renderer = mujoco.Renderer(self._env.model, height=size, width=size)
+        self._flip = config.camera in _CORNER_CAMERAS
+        self._steps = 0
+        self._closed = False
+        self._last_raw: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _configure_model(self, model: mujoco.MjModel) -> None:
+        model.light_castshadow[:] = 0
+        model.vis.quality.offsamples = 0
+        model.mat_reflectance[:] = 0
+        size = self.config.image_size
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+        camera = self.config.camera
+        cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        if cam_id < 0:
+            names = [model.camera(i).name for i in range(model.ncam)]
+            raise ValueError(f"camera {camera!r} is not in the {self.spec.name} scene; cameras: {names}")
+        if camera in _CAMERA_POSITIONS:
+            model.cam_pos[cam_id] = _CAMERA_POSITIONS[camera]
+        if self.spec.show_goal:
+            goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+            if goal >= 0:
+                model.site_type[goal] = mujoco.mjtGeom.mjGEOM_SPHERE
+                model.site_size[goal] = self.config.goal_marker_radius
+                if self.spec.name in _GOAL_MARKER_RGBA:
+                    model.site_rgba[goal] = _GOAL_MARKER_RGBA[self.spec.name]
+
+    # ------------------------------------------------------------------ API
+    @property
+    def max_episode_steps(self) -> int:
+        return self.config.max_episode_steps
+
+    @property
+    def steps(self) -> int:
+        """Steps taken since the last reset."""
+        return self._steps
+
+    def reset(self, seed: int) -> Observation:
+        """Start an episode whose object and goal positions are drawn from `seed`."""
+        self._check_open()
+        self._env.seed(int(seed))
+        raw, _ = self._env.reset()
+        self._steps = 0
+        self._last_raw = raw
+        return self._observe(raw)
+
+    def step(self, action: np.ndarray, render: bool = True) -> StepResult:
+        """Apply one action (clipped to [-1, 1]); `render=False` skips the camera for speed."""
+        self._check_open()
+        if self._steps >= self.config.max_episode_steps:
+            raise RuntimeError(f"episode already ended after {self._steps} steps: call reset(seed) first")
+        action = np.clip(np.asarray(action, dtype=np.float32).reshape(4), -1.0, 1.0)
+        raw, reward, _, _, info = self._env.step(action)
+        self._steps += 1
+        self._last_raw = raw
+        return StepResult(
+            observation=self._observe(raw) if render else None,
+            success=bool(info.get("success", 0.0)),
+            truncated=self._steps >= self.config.max_episode_steps,
+            reward=float(reward),
+            info=info,
+        )
+
+    def observe(self) -> Observation:
+        """The observation of the current state (renders the camera)."""
+        self._check_open()
+        if self._last_raw is None:
+            raise RuntimeError("no episode started: call reset(seed) first")
+        return self._observe(self._last_raw)
+
+    def render(self) -> np.ndarray:
+        """Camera image [H, W, 3] uint8, upright."""
+        self._renderer.update_scene(self._env.data, camera=self.config.camera)
+        image = self._renderer.render()
+        if self._flip:
+            image = image[::-1, ::-1]
+        return np.ascontiguousarray(image)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._renderer.close()
+        self._env.close()
+
+    def __enter__(self) -> MetaWorldEnv:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _observe(self, raw: np.ndarray) -> Observation:
+        return Observation(
+            image=self.render(),
+            state=raw[:4].astype(np.float32),
+            environment_state=raw.astype(np.float64),
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("environment is closed")
+
+
+def _make_metaworld_env(env_name: str):
+    """MetaWorld's goal-observable env whose resets draw positions from `env.seed(...)`."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+
+    cls = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{env_name}-goal-observable"]
+    env = cls(seed=0)
+    env._freeze_rand_vec = False  # a new goal/object layout at every reset ...
+    env.seeded_rand_vec = True  # ... drawn from the env's own seeded generator
+    return env
+
+
+def to_policy_batch(observations: list[Observation], instructions: list[str]) -> dict[str, Any]:
+    """Observations as a LeRobot-style batch (docs/interfaces.md)."""
+    if len(observations) != len(instructions):
+        raise ValueError(f"{len(observations)} observations but {len(instructions)} instructions")
+    images = np.stack([o.image for o in observations])  # [B, H, W, 3] uint8
+    image = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, H, W]
+    state = torch.from_numpy(np.stack([o.state for o in observations]))  # [B, 4]
+    env_state = torch.from_numpy(np.stack([o.environment_state for o in observations]))  # [B, 39]
+    return {
+        "observation.image": image,
+        "observation.state": state,
+        "observation.environment_state": env_state,
+        "task": list(instructions),
+    }
+
+
+def quiet_metaworld_warnings() -> None:
+    """MetaWorld's scripted policies warn on every step whose gain saturates; the env clips anyway."""
+    warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high", category=UserWarning)

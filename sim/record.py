@@ -1,0 +1,429 @@
+"""`ceed record`: scripted-expert demonstrations into a LeRobotDataset v3 on disk.
+
+For every task, attempts run on consecutive recording seeds until `episodes_per_task` of them
+succeed; failed attempts are dropped. Each kept episode is fully determined by (run seed, task,
+attempt), so a recording is reproducible and can be resumed exactly:
+
+    meta/ceed_record.json   settings + one entry per kept episode (task, seed, instruction)
+
+The entry is written *before* LeRobot saves the episode; on resume, entries beyond the dataset's
+episode count are dropped (the episode never landed) and every task continues from the attempt
+after its last kept one. Any exception or Ctrl-C finalizes the dataset with the episodes saved so
+far, so an interrupted recording stays loadable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ceed_vla.sim.env import CONTROL_HZ, DEFAULT_MAX_EPISODE_STEPS, EnvConfig, MetaWorldEnv
+from ceed_vla.sim.experts import ScriptedExpert
+from ceed_vla.sim.seeds import record_seed
+from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
+from tqdm.auto import tqdm
+
+LOG_NAME = "ceed_record.json"
+LOG_FORMAT = 1
+ROBOT_TYPE = "sawyer"
+
+
+class OutputExistsError(FileExistsError):
+    """The output dataset directory is not empty and neither resume nor overwrite was asked for."""
+
+
+class ResumeMismatchError(ValueError):
+    """A resumed recording asked for settings different from the ones it was started with."""
+
+
+class RecordingError(RuntimeError):
+    """The expert kept failing a task: too few successful episodes within the attempt budget."""
+
+
+def dataset_features(image_size: int) -> dict[str, dict[str, Any]]:
+    """LeRobot feature spec of a recorded dataset (docs/interfaces.md)."""
+    return {
+        "observation.image": {
+            "dtype": "image",
+            "shape": (image_size, image_size, 3),
+            "names": ["height", "width", "channels"],
+        },
+        "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "z", "gripper"]},
+        "action": {"dtype": "float32", "shape": (4,), "names": ["dx", "dy", "dz", "grip"]},
+    }
+
+
+@dataclass
+class RecordConfig:
+    output: Path
+    repo_id: str = "local/ceed_metaworld"
+    tasks: tuple[str, ...] = MT10
+    episodes_per_task: int = 20
+    image_size: int = 64
+    camera: str = "corner2"
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
+    seed: int = 0
+    noise_std: float = 0.0
+    """DART-style: std of Gaussian noise added to the *executed* translation (the label stays clean)."""
+    max_attempts_per_episode: int = 5
+    """A task fails the recording after `episodes_per_task * this` attempts without enough successes."""
+    resume: bool = False
+    overwrite: bool = False
+    specs: tuple[TaskSpec, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        if isinstance(self.tasks, str):
+            self.tasks = (self.tasks,)
+        self.specs = resolve_tasks(self.tasks)
+        self.tasks = tuple(s.name for s in self.specs)
+        if self.episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task!r}")
+        if not 0.0 <= self.noise_std <= 1.0:
+            raise ValueError(f"noise_std must be in [0, 1] (actions live in [-1, 1]), got {self.noise_std!r}")
+        if self.max_attempts_per_episode < 1:
+            raise ValueError(f"max_attempts_per_episode must be >= 1, got {self.max_attempts_per_episode!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("choose one of resume and overwrite, not both")
+        if "/" not in self.repo_id:
+            raise ValueError(f"repo_id must look like 'owner/name', got {self.repo_id!r}")
+        # Validates image size, camera-independent limits and the horizon early.
+        EnvConfig(self.specs[0].name, self.image_size, self.camera, self.max_episode_steps)
+
+    def settings(self) -> dict[str, Any]:
+        """What must stay the same for a recording to be resumed."""
+        return {
+            "tasks": list(self.tasks),
+            "image_size": self.image_size,
+            "camera": self.camera,
+            "max_episode_steps": self.max_episode_steps,
+            "seed": self.seed,
+            "noise_std": self.noise_std,
+            "fps": CONTROL_HZ,
+        }
+
+
+@dataclass
+class EpisodeEntry:
+    episode_index: int
+    task: str
+    seed: int
+    attempt: int
+    instruction: str
+    steps: int
+
+
+@dataclass
+class RecordSummary:
+    root: str
+    repo_id: str
+    episodes: int
+    new_episodes: int
+    attempts: int
+    failures: int
+    frames: int
+    seconds: float
+    per_task: dict[str, int]
+
+
+@dataclass
+class _Episode:
+    success: bool
+    images: list[np.ndarray]  # [H, W, 3] uint8 each
+    states: list[np.ndarray]  # [4] float32 each
+    actions: list[np.ndarray]  # [4] float32 each, the clean expert labels
+
+
+class RecordLog:
+    """The sidecar `meta/ceed_record.json`: settings and the kept episodes, written atomically."""
+
+    def __init__(self, path: Path, settings: dict[str, Any], episodes: list[EpisodeEntry] | None = None):
+        self.path = path
+        self.settings = settings
+        self.episodes = episodes or []
+
+    @classmethod
+    def load(cls, path: Path) -> RecordLog:
+        data = json.loads(path.read_text())
+        if data.get("format") != LOG_FORMAT:
+            raise ResumeMismatchError(
+                f"{path} has format {data.get('format')!r}; this version writes {LOG_FORMAT}"
+            )
+        return cls(path, data["settings"], [EpisodeEntry(**e) for e in data["episodes"]])
+
+    def append(self, entry: EpisodeEntry) -> None:
+        self.episodes.append(entry)
+        self.save()
+
+    def truncate(self, n_episodes: int) -> None:
+        if len(self.episodes) > n_episodes:
+            self.episodes = self.episodes[:n_episodes]
+            self.save()
+
+    def save(self) -> None:
+        payload = {
+            "format": LOG_FORMAT,
+            "settings": self.settings,
+            "episodes": [asdict(e) for e in self.episodes],
+        }
+        atomic_write_text(self.path, json.dumps(payload, indent=1))
+
+    def count(self, task: str) -> int:
+        return sum(e.task == task for e in self.episodes)
+
+    def next_attempt(self, task: str) -> int:
+        attempts = [e.attempt for e in self.episodes if e.task == task]
+        return max(attempts) + 1 if attempts else 0
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------- output
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def open_output(config: RecordConfig):
+    """Create, overwrite or resume the dataset; returns (LeRobotDataset in write mode, RecordLog)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = config.output
+    log_path = root / "meta" / LOG_NAME
+    exists = root.exists() and not _is_empty_dir(root)
+    if exists and config.overwrite:
+        shutil.rmtree(root)
+        exists = False
+    if exists and not config.resume:
+        raise OutputExistsError(
+            f"output {root} is not empty: pass --resume to continue that recording or --overwrite to replace it"
+        )
+    if exists:
+        if not log_path.exists() or not (root / "meta" / "info.json").exists():
+            raise ResumeMismatchError(
+                f"{root} is not a recording made by `ceed record` (no meta/{LOG_NAME} or meta/info.json); "
+                "choose another --output or pass --overwrite"
+            )
+        log = RecordLog.load(log_path)
+        _check_same_settings(log.settings, config.settings(), root)
+        dataset = LeRobotDataset.resume(config.repo_id, root=root)
+        log.truncate(dataset.meta.total_episodes)
+        if len(log.episodes) != dataset.meta.total_episodes:
+            raise ResumeMismatchError(
+                f"{root} holds {dataset.meta.total_episodes} episodes but {log_path} lists {len(log.episodes)}; "
+                "the recording cannot be resumed safely: pass --overwrite to start again"
+            )
+        return dataset, log
+    if root.exists():
+        root.rmdir()  # empty: LeRobot insists on creating the directory itself
+    dataset = LeRobotDataset.create(
+        config.repo_id,
+        fps=CONTROL_HZ,
+        features=dataset_features(config.image_size),
+        root=root,
+        robot_type=ROBOT_TYPE,
+        use_videos=False,
+    )
+    log = RecordLog(log_path, config.settings())
+    log.save()
+    return dataset, log
+
+
+def _check_same_settings(saved: dict[str, Any], asked: dict[str, Any], root: Path) -> None:
+    diffs = {k: (saved.get(k), v) for k, v in asked.items() if saved.get(k) != v}
+    if diffs:
+        detail = "; ".join(f"{k}: recorded with {a!r}, asked {b!r}" for k, (a, b) in diffs.items())
+        raise ResumeMismatchError(
+            f"cannot resume {root} with different settings ({detail}); use the original settings or --overwrite"
+        )
+
+
+# -------------------------------------------------------------------------------------- episodes
+
+
+def run_expert_episode(
+    env: MetaWorldEnv,
+    expert: ScriptedExpert,
+    spec: TaskSpec,
+    seed: int,
+    noise_std: float,
+    rng: np.random.Generator,
+) -> _Episode:
+    """One expert rollout; frames are (observation_t, clean expert action_t) until success."""
+    obs = env.reset(seed)
+    episode = _Episode(success=False, images=[], states=[], actions=[])
+    for _ in range(env.max_episode_steps):
+        label = expert.act(spec, obs.environment_state)  # [4]
+        executed = label.copy()
+        if noise_std > 0:
+            # Gripper effort stays clean: noise on it drops grasped objects and wastes attempts.
+            executed[:3] = np.clip(executed[:3] + rng.normal(0.0, noise_std, size=3), -1.0, 1.0)
+        episode.images.append(obs.image)
+        episode.states.append(obs.state)
+        episode.actions.append(label)
+        result = env.step(executed)
+        obs = result.observation
+        if result.success:
+            episode.success = True
+            break
+    return episode
+
+
+def _save_episode(dataset, episode: _Episode, instruction: str) -> None:
+    for image, state, action in zip(episode.images, episode.states, episode.actions, strict=True):
+        dataset.add_frame(
+            {"observation.image": image, "observation.state": state, "action": action, "task": instruction}
+        )
+    dataset.save_episode()
+
+
+EpisodeCallback = Callable[[EpisodeEntry], None]
+
+
+def record(
+    config: RecordConfig, on_episode: EpisodeCallback | None = None, progress: bool = True
+) -> RecordSummary:
+    """Record `config.episodes_per_task` successful expert episodes per task.
+
+    `on_episode` is called after each saved episode (used to report or to stop a run early).
+    """
+    start = time.perf_counter()
+    dataset, log = open_output(config)
+    already = len(log.episodes)
+    attempts = failures = frames = 0
+    target = config.episodes_per_task * len(config.specs)
+    expert = ScriptedExpert()
+    bar = tqdm(total=target, initial=min(already, target), desc="record", unit="ep", disable=not progress)
+    try:
+        for spec in config.specs:
+            done = log.count(spec.name)
+            if done >= config.episodes_per_task:
+                continue
+            attempt = log.next_attempt(spec.name)
+            budget = config.episodes_per_task * config.max_attempts_per_episode
+            env_config = EnvConfig(spec.name, config.image_size, config.camera, config.max_episode_steps)
+            with MetaWorldEnv(env_config) as env:
+                while done < config.episodes_per_task:
+                    if attempt >= budget:
+                        raise RecordingError(
+                            f"{spec.name}: only {done} successful episodes in {attempt} attempts; the expert "
+                            f"fails too often within {config.max_episode_steps} steps (raise --max-steps, "
+                            "lower --noise or raise max_attempts_per_episode)"
+                        )
+                    seed = record_seed(config.seed, attempt)
+                    rng = np.random.default_rng([config.seed, seed])
+                    episode = run_expert_episode(env, expert, spec, seed, config.noise_std, rng)
+                    attempts += 1
+                    bar.set_postfix(task=spec.name, attempts=attempts, failed=failures)
+                    if not episode.success:
+                        failures += 1
+                        attempt += 1
+                        continue
+                    entry = EpisodeEntry(
+                        episode_index=len(log.episodes),
+                        task=spec.name,
+                        seed=seed,
+                        attempt=attempt,
+                        instruction=spec.train_instruction(done),
+                        steps=len(episode.actions),
+                    )
+                    log.append(entry)  # before the save: a resume drops it if the save never lands
+                    _save_episode(dataset, episode, entry.instruction)
+                    frames += entry.steps
+                    done += 1
+                    attempt += 1
+                    bar.update(1)
+                    if on_episode is not None:
+                        on_episode(entry)
+    finally:
+        bar.close()
+        if dataset.has_pending_frames():
+            dataset.clear_episode_buffer()
+        dataset.finalize()
+    return RecordSummary(
+        root=str(config.output),
+        repo_id=config.repo_id,
+        episodes=len(log.episodes),
+        new_episodes=len(log.episodes) - already,
+        attempts=attempts,
+        failures=failures,
+        frames=frames,
+        seconds=round(time.perf_counter() - start, 2),
+        per_task={s.name: log.count(s.name) for s in config.specs},
+    )
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output", required=True, type=Path, help="dataset root directory (LeRobotDataset v3)"
+    )
+    parser.add_argument(
+        "--repo-id", default="local/ceed_metaworld", help="LeRobot repo id stored in the dataset"
+    )
+    parser.add_argument(
+        "--tasks", default="mt10", help="comma-separated task names or 'mt10' (default: mt10)"
+    )
+    parser.add_argument("--episodes", type=int, default=20, help="successful episodes per task (default: 20)")
+    parser.add_argument("--image-size", type=int, default=64, help="square camera image size in pixels")
+    parser.add_argument("--camera", default="corner2", help="MetaWorld camera name (default: corner2)")
+    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_EPISODE_STEPS, help="episode horizon")
+    parser.add_argument("--seed", type=int, default=0, help="run seed: selects the recording seed range")
+    parser.add_argument("--noise", type=float, default=0.0, help="DART noise std on the executed translation")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue a recording in --output")
+    mode.add_argument("--overwrite", action="store_true", help="delete --output first")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        summary = record(_config_from_args(args))
+    except (UnknownTaskError, OutputExistsError, ResumeMismatchError, RecordingError) as err:
+        print(f"ceed record: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"recorded {summary.new_episodes} new episodes ({summary.episodes} total, {summary.frames} new frames) "
+        f"into {summary.root} in {summary.seconds:.1f} s; {summary.failures} of {summary.attempts} attempts failed"
+    )
+    for task, n in summary.per_task.items():
+        print(f"  {task:28s} {n} episodes")
+    return 0
+
+
+def _config_from_args(args: argparse.Namespace) -> RecordConfig:
+    return RecordConfig(
+        output=args.output,
+        repo_id=args.repo_id,
+        tasks=tuple(t for t in args.tasks.split(",") if t.strip()),
+        episodes_per_task=args.episodes,
+        image_size=args.image_size,
+        camera=args.camera,
+        max_episode_steps=args.max_steps,
+        seed=args.seed,
+        noise_std=args.noise,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )

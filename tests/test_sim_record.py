@@ -1,0 +1,199 @@
+"""Task registry, environment and `ceed record`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ceed_vla.sim import tasks
+from ceed_vla.sim.tasks import MT10, UnknownTaskError
+
+pytestmark = pytest.mark.sim
+
+
+# ----------------------------------------------------------------------------------- registry
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(UnknownTaskError) as err:
+        tasks.get_task("open-the-fridge")
+    message = str(err.value)
+    assert "open-the-fridge" in message
+    for name in MT10:
+        assert name in message
+
+
+def test_every_metaworld_v3_task_is_registered_with_paraphrases():
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    assert {name.removesuffix("-v3") for name in ALL_V3_ENVIRONMENTS} == set(tasks.TASKS)
+    for spec in tasks.TASKS.values():
+        assert len(spec.train_instructions) >= 3
+        assert spec.eval_instruction not in spec.train_instructions
+        for text in spec.instructions:
+            assert tasks.task_for_instruction(text) is spec
+
+
+def test_task_names_sets_and_suffixes_resolve():
+    assert [s.name for s in tasks.resolve_tasks("mt10")] == list(MT10)
+    assert [s.name for s in tasks.resolve_tasks("reach-v3, push")] == ["reach", "push"]
+    with pytest.raises(UnknownTaskError):
+        tasks.task_for_instruction("make me a sandwich")
+
+
+# ---------------------------------------------------------------------------------------- env
+
+
+def test_env_observation_matches_interface_and_reset_is_seeded():
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv, to_policy_batch
+
+    with MetaWorldEnv(EnvConfig("reach", image_size=24)) as env:
+        first = env.reset(seed=7)
+        other = env.reset(seed=8)
+        again = env.reset(seed=7)
+        step = env.step(np.array([0.5, 0.0, 0.0, 0.0]))
+    assert first.image.shape == (24, 24, 3) and first.image.dtype == np.uint8
+    assert first.state.shape == (4,) and first.state.dtype == np.float32
+    np.testing.assert_array_equal(first.environment_state, again.environment_state)
+    assert not np.array_equal(first.environment_state[-3:], other.environment_state[-3:])  # goal moved
+    assert step.observation.state[0] > again.state[0]  # +x action moved the hand along +x
+
+    batch = to_policy_batch([first], ["reach the red goal"])
+    assert batch["observation.image"].shape == (1, 3, 24, 24)
+    assert 0.0 <= float(batch["observation.image"].min()) and float(batch["observation.image"].max()) <= 1.0
+    assert batch["observation.state"].shape == (1, 4)
+    assert batch["task"] == ["reach the red goal"]
+
+
+def test_corner_camera_frames_are_upright():
+    """Upright: the grey backdrop fills the top-right corner, the wooden table the bottom-right one."""
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+
+    with MetaWorldEnv(EnvConfig("reach", image_size=32)) as env:
+        image = env.reset(seed=0).image.astype(float)
+    top, bottom = image[:4, -10:].mean(axis=(0, 1)), image[-4:, -10:].mean(axis=(0, 1))  # mean RGB
+    assert np.ptp(top) < 12  # neutral grey
+    assert bottom[0] - bottom[2] > 25  # wood: red well above blue
+
+
+def test_expert_episode_is_deterministic_and_dart_noise_keeps_clean_labels():
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+    from ceed_vla.sim.experts import ScriptedExpert
+    from ceed_vla.sim.record import run_expert_episode
+
+    spec = tasks.get_task("reach")
+    expert = ScriptedExpert()
+    with MetaWorldEnv(EnvConfig("reach", image_size=16, max_episode_steps=120)) as env:
+        a = run_expert_episode(env, expert, spec, seed=3, noise_std=0.0, rng=np.random.default_rng(0))
+        b = run_expert_episode(env, expert, spec, seed=3, noise_std=0.0, rng=np.random.default_rng(1))
+        noisy = run_expert_episode(env, expert, spec, seed=3, noise_std=0.3, rng=np.random.default_rng(0))
+    assert a.success and b.success
+    np.testing.assert_array_equal(np.stack(a.actions), np.stack(b.actions))
+    # With noise the executed path differs, but each label is the expert's action for its state.
+    assert not np.array_equal(
+        np.stack(a.states[: len(noisy.states)]), np.stack(noisy.states[: len(a.states)])
+    )
+    assert float(np.abs(np.stack(noisy.actions)).max()) <= 1.0
+
+
+# ------------------------------------------------------------------------------------- record
+
+
+def _config(root, **kw):
+    from ceed_vla.sim.record import RecordConfig
+
+    base = dict(output=root, repo_id="local/test", tasks=("reach",), episodes_per_task=3, image_size=16)
+    base.update(kw)
+    return RecordConfig(**base)
+
+
+def test_non_empty_output_is_refused(tmp_path):
+    from ceed_vla.sim.record import OutputExistsError, record
+
+    (tmp_path / "notes.txt").write_text("someone else's data")
+    with pytest.raises(OutputExistsError, match="--resume|--overwrite"):
+        record(_config(tmp_path), progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "someone else's data"
+
+
+def test_cli_refuses_non_empty_output_with_a_message(tmp_path, capsys):
+    from ceed_vla import cli
+
+    (tmp_path / "x").write_text("x")
+    assert cli.main(["record", "--output", str(tmp_path), "--tasks", "reach", "--episodes", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_interrupted_recording_resumes_without_loss_or_duplicates(tmp_path):
+    from ceed_vla.sim.record import LOG_NAME, ResumeMismatchError, record
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = tmp_path / "ds"
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(entry):
+        if entry.episode_index == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        record(_config(root), on_episode=stop_after_two, progress=False)
+    assert LeRobotDataset("local/test", root=root).meta.total_episodes == 2  # finalized, loadable
+
+    with pytest.raises(ResumeMismatchError, match="image_size"):
+        record(_config(root, image_size=24, resume=True), progress=False)
+
+    summary = record(_config(root, resume=True), progress=False)
+    assert summary.new_episodes == 1 and summary.episodes == 3
+
+    log = json.loads((root / "meta" / LOG_NAME).read_text())["episodes"]
+    assert [e["seed"] for e in log] == [0, 1, 2]  # the expert never fails reach: consecutive seeds
+    assert [e["episode_index"] for e in log] == [0, 1, 2]
+    ds = LeRobotDataset("local/test", root=root)
+    assert ds.meta.total_episodes == 3
+    lengths = [int(n) for n in ds.meta.episodes["length"]]
+    assert lengths == [e["steps"] for e in log]
+    assert len(ds) == sum(lengths)
+    assert [ds.meta.episodes["tasks"][i][0] for i in range(3)] == [e["instruction"] for e in log]
+
+
+def test_tiny_dataset_fixture_loads(tiny_dataset):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    repo_id, root = tiny_dataset
+    ds = LeRobotDataset(repo_id, root=root)
+    assert ds.meta.total_episodes == 4
+    item = ds[0]
+    assert item["observation.image"].shape == (3, 32, 32)
+    assert tasks.task_for_instruction(item["task"]).name == "reach"
+
+
+@pytest.mark.slow
+def test_two_episodes_of_each_mt10_task_load_with_features_and_task_texts(tmp_path):
+    from ceed_vla.sim.record import record
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = tmp_path / "mt10"
+    record(_config(root, tasks=MT10, episodes_per_task=2, image_size=16), progress=False)
+
+    ds = LeRobotDataset("local/test", root=root)
+    assert ds.meta.total_episodes == 20
+    assert ds.fps == 80
+    assert ds.features["observation.image"]["dtype"] == "image"
+    assert tuple(ds.features["observation.image"]["shape"]) == (16, 16, 3)
+    assert (
+        ds.features["observation.state"]["shape"] == (4,)
+        and ds.features["observation.state"]["dtype"] == "float32"
+    )
+    assert ds.features["action"]["shape"] == (4,) and ds.features["action"]["dtype"] == "float32"
+    texts = list(ds.meta.tasks.index)
+    per_task = {}
+    for text in texts:
+        per_task.setdefault(tasks.task_for_instruction(text).name, set()).add(text)
+    assert set(per_task) == set(MT10)
+    assert all(len(v) == 2 for v in per_task.values())  # two episodes, two different paraphrases
+    item = ds[len(ds) - 1]
+    assert item["observation.image"].dtype.is_floating_point and float(item["observation.image"].max()) <= 1.0
+    assert float(item["action"].abs().max()) <= 1.0
