@@ -102,7 +102,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"ceed bridge: {exc}")
             return 1
         if args.duration > 0:
-            threading.Timer(args.duration, rclpy.try_shutdown).start()
+            stop = threading.Timer(args.duration, rclpy.try_shutdown)
+            stop.daemon = True  # Ctrl-C before the deadline must not wait for it
+            stop.start()
         return spin(nodes)
     finally:
         rclpy.try_shutdown()

@@ -113,6 +113,10 @@ class PolicyBridgeNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self):
+        self._stop_control()  # the inference thread must not outlive the node
+        return super().destroy_node()
+
     def start(self) -> bool:
         """Configure and activate (what `autostart` does); returns whether the node is active."""
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:

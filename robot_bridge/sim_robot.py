@@ -212,7 +212,7 @@ class SimRobotNode(Node):
         step_dt, camera_dt = 1.0 / c.step_rate_hz, 1.0 / c.camera_rate_hz
         next_step = next_camera = time.monotonic()
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self.context.ok():
                 now = time.monotonic()
                 if now >= next_camera:
                     self._publish_observation(env)
@@ -221,6 +221,9 @@ class SimRobotNode(Node):
                     self._step(env)
                     next_step += step_dt
                 self._stop.wait(max(0.0, min(next_step, next_camera) - time.monotonic()))
+        except Exception:
+            if self.context.ok():  # a real failure, not a publish racing the shutdown
+                raise
         finally:
             env.close()
 
