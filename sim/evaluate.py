@@ -1,0 +1,497 @@
+"""`ceed eval`: closed-loop evaluation of any policy with the reset / predict_action_chunk API.
+
+The runner keeps the chunk queue itself (equivalent to the policy's `select_action` with every
+action of a chunk executed) so that each chunk's latency is measured directly and decoding
+options reach `predict_action_chunk`. Two clocks:
+
+paused    (lockstep, as papers report) the simulation waits while the policy computes.
+
+realtime  the simulation keeps moving while the policy computes. A call that takes W seconds
+          lets floor(W * control_hz) control ticks pass; during them the previously queued
+          actions keep executing and, once the queue runs dry, the arm holds (zero translation,
+          last gripper effort). The new chunk, planned from the observation at the call, then
+          starts at offset floor(W * control_hz): its first actions are already stale.
+
+    tick:      k        k+1      k+2      k+3      k+4
+    paused:    [obs -> policy ........] a0       a1 ...        (sim frozen during the call)
+    realtime:  [obs -> policy ........] hold     hold     a2 ...  (W = 2.x ticks: a0, a1 dropped)
+
+Evaluation seeds come from `ceed_vla.sim.seeds.eval_seed`, disjoint from every recording seed,
+and every episode uses the task's held-out instruction by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from ceed_vla.sim.env import DEFAULT_MAX_EPISODE_STEPS, EnvConfig, MetaWorldEnv, Observation, to_policy_batch
+from ceed_vla.sim.metrics import mean, percentile, wilson_interval
+from ceed_vla.sim.record import atomic_write_text
+from ceed_vla.sim.seeds import eval_seed
+from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
+from tqdm.auto import tqdm
+
+Clock = Literal["paused", "realtime"]
+CLOCKS = ("paused", "realtime")
+INSTRUCTION_SETS = ("eval", "train")
+
+
+@dataclass
+class EvalConfig:
+    tasks: tuple[str, ...] = MT10
+    episodes_per_task: int = 10
+    seed: int = 0
+    image_size: int = 64
+    camera: str = "corner2"
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
+    clock: Clock = "paused"
+    instructions: str = "eval"
+    """`eval`: the held-out paraphrase; `train`: the first training paraphrase."""
+    execute_steps: int | None = None
+    """Actions of each chunk executed before planning again (None: the whole chunk)."""
+    output: Path | None = None
+    specs: tuple[TaskSpec, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            self.tasks = (self.tasks,)
+        self.specs = resolve_tasks(self.tasks)
+        self.tasks = tuple(s.name for s in self.specs)
+        if self.episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task!r}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
+        if self.instructions not in INSTRUCTION_SETS:
+            raise ValueError(f"instructions must be one of {INSTRUCTION_SETS}, got {self.instructions!r}")
+        if self.execute_steps is not None and self.execute_steps < 1:
+            raise ValueError(f"execute_steps must be >= 1 or None, got {self.execute_steps!r}")
+        if self.output is not None:
+            self.output = Path(self.output)
+        EnvConfig(self.specs[0].name, self.image_size, self.camera, self.max_episode_steps)
+
+    def instruction(self, spec: TaskSpec) -> str:
+        return spec.eval_instruction if self.instructions == "eval" else spec.train_instructions[0]
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    seed: int
+    success: bool
+    steps: int
+    policy_calls: int
+    call_ms: list[float]
+    actions_from_policy: int
+    held_steps: int
+    dropped_actions: int
+    policy_seconds: float
+    env_seconds: float
+    wall_seconds: float
+    decode_ms: list[float] = field(default_factory=list)
+    decode_iterations: list[float] = field(default_factory=list)
+    decode_tokens: list[float] = field(default_factory=list)
+
+
+class _Episode:
+    """Mutable state of one rollout: the env, the action queue and the counters."""
+
+    def __init__(self, env: MetaWorldEnv, spec: TaskSpec, seed: int, instruction: str):
+        self.env = env
+        self.instruction = instruction
+        self.obs: Observation | None = env.reset(seed)
+        self.queue: deque[np.ndarray] = deque()
+        self.since_plan = 0
+        self.execute_steps: int | None = None
+        self.last_grip = 0.0
+        self.done = False
+        self.result = EpisodeResult(spec.name, seed, False, 0, 0, [], 0, 0, 0, 0.0, 0.0, 0.0)
+
+    def step(self, action: np.ndarray, from_policy: bool, render: bool) -> None:
+        t0 = time.perf_counter()
+        out = self.env.step(action, render=render)
+        self.result.env_seconds += time.perf_counter() - t0
+        self.obs = out.observation
+        self.last_grip = float(action[3])
+        self.result.steps += 1
+        self.result.actions_from_policy += int(from_policy)
+        self.result.held_steps += int(not from_policy)
+        if out.success:
+            self.result.success = True
+        self.done = out.success or out.truncated
+
+    def hold_action(self) -> np.ndarray:
+        return np.array([0.0, 0.0, 0.0, self.last_grip], dtype=np.float32)
+
+
+class EvalRunner:
+    """Runs `config.episodes_per_task` episodes per task and reports success and speed.
+
+    `predict_kwargs` are passed to every `predict_action_chunk` call (e.g. `decoding=DecodeConfig`).
+    `timer` measures policy latency (seconds); tests inject a fake one.
+    """
+
+    def __init__(
+        self,
+        config: EvalConfig,
+        predict_kwargs: dict[str, Any] | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+        progress: bool = True,
+    ):
+        self.config = config
+        self.predict_kwargs = dict(predict_kwargs or {})
+        self.timer = timer
+        self.progress = progress
+
+    def run(self, policy) -> dict[str, Any]:
+        """Evaluate `policy`; returns the report dict (also written to `config.output` if set)."""
+        cfg = self.config
+        episodes: list[EpisodeResult] = []
+        bar = tqdm(
+            total=len(cfg.specs) * cfg.episodes_per_task,
+            desc=f"eval ({cfg.clock})",
+            unit="ep",
+            disable=not self.progress,
+        )
+        try:
+            for spec in cfg.specs:
+                env_cfg = EnvConfig(spec.name, cfg.image_size, cfg.camera, cfg.max_episode_steps)
+                with MetaWorldEnv(env_cfg) as env:
+                    for i in range(cfg.episodes_per_task):
+                        episodes.append(self.run_episode(policy, env, spec, eval_seed(cfg.seed, i)))
+                        done = [e for e in episodes if e.task == spec.name]
+                        bar.set_postfix(task=spec.name, success=f"{sum(e.success for e in done)}/{len(done)}")
+                        bar.update(1)
+        finally:
+            bar.close()
+        report = build_report(cfg, episodes, self.predict_kwargs)
+        if cfg.output is not None:
+            write_report(report, cfg.output)
+        return report
+
+    def run_episode(self, policy, env: MetaWorldEnv, spec: TaskSpec, seed: int) -> EpisodeResult:
+        policy.reset()
+        ep = _Episode(env, spec, seed, self.config.instruction(spec))
+        ep.execute_steps = self.config.execute_steps or _policy_action_steps(policy)
+        start = time.perf_counter()
+        while not ep.done:
+            if self._must_plan(ep):
+                self._plan(policy, ep)
+                continue
+            action = ep.queue.popleft()
+            ep.since_plan += 1
+            ep.step(action, from_policy=True, render=self._must_plan(ep))
+        ep.result.wall_seconds = time.perf_counter() - start
+        return ep.result
+
+    # ------------------------------------------------------------------ internals
+    def _must_plan(self, ep: _Episode) -> bool:
+        limit = ep.execute_steps
+        return not ep.queue or (limit is not None and ep.since_plan >= limit)
+
+    def _plan(self, policy, ep: _Episode) -> None:
+        if ep.obs is None:
+            ep.obs = ep.env.observe()
+        batch = to_policy_batch([ep.obs], [ep.instruction])
+        previous_stats = getattr(policy, "last_decode_stats", None)
+        t0 = self.timer()
+        chunk = policy.predict_action_chunk(batch, **self.predict_kwargs)  # [1, K, D]
+        seconds = self.timer() - t0
+        actions = _chunk_to_numpy(chunk)  # [K, D]
+        self._record_call(policy, ep.result, seconds, previous_stats)
+
+        lag = 0
+        if self.config.clock == "realtime":
+            lag = int(math.floor(seconds * ep.env.control_hz + 1e-9))  # control ticks that passed
+            self._keep_moving(ep, lag)
+        ep.result.dropped_actions += min(lag, len(actions))
+        ep.queue = deque(actions[lag:])
+        ep.since_plan = 0
+
+    def _keep_moving(self, ep: _Episode, ticks: int) -> None:
+        """Ticks that pass while the policy computes: old queue first, then hold."""
+        for _ in range(ticks):
+            if ep.done:
+                return
+            from_policy = bool(ep.queue)
+            action = ep.queue.popleft() if from_policy else ep.hold_action()
+            ep.step(action, from_policy=from_policy, render=False)
+
+    def _record_call(self, policy, result: EpisodeResult, seconds: float, previous_stats) -> None:
+        result.policy_calls += 1
+        result.policy_seconds += seconds
+        result.call_ms.append(seconds * 1000.0)
+        stats = getattr(policy, "last_decode_stats", None)
+        if stats is None or stats is previous_stats:
+            return
+        result.decode_ms.append(float(stats.wall_ms))
+        result.decode_iterations.append(_mean_of(stats.iterations))
+        result.decode_tokens.append(float(stats.tokens))
+
+
+def _policy_action_steps(policy) -> int | None:
+    """The policy's own `n_action_steps` (LeRobot's name), if it declares one."""
+    steps = getattr(getattr(policy, "config", None), "n_action_steps", None)
+    return int(steps) if steps else None
+
+
+def _chunk_to_numpy(chunk) -> np.ndarray:
+    arr = (
+        chunk.detach().cpu().float().numpy()
+        if hasattr(chunk, "detach")
+        else np.asarray(chunk, dtype=np.float32)
+    )
+    if arr.ndim == 3:
+        if arr.shape[0] != 1:
+            raise ValueError(f"expected a chunk for one observation [1, K, D], got shape {tuple(arr.shape)}")
+        arr = arr[0]
+    if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] < 1:
+        raise ValueError(f"predict_action_chunk must return [1, K, 4] actions, got shape {tuple(arr.shape)}")
+    return arr.astype(np.float32)
+
+
+def _mean_of(value) -> float:
+    if hasattr(value, "float"):
+        return float(value.float().mean())
+    return float(np.mean(value))
+
+
+# ------------------------------------------------------------------------------------ reporting
+
+
+def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
+    """Success with a 95% Wilson interval, steps to success and speed over some episodes."""
+    n = len(episodes)
+    wins = sum(e.success for e in episodes)
+    low, high = wilson_interval(wins, n)
+    calls = [ms for e in episodes for ms in e.call_ms]
+    decode_ms = [ms for e in episodes for ms in e.decode_ms]
+    policy_s = sum(e.policy_seconds for e in episodes)
+    env_s = sum(e.env_seconds for e in episodes)
+    steps = sum(e.steps for e in episodes)
+    wall = sum(e.wall_seconds for e in episodes)
+    actions = sum(e.actions_from_policy for e in episodes)
+    out: dict[str, Any] = {
+        "episodes": n,
+        "successes": wins,
+        "success_rate": wins / n if n else None,
+        "success_ci95": [low, high],
+        "mean_steps_to_success": mean([e.steps for e in episodes if e.success]),
+        "policy_calls": len(calls),
+        "policy_ms_p50": percentile(calls, 50),
+        "policy_ms_p95": percentile(calls, 95),
+        "actions_per_s": actions / policy_s if policy_s > 0 else None,
+        "env_steps_per_s": steps / env_s if env_s > 0 else None,
+        "loop_hz": steps / wall if wall > 0 else None,
+    }
+    if decode_ms:
+        out["chunk_ms_p50"] = percentile(decode_ms, 50)
+        out["chunk_ms_p95"] = percentile(decode_ms, 95)
+        out["iterations_per_chunk"] = mean([x for e in episodes for x in e.decode_iterations])
+        out["tokens_per_chunk"] = mean([x for e in episodes for x in e.decode_tokens])
+    if clock == "realtime":
+        out["held_steps"] = sum(e.held_steps for e in episodes)
+        out["dropped_actions"] = sum(e.dropped_actions for e in episodes)
+        out["held_fraction"] = out["held_steps"] / steps if steps else None
+    return out
+
+
+def build_report(
+    config: EvalConfig, episodes: list[EpisodeResult], predict_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    per_task = {
+        spec.name: summarise([e for e in episodes if e.task == spec.name], config.clock)
+        for spec in config.specs
+    }
+    settings = {k: v for k, v in asdict(config).items() if k not in ("specs", "output")}
+    settings["decoding"] = {k: _jsonable(v) for k, v in predict_kwargs.items()}
+    return {
+        "settings": settings,
+        "overall": summarise(episodes, config.clock),
+        "per_task": per_task,
+        "episodes": [
+            {
+                "task": e.task,
+                "seed": e.seed,
+                "success": e.success,
+                "steps": e.steps,
+                "policy_calls": e.policy_calls,
+            }
+            for e in episodes
+        ],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        f"# Evaluation ({s['clock']} clock)",
+        "",
+        f"{s['episodes_per_task']} episodes per task, seed {s['seed']}, {s['image_size']} px, "
+        f"horizon {s['max_episode_steps']} steps, {s['instructions']} instructions.",
+        "",
+        "| task | success | 95% CI | episodes | steps to success | policy ms p50 | p95 | actions/s | env steps/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = [*report["per_task"].items(), ("**overall**", report["overall"])]
+    for name, r in rows:
+        low, high = r["success_ci95"]
+        lines.append(
+            f"| {name} | {r['success_rate']:.2f} | [{low:.2f}, {high:.2f}] | {r['episodes']} | "
+            f"{_fmt(r['mean_steps_to_success'])} | {_fmt(r['policy_ms_p50'], '.2f')} | {_fmt(r['policy_ms_p95'], '.2f')} | "
+            f"{_fmt(r['actions_per_s'], '.0f')} | {_fmt(r['env_steps_per_s'], '.0f')} |"
+        )
+    overall = report["overall"]
+    if "chunk_ms_p50" in overall:
+        lines += [
+            "",
+            f"Decoding: {overall['chunk_ms_p50']:.1f} ms per chunk (p50), {overall['chunk_ms_p95']:.1f} (p95), "
+            f"{overall['iterations_per_chunk']:.2f} iterations, {overall['tokens_per_chunk']:.0f} tokens per chunk.",
+        ]
+    if "held_steps" in overall:
+        lines += [
+            "",
+            f"Real-time clock: {overall['held_steps']} steps held while the policy computed "
+            f"({overall['held_fraction']:.1%} of all steps), {overall['dropped_actions']} stale actions dropped.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_success(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["per_task"])
+    rates = [float(report["per_task"][n]["success_rate"]) for n in names]
+    ci = [report["per_task"][n]["success_ci95"] for n in names]
+    below = [r - lo for r, (lo, _) in zip(rates, ci, strict=True)]
+    above = [hi - r for r, (_, hi) in zip(rates, ci, strict=True)]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(names) + 1.5), 3.6))
+    ax.bar(range(len(names)), rates, color="#4c72b0")
+    ax.errorbar(range(len(names)), rates, yerr=[below, above], fmt="none", ecolor="black", capsize=3)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate (95% Wilson CI)")
+    overall = report["overall"]["success_rate"]
+    ax.set_title(f"{report['settings']['clock']} clock, overall {overall:.2f}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(report: dict[str, Any], output: Path) -> None:
+    """`report.json`, `report.md` and `success.png` in `output`."""
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(output / "report.md", report_markdown(report))
+    plot_success(report, output / "success.png")
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def load_policy(spec: str, device: str | None = None):
+    """`expert` -> the scripted expert; anything else -> a VLA checkpoint directory."""
+    if spec == "expert":
+        from ceed_vla.sim.experts import ScriptedExpert
+
+        return ScriptedExpert()
+    if not Path(spec).is_dir():
+        raise FileNotFoundError(f"--policy must be 'expert' or a checkpoint directory; {spec!r} is neither")
+    from ceed_vla.policy import VLAPolicy  # imported lazily: the expert path needs no model code
+
+    policy = VLAPolicy.from_pretrained(spec, device=device, expected_action_dim=4)
+    policy.eval()
+    return policy
+
+
+def decoding_kwargs(policy, mode: str | None, sigma: int | None, tau: int | None) -> dict[str, Any]:
+    """`{"decoding": DecodeConfig(...)}` for a policy that decodes, `{}` otherwise (the expert)."""
+    if not hasattr(policy, "n_bins"):
+        if mode is not None or sigma is not None or tau is not None:
+            print("ceed eval: note: decoding options ignored, this policy does not decode", file=sys.stderr)
+        return {}
+    from ceed_vla.decoding import DecodeConfig
+
+    if mode is None:
+        mode = "early_exit" if (sigma is not None or tau is not None) else "ar"
+    return {"decoding": DecodeConfig(mode=mode, sigma=sigma, tau=tau, n_bins=policy.n_bins)}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", default="expert", help="'expert' or a VLA checkpoint directory")
+    parser.add_argument("--tasks", default="mt10", help="comma-separated task names or 'mt10'")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per task (default: 10)")
+    parser.add_argument("--seed", type=int, default=0, help="run seed: selects the evaluation seed range")
+    parser.add_argument("--clock", choices=CLOCKS, default="paused", help="paused (lockstep) or realtime")
+    parser.add_argument(
+        "--image-size", type=int, default=64, help="camera image size (match the training data)"
+    )
+    parser.add_argument("--camera", default="corner2")
+    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_EPISODE_STEPS, help="episode horizon")
+    parser.add_argument(
+        "--instructions", choices=INSTRUCTION_SETS, default="eval", help="held-out or training wording"
+    )
+    parser.add_argument(
+        "--execute-steps",
+        type=int,
+        default=None,
+        help="actions per chunk before replanning (default: the policy's)",
+    )
+    parser.add_argument(
+        "--decoding", choices=("ar", "jacobi", "early_exit"), default=None, help="VLA decoding mode"
+    )
+    parser.add_argument("--sigma", type=int, default=None, help="early exit: iteration cap")
+    parser.add_argument("--tau", type=int, default=None, help="early exit: bin-distance tolerance")
+    parser.add_argument("--device", default=None, help="torch device for a VLA checkpoint")
+    parser.add_argument("--output", type=Path, default=Path("outputs/eval"), help="report directory")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = EvalConfig(
+            tasks=tuple(t for t in args.tasks.split(",") if t.strip()),
+            episodes_per_task=args.episodes,
+            seed=args.seed,
+            image_size=args.image_size,
+            camera=args.camera,
+            max_episode_steps=args.max_steps,
+            clock=args.clock,
+            instructions=args.instructions,
+            execute_steps=args.execute_steps,
+            output=args.output,
+        )
+        policy = load_policy(args.policy, args.device)
+        predict_kwargs = decoding_kwargs(policy, args.decoding, args.sigma, args.tau)
+    except (UnknownTaskError, FileNotFoundError, ValueError) as err:
+        print(f"ceed eval: error: {err}", file=sys.stderr)
+        return 2
+    report = EvalRunner(config, predict_kwargs).run(policy)
+    print(report_markdown(report))
+    print(f"wrote {config.output / 'report.json'}, report.md and success.png")
+    return 0

@@ -1,0 +1,158 @@
+"""The evaluation runner: statistics, the expert, and the two clocks."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from ceed_vla.sim.metrics import percentile, wilson_interval
+
+pytestmark = pytest.mark.sim
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials", "low", "high"),
+    [
+        (8, 10, 0.4902, 0.9433),  # the textbook example
+        (5, 10, 0.2366, 0.7634),
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (45, 50, 0.7864, 0.9565),
+    ],
+)
+def test_wilson_interval_known_values(successes, trials, low, high):
+    lo, hi = wilson_interval(successes, trials)
+    assert lo == pytest.approx(low, abs=1e-4)
+    assert hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_interval_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_percentile_interpolates():
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert percentile([5.0], 95) == 5.0
+    assert percentile([], 50) is None
+
+
+def test_eval_seeds_are_disjoint_from_recording_seeds():
+    from ceed_vla.sim.seeds import MAX_RUN_SEEDS, SEEDS_PER_RUN, eval_seed, record_seed
+
+    last_record = record_seed(MAX_RUN_SEEDS - 1, SEEDS_PER_RUN - 1)
+    assert eval_seed(0, 0) > last_record
+
+
+def test_runner_on_the_expert_writes_reports(tmp_path):
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+    from ceed_vla.sim.experts import ScriptedExpert
+    from ceed_vla.sim.seeds import is_eval_seed
+
+    config = EvalConfig(tasks=("reach",), episodes_per_task=2, image_size=16, output=tmp_path)
+    report = EvalRunner(config, progress=False).run(ScriptedExpert())
+
+    task = report["per_task"]["reach"]
+    assert task["episodes"] == 2 and task["success_rate"] == 1.0
+    assert task["success_ci95"][0] == pytest.approx(wilson_interval(2, 2)[0])
+    assert 0 < task["mean_steps_to_success"] < config.max_episode_steps
+    assert task["policy_calls"] == sum(e["steps"] for e in report["episodes"])  # chunks of one action
+    assert task["policy_ms_p50"] <= task["policy_ms_p95"]
+    assert task["actions_per_s"] > 0 and task["env_steps_per_s"] > 0
+    assert "chunk_ms_p50" not in task  # the expert does not decode
+    assert all(is_eval_seed(e["seed"]) for e in report["episodes"])
+    assert json.loads((tmp_path / "report.json").read_text())["overall"]["successes"] == 2
+    assert "| reach | 1.00 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "success.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class FakeClock:
+    """A timer the slow policy advances: latency without sleeping, identical on any machine."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowPolicy:
+    """Moves +x with chunks of 8 actions; each call 'takes' 50 ms (4 ticks at 80 Hz) and reports stats."""
+
+    def __init__(self, clock: FakeClock, seconds: float = 0.05, chunk: int = 8):
+        self.clock, self.seconds, self.chunk = clock, seconds, chunk
+        self.last_decode_stats = None
+        self.calls = 0
+
+    def reset(self):
+        self.calls = 0
+
+    def predict_action_chunk(self, obs, **kwargs):
+        assert obs["observation.image"].shape[1:] == (3, 16, 16)
+        self.calls += 1
+        self.clock.now += self.seconds
+        self.last_decode_stats = SimpleNamespace(wall_ms=50.0, iterations=torch.tensor([3]), tokens=32)
+        chunk = torch.zeros(1, self.chunk, 4)
+        chunk[..., 0] = 1.0
+        return chunk
+
+
+def _run_slow(clock_mode: str, execute_steps=None, steps: int = 24, chunk: int = 8):
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+    from ceed_vla.sim.tasks import get_task
+
+    clock = FakeClock()
+    config = EvalConfig(
+        tasks=("reach",),
+        episodes_per_task=1,
+        image_size=16,
+        max_episode_steps=steps,
+        clock=clock_mode,
+        execute_steps=execute_steps,
+    )
+    runner = EvalRunner(config, timer=clock, progress=False)
+    with MetaWorldEnv(EnvConfig("reach", image_size=16, max_episode_steps=steps)) as env:
+        start_x = float(env.reset(0).state[0])
+        result = runner.run_episode(SlowPolicy(clock, chunk=chunk), env, get_task("reach"), seed=0)
+        end_x = float(env.observe().state[0])
+    return result, end_x - start_x
+
+
+def test_realtime_clock_holds_while_a_slow_policy_computes():
+    paused, paused_dx = _run_slow("paused")
+    realtime, realtime_dx = _run_slow("realtime")
+
+    assert paused.steps == realtime.steps == 24
+    assert paused.held_steps == 0 and paused.dropped_actions == 0
+    assert paused.actions_from_policy == 24 and paused.policy_calls == 3
+    # Each call lets 4 ticks pass with an empty queue: hold 4, then the chunk from offset 4.
+    assert realtime.held_steps == 12 and realtime.actions_from_policy == 12
+    assert realtime.dropped_actions == 4 * realtime.policy_calls
+    assert realtime_dx < paused_dx  # latency cost motion
+    assert realtime.decode_ms == [50.0] * realtime.policy_calls
+    assert realtime.decode_iterations == [3.0] * realtime.policy_calls
+
+
+def test_realtime_clock_keeps_executing_the_previous_chunk():
+    """Chunks of 16, replanning after 2 actions: the leftover covers the 4 ticks of the next call."""
+    result, _ = _run_slow("realtime", execute_steps=2, chunk=16)
+    assert result.held_steps == 4  # only the very first call has nothing queued
+    assert result.actions_from_policy == 20
+
+
+def test_report_carries_chunk_statistics_and_realtime_counters():
+    from ceed_vla.sim.evaluate import EvalConfig, build_report, report_markdown
+
+    result, _ = _run_slow("realtime")
+    config = EvalConfig(tasks=("reach",), episodes_per_task=1, image_size=16, clock="realtime")
+    report = build_report(config, [result], {})
+    overall = report["overall"]
+    assert overall["chunk_ms_p50"] == 50.0 and overall["iterations_per_chunk"] == 3.0
+    assert overall["tokens_per_chunk"] == 32.0
+    assert overall["held_fraction"] == pytest.approx(0.5)
+    text = report_markdown(report)
+    assert "50.0 ms per chunk" in text and "steps held" in text
