@@ -83,6 +83,10 @@ class BridgeConfig:
     policy: str = "sine"  # "sine[:amplitude]", "expert", "checkpoint:DIR" (see policies.py)
     device: str = "cpu"
     torch_threads: int = 1
+    # VLA decoding: "" = the policy's default (AR), else "ar" | "jacobi" | "early_exit"
+    decoding_mode: str = ""
+    decoding_sigma: int = 0  # early_exit: iteration cap (0 = none)
+    decoding_tau: int = -1  # early_exit: bin tolerance (-1 = none)
     instruction: str = ""  # used until one arrives on instruction_topic; "" = wait for it
     control_rate_hz: float = 20.0
     output_mode: OutputMode = OutputMode.FORWARD
@@ -122,6 +126,8 @@ class BridgeConfig:
         _positive(self.control_rate_hz, "control_rate_hz")
         _positive(self.diagnostics_rate_hz, "diagnostics_rate_hz")
         _positive(self.twist_scale, "twist_scale")
+        if self.decoding_mode not in ("", "ar", "jacobi", "early_exit"):
+            raise ConfigError(f"decoding_mode={self.decoding_mode!r}: use '', 'ar', 'jacobi' or 'early_exit'")
         if self.torch_threads < 1:
             raise ConfigError(f"torch_threads={self.torch_threads}: need at least 1")
         if self.stale_timeout_s < 0:
@@ -153,6 +159,16 @@ class BridgeConfig:
             raise ConfigError(f"output_mode=twist needs at least 3 action dimensions (x, y, z); got {dim}")
         if not self.state_joint_names:
             raise ConfigError("state_joint_names is empty: name the JointState entries that form the state")
+
+    def decode_kwargs(self, n_bins: int) -> dict:
+        """Keyword arguments for `predict_action_chunk` selecting the decoding mode (empty: default)."""
+        if not self.decoding_mode:
+            return {}
+        from ceed_vla.decoding import DecodeConfig
+
+        sigma = self.decoding_sigma or None
+        tau = None if self.decoding_tau < 0 else self.decoding_tau
+        return {"decoding": DecodeConfig(mode=self.decoding_mode, n_bins=n_bins, sigma=sigma, tau=tau)}
 
     @property
     def period_s(self) -> float:

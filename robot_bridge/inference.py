@@ -29,8 +29,17 @@ def decode_iterations(policy) -> float:
 
 
 class InferenceWorker:
-    def __init__(self, policy, core: BridgeCore, poll_s: float, on_error=None, clock=time.monotonic):
+    def __init__(
+        self,
+        policy,
+        core: BridgeCore,
+        poll_s: float,
+        on_error=None,
+        clock=time.monotonic,
+        predict_kwargs=None,
+    ):
         self.policy = policy
+        self.predict_kwargs = predict_kwargs or {}  # e.g. {"decoding": DecodeConfig(...)} for the VLA
         self.clock = clock  # the clock the core's observations are stamped with
         self.core = core
         self.poll_s = poll_s
@@ -67,7 +76,9 @@ class InferenceWorker:
             with torch.inference_mode():
                 if request.reset_policy:
                     self.policy.reset()
-                chunk = self.policy.predict_action_chunk(request.observation)  # [1, K, D]
+                chunk = self.policy.predict_action_chunk(
+                    request.observation, **self.predict_kwargs
+                )  # [1, K, D]
             chunk = np.asarray(torch.as_tensor(chunk, dtype=torch.float64).cpu())[0]  # [K, D]
         except Exception as exc:  # a policy bug must not take the control loop down: hold and report
             self.core.inference_failed()

@@ -36,10 +36,10 @@ from trajectory_msgs.msg import JointTrajectory
 
 from . import conversions as conv
 from . import ros_params
-from .config import BridgeConfig, ConfigError, OutputMode
+from .config import BridgeConfig, OutputMode
 from .core import BridgeCore, TickResult
 from .inference import InferenceWorker
-from .policies import PolicySpecError, load_policy
+from .policies import load_policy
 
 LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
@@ -55,6 +55,7 @@ class PolicyBridgeNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         ros_params.declare(self, BridgeConfig)
         self._given_policy = policy
+        self._predict_kwargs: dict = {}
         self.config: BridgeConfig | None = None
         self.core: BridgeCore | None = None
         self.policy = None
@@ -72,7 +73,8 @@ class PolicyBridgeNode(LifecycleNode):
             self.policy = self._given_policy or load_policy(
                 self.config.policy, self.config.action_dim, self.config.control_rate_hz, self.config.device
             )
-        except (ConfigError, PolicySpecError, OSError, ImportError) as exc:
+            self._predict_kwargs = self.config.decode_kwargs(getattr(self.policy, "n_bins", 256))
+        except (ValueError, OSError, ImportError) as exc:  # ConfigError, PolicySpecError, a bad checkpoint
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.core = BridgeCore(self.config)
@@ -87,7 +89,13 @@ class PolicyBridgeNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # activates the lifecycle publishers
-        self.worker = InferenceWorker(self.policy, self.core, self.config.period_s / 4, self._inference_error)
+        self.worker = InferenceWorker(
+            self.policy,
+            self.core,
+            self.config.period_s / 4,
+            self._inference_error,
+            predict_kwargs=self._predict_kwargs,
+        )
         self.worker.start()
         self._timers = [
             self.create_timer(self.config.period_s, self._on_tick, callback_group=self._control),

@@ -73,8 +73,7 @@ def load_policy(spec: str, action_dim: int, control_rate_hz: float, device: str 
             raise PolicySpecError("policy 'checkpoint:' needs a directory: 'checkpoint:/path/to/ckpt'")
         from ceed_vla.policy import VLAPolicy
 
-        policy = VLAPolicy.from_pretrained(arg)
-        return policy.to(device).eval() if hasattr(policy, "to") else policy
+        return VLAPolicy.from_pretrained(arg, device=device, expected_action_dim=action_dim).eval()
     if kind == "expert":
         from ceed_vla.sim.experts import ScriptedExpert
 

@@ -45,7 +45,7 @@ def context():
 class Rig:
     """A bridge under test and a peer node publishing its inputs and recording its outputs."""
 
-    def __init__(self, context, policy, **params):
+    def __init__(self, context, given, **params):
         torch.set_num_threads(1)
         base = {
             "instruction": "reach the red goal",
@@ -55,7 +55,7 @@ class Rig:
         }
         base.update(params)
         overrides = [Parameter(k, value=v) for k, v in base.items()]
-        self.bridge = PolicyBridgeNode(context=context, policy=policy, parameter_overrides=overrides)
+        self.bridge = PolicyBridgeNode(context=context, policy=given, parameter_overrides=overrides)
         assert self.bridge.start()
         self.config = self.bridge.config
         self.peer = Node("peer", context=context)
@@ -80,7 +80,8 @@ class Rig:
 
     def feed(self, seconds: float, rate_hz: float = 50.0, image=None, names=STATE_NAMES) -> float:
         """Publish camera and state for `seconds`; returns the time of the last publish."""
-        image = np.full((16, 16, 3), 128, np.uint8) if image is None else image
+        size = (self.config.image_height, self.config.image_width)
+        image = np.full((*size, 3), 128, np.uint8) if image is None else image
         end = time.monotonic() + seconds
         while True:
             stamp = self.peer.get_clock().now().to_msg()
@@ -129,10 +130,11 @@ class Rig:
 def rig(context):
     made = []
 
-    def make(policy=None, topics=(FORWARD,), kind=Float64MultiArray, **params):
-        r = Rig(
-            context, policy or SinePolicy(4, chunk_size=8, amplitude=0.5, control_rate_hz=RATE_HZ), **params
-        )
+    def make(given=None, topics=(FORWARD,), kind=Float64MultiArray, **params):
+        """`given`: a policy object for the node; default a sine, unless `policy` (a spec) is a parameter."""
+        if given is None and "policy" not in params:
+            given = SinePolicy(4, chunk_size=8, amplitude=0.5, control_rate_hz=RATE_HZ)
+        r = Rig(context, given, **params)
         for topic in topics:
             r.listen(kind, topic)
         made.append(r)
@@ -235,7 +237,7 @@ class WildPolicy:
 
 
 def test_out_of_range_and_non_finite_actions_are_never_published(rig):
-    r = rig(policy=WildPolicy(), hold_mode="last", max_delta=[0.25], blend_steps=0)
+    r = rig(given=WildPolicy(), hold_mode="last", max_delta=[0.25], blend_steps=0)
     r.feed(1.0)
     values = np.asarray([c.data for c in r.commands()])  # [N, 4]
     assert len(values) >= 5
@@ -311,3 +313,14 @@ def test_twist_dry_run_publishes_only_to_the_dry_run_topics(rig):
     assert len(twists) >= 5 and r.commands(servo) == [] and r.commands(gripper) == []
     assert len(r.commands(f"{gripper}/dry_run")) >= 5
     assert all(abs(t.twist.linear.x) <= 0.1 + 1e-9 and t.header.frame_id == "base_link" for t in twists)
+
+
+def test_a_vla_checkpoint_drives_the_bridge_with_jacobi_decoding(rig, make_policy, tmp_path):
+    checkpoint = make_policy().save_pretrained(tmp_path / "tiny_vla")
+    r = rig(policy=f"checkpoint:{checkpoint}", decoding_mode="jacobi", image_width=24, image_height=24)
+    assert r.bridge.policy.__class__.__name__ == "VLAPolicy"
+    r.feed(1.5)
+    values = np.asarray([c.data for c in r.commands()])  # [N, 4]
+    assert len(values) >= 5 and np.all(np.abs(values) <= 1.0)
+    assert _wait(lambda: int(r.diagnostics().get("chunks", 0)) > 0)
+    assert float(r.diagnostics()["iterations_per_chunk"]) >= 1
