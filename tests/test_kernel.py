@@ -128,9 +128,12 @@ def test_interpreted_kernel_equals_reference_exactly(interpreted_results, index)
 
 
 # ------------------------------------------------------------------------------------------------ gpu
+# The skip is here as well as in conftest.py: scripts/gpu_check.sh runs these with --noconftest.
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (make gpu-check)")
 
 
 @pytest.mark.gpu
+@requires_cuda
 @pytest.mark.parametrize("index", range(len(SHAPES)))
 def test_compiled_kernel_equals_reference_on_cuda(index):
     from ceed_vla.decoding.kernel import jacobi_step_triton
@@ -146,6 +149,7 @@ def test_compiled_kernel_equals_reference_on_cuda(index):
 
 
 @pytest.mark.gpu
+@requires_cuda
 @pytest.mark.parametrize("backend", ["hf", "static"])
 def test_cuda_decoding_with_the_kernel_equals_the_reference_path(backend):
     lm = make_tiny_llama(21).cuda()
@@ -172,6 +176,7 @@ def test_cuda_decoding_with_the_kernel_equals_the_reference_path(backend):
 
 
 @pytest.mark.gpu
+@requires_cuda
 def test_bf16_cuda_decoding_keeps_its_guarantees():
     lm = make_tiny_llama(22, hidden=128).cuda().to(torch.bfloat16)
     embeds, mask = make_prompt(22, 4, 9, 128, [0, 1, 5, 8])
