@@ -156,3 +156,27 @@ def test_report_carries_chunk_statistics_and_realtime_counters():
     assert overall["held_fraction"] == pytest.approx(0.5)
     text = report_markdown(report)
     assert "50.0 ms per chunk" in text and "steps held" in text
+
+
+def test_cli_eval_runs_the_expert_and_rejects_a_missing_checkpoint(tmp_path, capsys):
+    from ceed_vla import cli
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--policy", "expert", "--tasks", "reach", "--episodes", "1", "--image-size", "16"]
+    assert cli.main([*argv, "--output", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["per_task"]["reach"]["success_rate"] == 1.0
+
+    assert cli.main(["eval", "--policy", str(tmp_path / "no_such_checkpoint")]) == 2
+    assert "checkpoint directory" in capsys.readouterr().err
+
+
+def test_decoding_options_reach_a_decoding_policy_as_a_decode_config():
+    from ceed_vla.decoding import DecodeConfig
+    from ceed_vla.sim.evaluate import decoding_kwargs
+    from ceed_vla.sim.experts import ScriptedExpert
+
+    vla_like = SimpleNamespace(n_bins=256)
+    kwargs = decoding_kwargs(vla_like, "early_exit", sigma=3, tau=2)
+    assert kwargs == {"decoding": DecodeConfig(mode="early_exit", sigma=3, tau=2, n_bins=256)}
+    assert decoding_kwargs(vla_like, None, None, None)["decoding"].mode == "ar"
+    assert decoding_kwargs(ScriptedExpert(), "jacobi", None, None) == {}
