@@ -297,11 +297,12 @@ class Trainer:
                 window.append(self._train_step(next(batches)))
                 self.step += 1
                 bar.update(1)
-                if self.step % self.config.log_every == 0 or self.step == stop:
+                at_end = self.step == self.config.steps
+                if self.step % self.config.log_every == 0 or at_end:
                     row = self._log_train(window, time.perf_counter() - t_window)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
                     window, t_window = [], time.perf_counter()
-                if self.val_set is not None and (self.step % self.config.val_every == 0 or self.step == stop):
+                if self.val_set is not None and (self.step % self.config.val_every == 0 or at_end):
                     self._validate()
                 if self.step % self.config.save_every == 0 or self.step == stop:
                     self.save_checkpoint()

@@ -27,7 +27,9 @@ class ConvEncoder(nn.Module):
         in_ch = 3
         for out_ch in config.channels:
             layers += [
-                nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=2, padding=1),
+                nn.Conv2d(
+                    in_ch, out_ch, kernel_size=3, stride=2, padding=1, bias=False
+                ),  # GroupNorm cancels a bias
                 nn.GroupNorm(min(8, out_ch), out_ch),
                 nn.GELU(),
             ]

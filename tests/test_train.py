@@ -1,0 +1,168 @@
+"""The training job: data path, schedule, checkpoints + exact resume, metrics, the CLI and DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from ceed_vla.policy import NextTokenLoss, TrainConfig, Trainer, VLAPolicy
+from ceed_vla.policy.data import (
+    ChunkDataset,
+    DatasetFeatureError,
+    load_frames,
+    open_dataset,
+    split_episodes,
+)
+from ceed_vla.policy.trainer import lr_lambda
+from safetensors.torch import load_file
+
+from tests.fixtures.policy import write_synthetic_dataset
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def test_chunks_follow_lerobot_delta_timestamps(policy_dataset):
+    repo_id, root = policy_dataset
+    frames = load_frames(repo_id, root, chunk_size=4)
+    ours = ChunkDataset(frames, sorted(set(frames.episode.tolist())))
+    theirs = open_dataset(repo_id, root, chunk_size=4)
+    assert len(ours) == len(theirs) == 96
+    for i in (0, 5, 13, 14, 15, 16, 95):  # 16-frame episodes: 13..15 run past the end
+        a, b = ours[i], theirs[i]
+        assert torch.equal(a["action"], b["action"]), i
+        assert torch.equal(a["action_is_pad"], b["action_is_pad"]), i
+        assert torch.allclose(a["observation.image"], b["observation.image"], atol=1 / 255 + 1e-6)
+        assert torch.equal(a["observation.state"], b["observation.state"])
+        assert a["task"] == b["task"]
+    assert ours[15]["action_is_pad"].tolist() == [False, True, True, True]
+
+
+def test_dataset_missing_features_are_named(tmp_path):
+    repo_id, root = write_synthetic_dataset(tmp_path / "nostate", episodes=1, length=3, with_state=False)
+    with pytest.raises(DatasetFeatureError, match=r"observation\.state"):
+        load_frames(repo_id, root, chunk_size=2)
+
+
+def test_validation_holds_out_whole_episodes():
+    train, val = split_episodes(list(range(20)), 0.1)
+    assert val == [9, 19]
+    assert set(train).isdisjoint(val) and sorted(train + val) == list(range(20))
+    assert split_episodes([0], 0.5) == ([0], [])
+
+
+def test_shift_augmentation_is_a_function_of_seed_epoch_and_index(policy_dataset):
+    frames = load_frames(*policy_dataset, chunk_size=4)
+    ds = ChunkDataset(frames, [0, 1], shift=3, seed=7)
+    ds.frames.images[3] = torch.randint(0, 255, ds.frames.images[3].shape, dtype=torch.uint8)
+    a = ds[3]["observation.image"]
+    assert torch.equal(a, ds[3]["observation.image"])
+    ds.set_epoch(1)
+    assert not torch.equal(a, ds[3]["observation.image"])
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine():
+    f = lr_lambda(TrainConfig(output_dir="x", steps=110, warmup_steps=10, min_lr_ratio=0.1))
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 110))
+
+
+# ------------------------------------------------------------------------------ trainer and resume
+
+
+def _trainer(make_policy, frames, out: Path, steps: int = 12) -> Trainer:
+    episodes = sorted(set(frames.episode.tolist()))
+    train_eps, val_eps = split_episodes(episodes, 0.2)
+    train = ChunkDataset(frames, train_eps, shift=2, seed=0)
+    val = ChunkDataset(frames, val_eps)
+    config = TrainConfig(
+        output_dir=str(out), steps=steps, batch_size=8, lr=1e-3, warmup_steps=3,
+        save_every=4, val_every=4, val_batches=2, log_every=2, seed=0,
+    )  # fmt: skip
+    return Trainer(make_policy(seed=0).train(), NextTokenLoss(), train, config, val_set=val)
+
+
+def test_resumed_run_equals_uninterrupted_run(make_policy, policy_dataset, tmp_path):
+    frames = load_frames(*policy_dataset, chunk_size=4)  # 80 train samples: 10 steps per epoch
+    straight = _trainer(make_policy, frames, tmp_path / "a")
+    straight.fit()
+
+    first = _trainer(make_policy, frames, tmp_path / "b")
+    first.fit(until_step=7)  # stops mid-epoch, off the save_every grid
+    assert (tmp_path / "b/checkpoints/last").read_text() == "step_000007"
+    resumed = _trainer(make_policy, frames, tmp_path / "b")
+    resumed.fit(resume=True)
+
+    assert resumed.step == straight.step == 12
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # Metrics: validation rows are identical; train rows are window means, so the window cut by the
+    # interruption (steps 7-8) differs and every later one is identical again.
+    rows_a = [json.loads(r) for r in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(r) for r in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in rows_a] == [(r["split"], r["step"]) for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        if ra["split"] == "val" or ra["step"] > 8:
+            assert ra["loss"] == rb["loss"], ra
+
+
+def test_training_writes_metrics_curve_and_loadable_checkpoints(make_policy, policy_dataset, tmp_path):
+    frames = load_frames(*policy_dataset, chunk_size=4)
+    trainer = _trainer(make_policy, frames, tmp_path, steps=8)
+    summary = trainer.fit()
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6, 8]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [4, 8]
+    assert rows[-1]["loss"] < math.log(256)  # it learned something in 8 steps
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+    assert summary["steps"] == 8 and summary["samples_per_s"] > 0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "last",
+        "step_000004",
+        "step_000008",
+    ]
+    for d in ("checkpoints/step_000008", "best"):
+        policy = VLAPolicy.from_pretrained(tmp_path / d)
+        assert policy.chunk_tokens == 16
+    assert json.loads((tmp_path / "best/train_config.json").read_text())["steps"] == 8
+    with pytest.raises(Exception, match="nothing to resume"):
+        _trainer(make_policy, frames, tmp_path / "fresh").fit(resume=True)
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def test_ceed_train_writes_a_complete_run(policy_dataset, tmp_path):
+    from ceed_vla import cli
+
+    _, root = policy_dataset
+    out = tmp_path / "run"
+    args = [
+        "train", "--dataset-root", str(root), "--repo-id", "local/synthetic", "--output", str(out),
+        "--steps", "4", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "1", "--log-every", "2",
+        "--val-every", "2", "--save-every", "2", "--threads", "1", "--chunk-size", "4", "--val-fraction", "0.2",
+    ]  # fmt: skip
+    assert cli.main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["world_size"] == 1
+    assert summary["train_samples"] == 80 and summary["val_samples"] == 16
+    assert (out / "loss_curve.png").is_file() and (out / "metrics.jsonl").is_file()
+    final = VLAPolicy.from_pretrained(out / "final")
+    assert final.config.chunk_size == 4 and final.config.action_dim == 4
+    assert json.loads((out / "final/dataset.json").read_text())["episodes"] == 6
+    # --resume past the end does nothing more and keeps the weights.
+    args[args.index("--steps") + 1] = "4"
+    assert cli.main(args + ["--resume"]) == 0
+    assert torch.equal(
+        load_file(out / "final/model.safetensors")["lm.model.embed_tokens.weight"],
+        load_file(out / "checkpoints/step_000004/model.safetensors")["lm.model.embed_tokens.weight"],
+    )
