@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from ceed_vla.decoding import (
@@ -64,6 +66,67 @@ def test_exact_jacobi_equals_ar_equals_uncached_greedy(seed, batch, prefix, n, n
     assert int(jac.stats.iterations.max()) <= n - 1 < n
     assert ar.stats.forward_passes == n and ar.stats.tokens == n
     assert jac.stats.forward_passes == 1 + int(jac.stats.iterations.max())
+
+
+def test_exact_jacobi_equals_ar_over_many_random_models_and_prompts():
+    rng = torch.Generator().manual_seed(1234)
+
+    def draw(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=rng))
+
+    for trial in range(12):
+        lm = make_tiny_llama(
+            100 + trial, hidden=32, layers=draw(1, 3), heads=4, kv_heads=(1, 2, 4)[trial % 3]
+        )
+        batch, prefix, n = draw(1, 4), draw(1, 10), draw(1, 24)
+        pads = [draw(0, prefix - 1) for _ in range(batch)]
+        embeds, mask = make_prompt(trial, batch, prefix, 32, pads)
+        backend = ("hf", "static")[trial % 2]
+        config = DecodeConfig(mode="ar", n_bins=draw(2, 256), backend=backend)
+        ar = decode(lm, embeds, mask, n, ACTION_START, config)
+        jac = decode(lm, embeds, mask, n, ACTION_START, dataclasses.replace(config, mode="jacobi"))
+        assert torch.equal(jac.bins, ar.bins), (trial, batch, prefix, n, pads, backend)
+        assert int(jac.stats.iterations.max()) < n or n == 1
+
+
+def test_the_hf_backend_serves_other_causal_lms():
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    models = [
+        GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=300,
+                n_embd=64,
+                n_layer=2,
+                n_head=4,
+                initializer_range=0.2,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        ),
+        Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=300,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                initializer_range=0.2,
+            )
+        ),
+    ]
+    embeds, mask = make_prompt(0, 3, 6, 64, [0, 2, 5])
+    for lm in models:
+        lm.eval()
+        ar = decode(lm, embeds, mask, 9, ACTION_START, DecodeConfig(mode="ar"))
+        jac = decode(lm, embeds, mask, 9, ACTION_START, DecodeConfig(mode="jacobi"))
+        assert ar.stats.backend == "hf"  # "auto" falls back to the generic path
+        assert torch.equal(ar.bins, uncached_greedy(lm, embeds, mask, 9, 256))
+        assert torch.equal(jac.bins, ar.bins)
+    with pytest.raises(ValueError, match="backend='hf'"):
+        decode(models[0], embeds, mask, 9, ACTION_START, DecodeConfig(backend="static"))
 
 
 @pytest.mark.parametrize("seed", [7, 8])
