@@ -107,15 +107,27 @@ def trim_trajectory(states: np.ndarray, fixed_point: np.ndarray) -> np.ndarray:
 class Collector:
     """Runs the teacher's exact Jacobi decoding over planned samples and appends them to a shard."""
 
-    def __init__(self, teacher, dataset, frames, config: CollectConfig):
+    def __init__(self, teacher, dataset, frames, config: CollectConfig, indices=None, decode_kwargs=None):
         """teacher: VLAPolicy; dataset: ChunkDataset over every frame (row i = dataset index i);
-        frames: the `Frames` it reads (episode bounds for warm starts)."""
+        frames: the `Frames` it reads (episode bounds for warm starts); indices: the dataset indices
+        to collect from (default: all); decode_kwargs: extra `DecodeConfig` fields (backend, step_impl)."""
         from ceed_vla.decoding import DecodeConfig
 
         self.teacher, self.dataset, self.frames, self.config = teacher, dataset, frames, config
-        self.decode_config = DecodeConfig(mode="jacobi", n_bins=teacher.n_bins, record_trajectory=True)
+        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.decode_config = DecodeConfig(
+            mode="jacobi", n_bins=teacher.n_bins, record_trajectory=True, **(decode_kwargs or {})
+        )
         self.chunk_size = teacher.config.chunk_size
         self.action_dim = teacher.config.action_dim
+
+    def plan(self) -> SamplePlan:
+        cfg = self.config
+        total = cfg.trajectories or len(self.indices)
+        return SamplePlan(len(self.indices), total, cfg.seed, cfg.warm_start, self.chunk_size)
+
+    def frame_index(self, plan: SamplePlan, sample_id: int) -> int:
+        return int(self.indices[plan.frame(sample_id)])
 
     def _warm_guess(self, index: int, steps: int) -> torch.Tensor | None:
         """[n] bins: the tail of frame (index - steps)'s chunk, or None at an episode's start."""
@@ -132,7 +144,7 @@ class Collector:
     def run_batch(self, plan: SamplePlan, ids: np.ndarray) -> TrajectoryBatch:
         from ceed_vla.decoding import decode
 
-        indices = [plan.frame(s) for s in ids]
+        indices = [self.frame_index(plan, s) for s in ids]
         items = [self.dataset[i] for i in indices]
         batch = torch.utils.data.default_collate(items)
         n = self.teacher.chunk_tokens
@@ -182,15 +194,14 @@ def chunk_l1(teacher: torch.Tensor, gt: torch.Tensor, is_pad: torch.Tensor | Non
 def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int) -> dict[str, Any]:
     """Collect this rank's remaining samples; returns the summary of everything its shard holds."""
     cfg = collector.config
-    total = cfg.trajectories or len(collector.dataset)
-    plan = SamplePlan(len(collector.dataset), total, cfg.seed, cfg.warm_start, collector.chunk_size)
+    plan = collector.plan()
     shard = store.shard(rank)
     planned = plan.ids_for_rank(rank, world)
     done = shard.sample_ids()
     frames_done = shard.read().dataset_index if len(done) else np.zeros(0, dtype=np.int64)
     if not (
         np.array_equal(done, planned[: len(done)])
-        and np.array_equal(frames_done, [plan.frame(s) for s in done])
+        and np.array_equal(frames_done, [collector.frame_index(plan, s) for s in done])
     ):
         raise StoreError(
             f"{store.path} rank {rank} holds samples that this plan does not produce (seed, dataset "

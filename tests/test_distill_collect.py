@@ -167,3 +167,25 @@ def test_distillation_through_the_shared_trainer(setup, tmp_path):
     assert summary["steps"] == 3 and np.isfinite(summary["best_val_loss"])
     reloaded = load_policy(tmp_path / "run" / "checkpoints" / "step_000003")
     assert C.teacher_fingerprint(reloaded) != C.teacher_fingerprint(teacher)  # the student moved
+
+
+def test_measurements_on_held_out_frames(setup):
+    from ceed_vla.decoding import DecodeConfig
+    from ceed_vla.distill.measure import decode_latency, jacobi_passes
+
+    teacher, _, dataset = setup
+    passes = jacobi_passes(teacher, dataset, np.arange(20, 30), batch_size=4)
+    assert passes["samples"] == 10
+    assert passes["fixed_point_equals_ar"] == 1.0  # exact Jacobi is AR token for token
+    assert 1 <= passes["mean_iterations"] <= teacher.chunk_tokens - 1
+    configs = {
+        "jacobi": DecodeConfig(mode="jacobi", n_bins=64),
+        "ar": DecodeConfig(mode="ar", n_bins=64),
+        "early_exit_s1": DecodeConfig(mode="early_exit", n_bins=64, sigma=1),
+    }
+    lat = decode_latency(teacher, dataset, [0, 1, 2], configs, warmup=1)
+    assert lat["ar"]["speedup_vs_ar"] == 1.0
+    assert lat["jacobi"]["action_l1_to_own_ar"] == 0.0
+    assert lat["early_exit_s1"]["iterations"] == 1.0
+    with pytest.raises(ValueError, match="'ar'"):
+        decode_latency(teacher, dataset, [0], {"jacobi": configs["jacobi"]})

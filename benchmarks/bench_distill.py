@@ -1,0 +1,447 @@
+"""Consistency distillation, measured: Jacobi passes per chunk against trajectories collected and
+distillation steps, decode latency (AR vs early exit), and the ablations.
+
+Runs the pipeline top to bottom in one process, with the project's own pieces: teacher training
+(`policy.Trainer` + `NextTokenLoss`, unless --teacher is given), collection (`distill.collect`
+into a zarr store), distillation variants (`policy.Trainer` + `DistillLoss`), and measurement on
+held-out episodes (`distill.measure`). Writes benchmarks/results/distill.json (updated after every
+variant, so a run cut short still reports) and distill_passes.png.
+
+    python benchmarks/bench_distill.py export-frames --dataset-root data/mt5 --out frames.npz
+    python benchmarks/bench_distill.py run --frames frames.npz --device cuda --budget-s 540
+    python benchmarks/bench_distill.py run --dataset-root data/mt5 --teacher runs/teacher/final
+
+Variants (name: what differs from "main" = mixed labels, global consistency, w_ar=10, every
+trajectory): gt_labels, teacher_labels, no_consistency, local, noise (30% noise-augmented states),
+constant_guess_only (trajectories from the constant guess only), traj_<N> (first N trajectories).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ------------------------------------------------------------------------------------------ frames
+
+
+def export_frames(args) -> None:
+    """The dataset's frames as one compressed .npz (carried to machines without LeRobot)."""
+    from ceed_vla.policy.data import load_frames
+
+    frames = load_frames(
+        args.repo_id or f"local/{Path(args.dataset_root).name}", args.dataset_root, args.chunk_size
+    )
+    arrays = {k: v.numpy() for k, v in dataclasses.asdict(frames).items() if torch.is_tensor(v)}
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.stem}.tmp.npz")
+    np.savez_compressed(
+        tmp, **arrays, tasks=np.array(frames.tasks), delta=np.array(frames.delta), fps=np.array(frames.fps)
+    )
+    os.replace(tmp, out)
+    print(f"{len(frames)} frames, {len(set(frames.episode.tolist()))} episodes -> {out}")
+
+
+def load_frames_any(args):
+    from ceed_vla.policy.data import Frames, load_frames
+
+    if not args.frames:
+        return load_frames(
+            args.repo_id or f"local/{Path(args.dataset_root).name}", args.dataset_root, args.chunk_size
+        )
+    z = np.load(args.frames)
+    tensors = {
+        k: torch.from_numpy(z[k]) for k in ("images", "states", "actions", "episode", "ep_start", "ep_end")
+    }
+    return Frames(
+        **tensors, tasks=[str(t) for t in z["tasks"]], delta=z["delta"].tolist(), fps=float(z["fps"])
+    )
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+
+
+def train_teacher(frames, train_eps, out: Path, args):
+    from ceed_vla.policy import (
+        ActionTokenizer,
+        NextTokenLoss,
+        StateNormalizer,
+        TrainConfig,
+        Trainer,
+        VLAPolicy,
+    )
+    from ceed_vla.policy.config import make_config
+    from ceed_vla.policy.data import ChunkDataset
+    from ceed_vla.policy.text_tokenizer import train_instruction_tokenizer
+
+    train_set = ChunkDataset(frames, train_eps, shift=4, seed=args.seed)
+    config = make_config(
+        "tiny",
+        chunk_size=args.chunk_size,
+        action_dim=frames.actions.shape[1],
+        state_dim=frames.states.shape[1],
+    )
+    policy = VLAPolicy.build(
+        config,
+        train_instruction_tokenizer(sorted(set(frames.tasks)), vocab_size=config.text_vocab_size),
+        ActionTokenizer.fit(frames.actions[train_set.rows], n_bins=config.n_bins),
+        StateNormalizer.fit(frames.states[train_set.rows]),
+    )
+    cfg = TrainConfig(
+        output_dir=str(out / "teacher_run"),
+        steps=args.teacher_steps,
+        batch_size=args.batch_size,
+        lr=3e-4,
+        save_every=args.teacher_steps,
+        val_every=args.teacher_steps,
+        log_every=50,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+    )
+    summary = Trainer(policy, NextTokenLoss(), train_set, cfg).fit()
+    policy.save_pretrained(out / "teacher")
+    return policy.eval(), summary
+
+
+def collect_trajectories(teacher, frame_set, frames, train_rows, out: Path, args):
+    from ceed_vla.distill.collect import (
+        CollectConfig,
+        Collector,
+        collect,
+        open_store_for_rank,
+        teacher_fingerprint,
+    )
+
+    cfg = CollectConfig(
+        output=str(out / "traj.zarr"),
+        trajectories=args.trajectories,
+        batch_size=args.collect_batch,
+        warm_start=args.warm_start,
+        delta=args.delta,
+        seed=args.seed,
+    )
+    store = open_store_for_rank(
+        cfg.output, teacher_fingerprint(teacher), teacher.chunk_tokens, teacher.n_bins, 0, 1, {}
+    )
+    t0 = time.perf_counter()
+    collector = Collector(
+        teacher, frame_set, frames, cfg, indices=train_rows, decode_kwargs=_decode_kwargs(args)
+    )
+    summary = collect(collector, store, 0, 1)
+    summary["wall_s"] = time.perf_counter() - t0
+    return store.read(), summary
+
+
+def _decode_kwargs(args) -> dict:
+    return {"backend": args.backend, "step_impl": args.step_impl}
+
+
+def variants(args, n_traj: int) -> list[dict]:
+    base = {
+        "labels": "mixed",
+        "consistency": "global",
+        "w_ar": args.w_ar,
+        "noise": 0.0,
+        "rows": "all",
+        "steps": args.steps,
+    }
+    table = {
+        "main": {},
+        "gt_labels": {"labels": "gt"},
+        "teacher_labels": {"labels": "teacher"},
+        "no_consistency": {"consistency": "none"},
+        "local": {"consistency": "local"},
+        "noise": {"noise": 0.3},
+        "constant_guess_only": {"rows": "constant"},
+    }
+    out = []
+    for name in args.variants.split(","):
+        if name.startswith("traj_"):
+            out.append({**base, "name": name, "rows": int(name[5:])})
+        elif name in table:
+            out.append({**base, "name": name, **table[name]})
+        else:
+            raise SystemExit(f"unknown variant {name!r}; choose from {sorted(table)} or traj_<N>")
+    return out
+
+
+def select_rows(traj, spec) -> np.ndarray:
+    rows = np.arange(len(traj))
+    if spec == "constant":
+        return rows[~traj.warm_start.astype(bool)]
+    if isinstance(spec, int):
+        return rows[:spec]
+    return rows
+
+
+def distill_variant(v, teacher_dir: Path, frame_set, traj, val_rows, out: Path, args) -> dict:
+    from ceed_vla.distill.data import DistillDataset, StateSampling
+    from ceed_vla.distill.losses import DistillLoss, DistillLossConfig
+    from ceed_vla.distill.measure import jacobi_passes
+    from ceed_vla.policy import TrainConfig, Trainer, load_policy
+
+    student = load_policy(teacher_dir, device=args.device)
+    sampling = StateSampling(consistency=v["consistency"], noise=v["noise"], n_bins=student.n_bins)
+    rows = select_rows(traj, v["rows"])
+    train_set = DistillDataset(frame_set, traj, rows, sampling, seed=args.seed)
+    loss = DistillLoss(
+        DistillLossConfig(w_ar=v["w_ar"], delta=args.delta, labels=v["labels"], consistency=v["consistency"])
+    )
+    run = out / f"student_{v['name']}"
+    curve = []
+    trainer = Trainer(
+        student.train(),
+        loss,
+        train_set,
+        TrainConfig(
+            output_dir=str(run),
+            steps=v["steps"],
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_steps=20,
+            save_every=v["steps"],
+            val_every=v["steps"],
+            log_every=50,
+            seed=args.seed,
+            device=args.device,
+            precision=args.precision,
+        ),
+    )
+    t0 = time.perf_counter()
+    for stop in range(args.eval_every, v["steps"] + 1, args.eval_every):
+        trainer.fit(resume=stop > args.eval_every, until_step=stop)
+        point = {
+            "step": stop,
+            "train_s": time.perf_counter() - t0,
+            **jacobi_passes(student, frame_set, val_rows, **_decode_kwargs(args)),
+        }
+        curve.append(point)
+        print(
+            f"  {v['name']} step {stop}: {point['mean_iterations']:.2f} passes, ==AR {point['fixed_point_equals_ar']:.2f}"
+        )
+        student.train()
+    student.eval()
+    return {
+        **v,
+        "trajectories": int(len(rows)),
+        "curve": curve,
+        "final": curve[-1] if curve else None,
+        "student": student,
+    }
+
+
+def latency_table(policy, frame_set, rows, args) -> dict:
+    from ceed_vla.decoding import DecodeConfig
+    from ceed_vla.distill.measure import decode_latency
+
+    kw = {"n_bins": policy.n_bins, **_decode_kwargs(args)}
+    configs = {"ar": DecodeConfig(mode="ar", **kw), "jacobi": DecodeConfig(mode="jacobi", **kw)}
+    for sigma in (2, 3, 6):
+        configs[f"early_exit_s{sigma}"] = DecodeConfig(mode="early_exit", sigma=sigma, **kw)
+    return decode_latency(policy, frame_set, rows[: args.latency_samples], configs)
+
+
+def run(args) -> int:
+    from ceed_vla.distill.measure import jacobi_passes
+    from ceed_vla.policy import load_policy
+    from ceed_vla.policy.data import ChunkDataset, split_episodes
+
+    t_start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = load_frames_any(args)
+    episodes = sorted(set(frames.episode.tolist()))
+    train_eps, val_eps = split_episodes(episodes, args.val_fraction)
+    frame_set = ChunkDataset(frames, episodes)  # row i = dataset index i
+    train_rows = np.flatnonzero(np.isin(frames.episode.numpy(), train_eps))
+    val_all = np.flatnonzero(np.isin(frames.episode.numpy(), val_eps))
+    val_rows = np.random.default_rng(args.seed).permutation(val_all)[: args.eval_samples]
+    record: dict = {
+        "device": str(args.device)
+        + (
+            f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() and args.device != "cpu" else ""
+        ),
+        "frames": len(frames),
+        "episodes": len(episodes),
+        "train_episodes": len(train_eps),
+        "val_episodes": len(val_eps),
+        "eval_samples": int(len(val_rows)),
+        "command": " ".join(sys.argv),
+        "args": vars(args),
+        "variants": {},
+    }
+    if args.teacher:
+        teacher, teacher_dir = load_policy(args.teacher, device=args.device).eval(), Path(args.teacher)
+        record["teacher"] = {"checkpoint": args.teacher}
+    else:
+        teacher, summary = train_teacher(frames, train_eps, out, args)
+        teacher_dir = out / "teacher"
+        record["teacher"] = {"trained_here": summary}
+    record["teacher"]["passes"] = jacobi_passes(teacher, frame_set, val_rows, **_decode_kwargs(args))
+    record["teacher"]["latency"] = latency_table(teacher, frame_set, val_rows, args)
+    _save(record, args)
+    traj, record["collection"] = collect_trajectories(teacher, frame_set, frames, train_rows, out, args)
+    print(
+        f"collected {len(traj)} trajectories in {record['collection']['wall_s']:.0f} s: {json.dumps(record['collection'])}"
+    )
+    _save(record, args)
+    for v in variants(args, len(traj)):
+        left = args.budget_s - (time.perf_counter() - t_start)
+        if left < args.min_variant_s:
+            record["variants"][v["name"]] = {"skipped": f"{left:.0f} s of the budget left"}
+            continue
+        result = distill_variant(v, teacher_dir, frame_set, traj, val_rows, out, args)
+        student = result.pop("student")
+        if v["name"] == "main":
+            result["latency"] = latency_table(student, frame_set, val_rows, args)
+        record["variants"][v["name"]] = result
+        _save(record, args)
+    record["wall_s"] = time.perf_counter() - t_start
+    _save(record, args)
+    _print_table(record)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _save(record: dict, args) -> None:
+    path = Path(args.out_json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, path)
+    _plot(record, path.with_name(path.stem + "_passes.png"))
+
+
+def _plot(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teacher = record.get("teacher", {}).get("passes", {}).get("mean_iterations")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, v in record["variants"].items():
+        if v.get("curve"):
+            a.plot(
+                [p["step"] for p in v["curve"]],
+                [p["mean_iterations"] for p in v["curve"]],
+                "o-",
+                ms=3,
+                label=name,
+            )
+    counts = sorted(
+        (v["trajectories"], v["final"]["mean_iterations"])
+        for n, v in record["variants"].items()
+        if v.get("final") and (n.startswith("traj_") or n == "main")
+    )
+    if counts:
+        b.plot(*zip(*counts, strict=True), "o-")
+    for ax, xl in ((a, "distillation step"), (b, "trajectories used (same steps)")):
+        if teacher:
+            ax.axhline(teacher, color="k", ls="--", lw=1, label="teacher")
+        ax.set_xlabel(xl)
+        ax.set_ylabel("exact Jacobi passes per chunk (held-out)")
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _print_table(record: dict) -> None:
+    t = record["teacher"]["passes"]["mean_iterations"]
+    print(f"\nteacher: {t:.2f} exact Jacobi passes per chunk on {record['eval_samples']} held-out frames")
+    print(f"{'variant':<22}{'traj':>7}{'steps':>7}{'passes':>8}{'vs teacher':>11}{'==AR':>6}")
+    for name, v in record["variants"].items():
+        if not v.get("final"):
+            print(f"{name:<22}  {v.get('skipped', 'no result')}")
+            continue
+        f = v["final"]
+        print(
+            f"{name:<22}{v['trajectories']:>7}{f['step']:>7}{f['mean_iterations']:>8.2f}{t / f['mean_iterations']:>10.2f}x{f['fixed_point_equals_ar']:>6.2f}"
+        )
+    for who, lat in (
+        ("teacher", record["teacher"].get("latency")),
+        ("student", record["variants"].get("main", {}).get("latency")),
+    ):
+        if lat:
+            print(
+                f"\n{who} latency (batch 1): "
+                + ", ".join(
+                    f"{k} {v['ms_mean']:.1f} ms ({v['speedup_vs_ar']:.1f}x, L1 {v['action_l1_to_own_ar']:.3f})"
+                    for k, v in lat.items()
+                )
+            )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export-frames", help="decode a LeRobotDataset into one compressed .npz")
+    ex.add_argument("--dataset-root", required=True)
+    ex.add_argument("--repo-id", default=None)
+    ex.add_argument("--chunk-size", type=int, default=8)
+    ex.add_argument("--out", required=True)
+    r = sub.add_parser("run", help="teacher -> collect -> distil variants -> measure")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--frames", help=".npz from export-frames")
+    src.add_argument("--dataset-root")
+    r.add_argument("--repo-id", default=None)
+    r.add_argument("--teacher", default=None, help="teacher checkpoint (default: train one here)")
+    r.add_argument("--work", default="runs/bench_distill")
+    r.add_argument("--out-json", default=str(RESULTS / "distill.json"))
+    r.add_argument("--chunk-size", type=int, default=8)
+    r.add_argument("--teacher-steps", type=int, default=1500)
+    r.add_argument("--trajectories", type=int, default=12000)
+    r.add_argument("--collect-batch", type=int, default=256)
+    r.add_argument("--warm-start", type=float, default=0.5)
+    r.add_argument(
+        "--variants",
+        default="main,gt_labels,teacher_labels,no_consistency,local,noise,constant_guess_only,traj_3000",
+    )
+    r.add_argument("--steps", type=int, default=1000)
+    r.add_argument("--eval-every", type=int, default=250)
+    r.add_argument("--eval-samples", type=int, default=256)
+    r.add_argument("--latency-samples", type=int, default=40)
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--lr", type=float, default=1e-4)
+    r.add_argument("--w-ar", type=float, default=10.0)
+    r.add_argument("--delta", type=float, default=0.1)
+    r.add_argument("--val-fraction", type=float, default=0.2)
+    r.add_argument("--precision", default="auto")
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--budget-s", type=float, default=1e9, help="skip variants once this much wall time is spent"
+    )
+    r.add_argument("--min-variant-s", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    if args.cmd == "export-frames":
+        export_frames(args)
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
