@@ -79,26 +79,41 @@ def create_node(name: str, **kwargs):
     return node
 
 
+def create_nodes(path: Path, only: list[str] | None = None, context=None) -> list:
+    """Create the nodes of parameter file `path` (or the `only` ones) in an initialised rclpy
+    context that was given `--ros-args --params-file path`. On failure none is left behind."""
+    names = nodes_in_file(path)
+    if only:
+        missing = sorted(set(only) - set(names))
+        if missing:
+            raise LaunchError(f"{path} has no parameters for {missing}; it has {names}")
+        names = [n for n in names if n in only]
+    nodes = []
+    try:
+        for name in names:
+            nodes.append(create_node(name, context=context))
+    except BaseException:
+        for node in nodes:
+            node.destroy_node()
+        raise
+    return nodes
+
+
+def ros_args(path: Path) -> list[str]:
+    return ["--ros-args", "--params-file", str(path)]
+
+
 def main(args: argparse.Namespace) -> int:
     import rclpy
 
     from .node import spin
 
-    names = nodes_in_file(args.params)
-    if args.node:
-        missing = sorted(set(args.node) - set(names))
-        if missing:
-            raise LaunchError(f"{args.params} has no parameters for {missing}; it has {names}")
-        names = [n for n in names if n in args.node]
-    rclpy.init(args=["--ros-args", "--params-file", str(args.params)])
+    nodes_in_file(args.params)  # explain a bad file before paying for rclpy and the policy
+    rclpy.init(args=ros_args(args.params))
     try:
-        nodes = []
         try:
-            for name in names:
-                nodes.append(create_node(name))
+            nodes = create_nodes(args.params, args.node)
         except (LaunchError, ValueError) as exc:
-            for node in nodes:
-                node.destroy_node()
             print(f"ceed bridge: {exc}")
             return 1
         if args.duration > 0:

@@ -26,7 +26,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Empty, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
-pytestmark = [pytest.mark.ros, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
 
 STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper"]
 RATE_HZ = 20.0
@@ -315,6 +315,8 @@ def test_twist_dry_run_publishes_only_to_the_dry_run_topics(rig):
     assert all(abs(t.twist.linear.x) <= 0.1 + 1e-9 and t.header.frame_id == "base_link" for t in twists)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)  # the first use of the policy package imports transformers
 def test_a_vla_checkpoint_drives_the_bridge_with_jacobi_decoding(rig, make_policy, tmp_path):
     checkpoint = make_policy().save_pretrained(tmp_path / "tiny_vla")
     r = rig(policy=f"checkpoint:{checkpoint}", decoding_mode="jacobi", image_width=24, image_height=24)
