@@ -241,9 +241,11 @@ class PolicyBridgeNode(LifecycleNode):
         )
 
     def _on_tick(self) -> None:
-        result = self.core.tick(time.monotonic())
-        self._publish(result)
-        self.worker.wake()
+        core, worker = self.core, self.worker  # deactivate may clear them while a tick is running
+        if core is None or worker is None:
+            return
+        self._publish(core.tick(time.monotonic()))
+        worker.wake()
 
     def _on_diagnostics(self) -> None:
         status = self.core.status(time.monotonic())

@@ -321,7 +321,8 @@ def test_a_vla_checkpoint_drives_the_bridge_with_jacobi_decoding(rig, make_polic
     checkpoint = make_policy().save_pretrained(tmp_path / "tiny_vla")
     r = rig(policy=f"checkpoint:{checkpoint}", decoding_mode="jacobi", image_width=24, image_height=24)
     assert r.bridge.policy.__class__.__name__ == "VLAPolicy"
-    r.feed(1.5)
+    r.keep_feeding()
+    assert _wait(lambda: len(r.commands()) >= 5, timeout=60)  # the first decode pays one-off set-up
     values = np.asarray([c.data for c in r.commands()])  # [N, 4]
     assert len(values) >= 5 and np.all(np.abs(values) <= 1.0)
     assert _wait(lambda: int(r.diagnostics().get("chunks", 0)) > 0)
