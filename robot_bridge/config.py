@@ -98,6 +98,9 @@ class BridgeConfig:
     twist_scale: float = 1.0  # twist mode: m/s per action unit
     camera_topic: str = "/camera/image_raw"
     state_topic: str = "/joint_states"
+    state_type: str = (
+        "joint_state"  # "joint_state" (named entries) or "pose" (PoseStamped: x y z qx qy qz qw)
+    )
     # The JointState entries that form the policy's state vector, in order (the sim robot's defaults).
     state_joint_names: list[str] = field(default_factory=lambda: ["ee_x", "ee_y", "ee_z", "gripper"])
     instruction_topic: str = "/instruction"
@@ -157,7 +160,9 @@ class BridgeConfig:
             )
         if self.output_mode is OutputMode.TWIST and dim < 3:
             raise ConfigError(f"output_mode=twist needs at least 3 action dimensions (x, y, z); got {dim}")
-        if not self.state_joint_names:
+        if self.state_type not in ("joint_state", "pose"):
+            raise ConfigError(f"state_type={self.state_type!r}: use 'joint_state' or 'pose'")
+        if self.state_type == "joint_state" and not self.state_joint_names:
             raise ConfigError("state_joint_names is empty: name the JointState entries that form the state")
 
     def decode_kwargs(self, n_bins: int) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -69,6 +69,17 @@ def joint_state_to_vector(msg: JointState, names: list[str]) -> np.ndarray:
     state = np.asarray([msg.position[index[n]] for n in names], dtype=np.float32)
     if not np.all(np.isfinite(state)):
         raise MalformedInputError(f"JointState positions are not finite: {state.tolist()}")
+    return state
+
+
+def pose_to_vector(msg: PoseStamped) -> np.ndarray:
+    """PoseStamped -> float32 [7]: position x, y, z and orientation quaternion x, y, z, w."""
+    p, q = msg.pose.position, msg.pose.orientation
+    state = np.asarray([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=np.float32)
+    if not np.all(np.isfinite(state)):
+        raise MalformedInputError(f"pose is not finite: {state.tolist()}")
+    if abs(float(np.linalg.norm(state[3:])) - 1.0) > 1e-3:
+        raise MalformedInputError(f"pose orientation {state[3:].tolist()} is not a unit quaternion")
     return state
 
 

@@ -7,7 +7,8 @@ node configures and activates itself, so it runs without a lifecycle manager.
 
 Topics (names are parameters):
     in   camera_topic       sensor_msgs/Image         sensor-data QoS (best effort, keep last 5)
-    in   state_topic        sensor_msgs/JointState    sensor-data QoS
+    in   state_topic        sensor_msgs/JointState    sensor-data QoS (geometry_msgs/PoseStamped
+                                                      with state_type "pose")
     in   instruction_topic  std_msgs/String           reliable, transient local (latched)
     in   estop_topic        std_msgs/Bool             reliable, transient local (latched)
     in   estop_reset_topic  std_msgs/Empty            reliable: releases a latched e-stop
@@ -24,7 +25,7 @@ import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
@@ -139,7 +140,11 @@ class PolicyBridgeNode(LifecycleNode):
                 Image, c.camera_topic, self._on_image, qos_profile_sensor_data, callback_group=g
             ),
             self.create_subscription(
-                JointState, c.state_topic, self._on_state, qos_profile_sensor_data, callback_group=g
+                PoseStamped if c.state_type == "pose" else JointState,
+                c.state_topic,
+                self._on_state,
+                qos_profile_sensor_data,
+                callback_group=g,
             ),
             self.create_subscription(
                 String, c.instruction_topic, self._on_instruction, LATCHED, callback_group=g
@@ -202,9 +207,12 @@ class PolicyBridgeNode(LifecycleNode):
             return self._reject("camera", exc)
         self.core.observe_image(image, conv.from_time(msg.header.stamp), time.monotonic())
 
-    def _on_state(self, msg: JointState) -> None:
+    def _on_state(self, msg: JointState | PoseStamped) -> None:
         try:
-            state = conv.joint_state_to_vector(msg, self.config.state_joint_names)
+            if isinstance(msg, PoseStamped):
+                state = conv.pose_to_vector(msg)
+            else:
+                state = conv.joint_state_to_vector(msg, self.config.state_joint_names)
         except conv.MalformedInputError as exc:
             return self._reject("state", exc)
         self.core.observe_state(state, time.monotonic())

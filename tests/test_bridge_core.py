@@ -280,3 +280,55 @@ def test_load_policy_specs():
         load_policy("sine:big", 3, 20.0)
     with pytest.raises(PolicySpecError, match="checkpoint:DIR"):
         load_policy("random", 3, 20.0)
+
+
+# ---- message conversions -------------------------------------------------------------------------
+
+
+def test_image_conversion_checks_encoding_size_and_data():
+    from builtin_interfaces.msg import Time
+    from ceed_vla.robot_bridge import conversions as conv
+
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    msg = conv.array_to_image(rgb, Time())
+    np.testing.assert_array_equal(conv.image_to_array(msg, 6, 4), rgb)
+    msg.encoding = "bgr8"
+    np.testing.assert_array_equal(conv.image_to_array(msg), rgb[..., ::-1])
+    msg.encoding = "mono8"
+    with pytest.raises(conv.MalformedInputError, match="'mono8' is not supported"):
+        conv.image_to_array(msg)
+    msg.encoding = "rgb8"
+    with pytest.raises(conv.MalformedInputError, match="6x4 but the policy expects 8x8"):
+        conv.image_to_array(msg, 8, 8)
+    msg.data = msg.data[:-3]
+    with pytest.raises(conv.MalformedInputError, match="bytes"):
+        conv.image_to_array(msg)
+
+
+def test_state_conversions_pick_names_and_reject_bad_values():
+    from builtin_interfaces.msg import Time
+    from ceed_vla.robot_bridge import conversions as conv
+    from geometry_msgs.msg import PoseStamped
+
+    msg = conv.vector_to_joint_state(np.array([1.0, 2.0, 3.0]), ["a", "b", "c"], Time())
+    np.testing.assert_allclose(conv.joint_state_to_vector(msg, ["c", "a"]), [3.0, 1.0])
+    with pytest.raises(conv.MalformedInputError, match=r"lacks joints \['z'\]"):
+        conv.joint_state_to_vector(msg, ["a", "z"])
+    pose = PoseStamped()
+    pose.pose.position.x, pose.pose.orientation.w = 0.5, 1.0
+    np.testing.assert_allclose(conv.pose_to_vector(pose), [0.5, 0, 0, 0, 0, 0, 1])
+    pose.pose.orientation.w = 2.0
+    with pytest.raises(conv.MalformedInputError, match="unit quaternion"):
+        conv.pose_to_vector(pose)
+    with pytest.raises(conv.MalformedInputError, match="empty"):
+        conv.parse_instruction("  ")
+
+
+def test_trajectory_message_times_points_from_the_stamp():
+    from builtin_interfaces.msg import Time
+    from ceed_vla.robot_bridge import conversions as conv
+
+    msg = conv.trajectory(np.zeros((3, 2)), ["a", "b"], Time(sec=5), period_s=0.05)
+    times = [conv.from_duration(p.time_from_start) for p in msg.points]
+    np.testing.assert_allclose(times, [0.0, 0.05, 0.1])
+    assert conv.from_time(msg.header.stamp) == 5.0

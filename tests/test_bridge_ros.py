@@ -297,6 +297,23 @@ def test_malformed_input_is_logged_and_held_never_a_crash(rig):
     assert r.bridge.core is not None and r.thread.is_alive()
 
 
+def test_pose_state_input(rig):
+    from geometry_msgs.msg import PoseStamped
+
+    r = rig(state_type="pose", state_topic="/ee_pose", hold_mode="zero")
+    pose = r.peer.create_publisher(PoseStamped, "/ee_pose", qos_profile_sensor_data)
+    end = time.monotonic() + 0.8
+    while time.monotonic() < end:
+        msg = PoseStamped()
+        msg.header.stamp = r.peer.get_clock().now().to_msg()
+        msg.pose.orientation.w = 1.0
+        pose.publish(msg)
+        r.camera.publish(conv.array_to_image(np.zeros((16, 16, 3), np.uint8), msg.header.stamp))
+        time.sleep(0.02)
+    values = np.asarray([c.data for c in r.commands()])
+    assert len(values) >= 5 and np.any(values != 0)  # streaming, not holding
+
+
 def test_twist_dry_run_publishes_only_to_the_dry_run_topics(rig):
     servo, gripper = "/servo_node/delta_twist_cmds", "/gripper_controller/commands"
     r = rig(
