@@ -1,0 +1,537 @@
+"""`ceed demo`: the whole product on the embedded default, top to bottom.
+
+    record   scripted MetaWorld experts            -> LeRobotDataset          (ceed record)
+    teacher  dataset                               -> teacher checkpoint      (ceed train)
+    collect  teacher exact Jacobi over the dataset -> zarr trajectories       (ceed distill collect)
+    distill  teacher + trajectories                -> student checkpoint      (ceed distill train)
+    eval_*   every decoding mode, same held-out episodes, paused and real-time clocks (ceed eval)
+    report   reports/demo/report.json, report.md and plots
+
+Every stage is one `ceed` job run as a subprocess, so each can also be run by hand with the command
+the log prints. Finished stages are skipped on a rerun; a changed profile reruns what depends on it
+(`ceed_vla.pipeline`). Two profiles: `quick` (a newcomer's first look, about half an hour on 2 CPU
+cores) and `full` (the data and training the reported numbers need).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ceed_vla.pipeline import Pipeline, Stage, StageError, write_json_atomic
+
+
+@dataclass(frozen=True)
+class EvalMode:
+    """One row of the comparison: which checkpoint, which decoding, which clock."""
+
+    name: str
+    policy: str  # "teacher" | "student"
+    decoding: str  # "ar" | "jacobi" | "early_exit"
+    sigma: int | None = None
+    tau: int | None = None
+    clock: str = "paused"
+    sweep: bool = False  # part of the sigma/tau sweep rather than a headline row
+
+    def cli_args(self) -> list[str]:
+        args = ["--decoding", self.decoding, "--clock", self.clock]
+        if self.sigma is not None:
+            args += ["--sigma", str(self.sigma)]
+        if self.tau is not None:
+            args += ["--tau", str(self.tau)]
+        return args
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    name: str
+    tasks: tuple[str, ...]
+    record_episodes: int
+    record_noise: float
+    image_size: int
+    teacher_steps: int
+    teacher_batch: int
+    collect_trajectories: int
+    distill_steps: int
+    distill_batch: int
+    eval_episodes: int
+    sigma: int
+    tau: int | None
+    sweep_sigmas: tuple[int, ...]
+    seed: int = 0
+    threads: int | None = None
+    extra_train_args: tuple[str, ...] = ()
+    extra_distill_args: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise ValueError("a demo profile needs at least one task")
+        for name in (
+            "record_episodes",
+            "teacher_steps",
+            "collect_trajectories",
+            "distill_steps",
+            "eval_episodes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.sigma < 1:
+            raise ValueError(f"sigma must be >= 1, got {self.sigma!r}")
+
+    def modes(self) -> list[EvalMode]:
+        headline = [
+            EvalMode("teacher_ar", "teacher", "ar"),
+            EvalMode("teacher_jacobi", "teacher", "jacobi"),
+            EvalMode("student_jacobi", "student", "jacobi"),
+            EvalMode("student_early_exit", "student", "early_exit", sigma=self.sigma, tau=self.tau),
+            EvalMode("teacher_ar_realtime", "teacher", "ar", clock="realtime"),
+            EvalMode(
+                "student_early_exit_realtime", "student", "early_exit", self.sigma, self.tau, clock="realtime"
+            ),
+        ]
+        sweep = [
+            EvalMode(f"student_sigma{s}", "student", "early_exit", sigma=s, tau=self.tau, sweep=True)
+            for s in self.sweep_sigmas
+            if s != self.sigma
+        ]
+        return headline + sweep
+
+
+QUICK_TASKS = ("reach", "push", "drawer-open", "button-press-topdown", "door-open")
+MT10 = (
+    "reach",
+    "push",
+    "pick-place",
+    "door-open",
+    "drawer-open",
+    "drawer-close",
+    "button-press-topdown",
+    "peg-insert-side",
+    "window-open",
+    "window-close",
+)
+
+PROFILES: dict[str, DemoProfile] = {
+    "quick": DemoProfile(
+        name="quick",
+        tasks=QUICK_TASKS,
+        record_episodes=12,
+        record_noise=0.1,
+        image_size=64,
+        teacher_steps=600,
+        teacher_batch=32,
+        collect_trajectories=1500,
+        distill_steps=300,
+        distill_batch=16,
+        eval_episodes=4,
+        sigma=3,
+        tau=None,
+        sweep_sigmas=(2,),
+    ),
+    "full": DemoProfile(
+        name="full",
+        tasks=MT10,
+        record_episodes=40,
+        record_noise=0.1,
+        image_size=64,
+        teacher_steps=2500,
+        teacher_batch=32,
+        collect_trajectories=12000,
+        distill_steps=2500,
+        distill_batch=16,
+        eval_episodes=10,
+        sigma=3,
+        tau=None,
+        sweep_sigmas=(1, 2, 4, 6),
+    ),
+}
+
+
+@dataclass
+class DemoPaths:
+    work: Path
+    reports: Path
+
+    @property
+    def dataset(self) -> Path:
+        return self.work / "record" / "dataset"
+
+    @property
+    def teacher(self) -> Path:
+        return self.work / "teacher" / "run" / "final"
+
+    @property
+    def trajectories(self) -> Path:
+        return self.work / "collect" / "trajectories.zarr"
+
+    @property
+    def student(self) -> Path:
+        return self.work / "distill" / "run" / "final"
+
+    def eval_dir(self, mode: str) -> Path:
+        return self.work / f"eval_{mode}"
+
+
+@dataclass
+class StageCommand:
+    """Runs `ceed ...` as a subprocess, streaming its output, logging the exact command."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, out: Path) -> None:
+        cmd = [sys.executable, "-m", "ceed_vla.cli", *self.argv]
+        print("$ ceed " + shlex.join(self.argv), file=sys.stderr, flush=True)
+        env = {**os.environ, **self.env}
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`ceed {shlex.join(self.argv)}` exited with status {proc.returncode}")
+
+
+def _fresh_or_resume(out: Path, content: Path) -> list[str]:
+    """A stage that ran before under another config starts over; an interrupted one resumes."""
+    if (out / ".stage.json").exists():
+        shutil.rmtree(content, ignore_errors=True)
+        (out / ".stage.json").unlink()
+        return []
+    return ["--resume"] if content.exists() and any(content.iterdir()) else []
+
+
+def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
+    p = profile
+    threads = ["--threads", str(p.threads)] if p.threads else []
+
+    def record(out: Path) -> None:
+        resume = _fresh_or_resume(out, paths.dataset)
+        StageCommand(
+            ["record", "--output", str(paths.dataset), "--tasks", ",".join(p.tasks)]
+            + ["--episodes", str(p.record_episodes), "--image-size", str(p.image_size)]
+            + ["--noise", str(p.record_noise), "--seed", str(p.seed), *resume]
+        )(out)
+
+    def teacher(out: Path) -> None:
+        run = out / "run"
+        resume = _fresh_or_resume(out, run)
+        StageCommand(
+            ["train", "--dataset-root", str(paths.dataset), "--output", str(run)]
+            + ["--steps", str(p.teacher_steps), "--batch-size", str(p.teacher_batch)]
+            + [
+                "--image-size",
+                str(p.image_size),
+                "--seed",
+                str(p.seed),
+                *threads,
+                *p.extra_train_args,
+                *resume,
+            ]
+        )(out)
+
+    def collect(out: Path) -> None:
+        _fresh_or_resume(out, paths.trajectories)  # the store resumes by itself
+        StageCommand(
+            ["distill", "collect", "--teacher", str(paths.teacher), "--dataset-root", str(paths.dataset)]
+            + ["--output", str(paths.trajectories), "--trajectories", str(p.collect_trajectories)]
+            + ["--seed", str(p.seed), *threads]
+        )(out)
+
+    def distill(out: Path) -> None:
+        run = out / "run"
+        resume = _fresh_or_resume(out, run)
+        StageCommand(
+            ["distill", "train", "--teacher", str(paths.teacher), "--trajectories", str(paths.trajectories)]
+            + ["--dataset-root", str(paths.dataset), "--output", str(run)]
+            + ["--steps", str(p.distill_steps), "--batch-size", str(p.distill_batch), "--seed", str(p.seed)]
+            + [*threads, *p.extra_distill_args, *resume]
+        )(out)
+
+    stages = [
+        Stage(
+            "record",
+            record,
+            _stage_config(p, "tasks", "record_episodes", "record_noise", "image_size", "seed"),
+        ),
+        Stage(
+            "teacher",
+            teacher,
+            _stage_config(p, "teacher_steps", "teacher_batch", "extra_train_args"),
+            depends_on=["record"],
+        ),
+        Stage("collect", collect, _stage_config(p, "collect_trajectories"), depends_on=["teacher"]),
+        Stage(
+            "distill",
+            distill,
+            _stage_config(p, "distill_steps", "distill_batch", "extra_distill_args"),
+            depends_on=["collect"],
+        ),
+    ]
+    for mode in p.modes():
+        ckpt = paths.teacher if mode.policy == "teacher" else paths.student
+        argv = ["eval", "--policy", str(ckpt), "--tasks", ",".join(p.tasks)]
+        argv += ["--episodes", str(p.eval_episodes), "--image-size", str(p.image_size), "--seed", str(p.seed)]
+        argv += mode.cli_args() + ["--output", str(paths.eval_dir(mode.name))]
+        stages.append(
+            Stage(
+                f"eval_{mode.name}",
+                _eval_stage(argv),
+                {"mode": asdict(mode), "episodes": p.eval_episodes},
+                depends_on=["teacher"] if mode.policy == "teacher" else ["distill"],
+            )
+        )
+    return stages
+
+
+def _eval_stage(argv: list[str]):
+    def run(out: Path) -> None:
+        StageCommand(argv)(out)
+
+    return run
+
+
+def _stage_config(profile: DemoProfile, *names: str) -> dict[str, Any]:
+    return {n: getattr(profile, n) for n in names}
+
+
+# ------------------------------------------------------------------------------------ the report
+
+REPORT_KEYS = (
+    "success_rate",
+    "success_ci95",
+    "episodes",
+    "ms_per_chunk_p50",
+    "ms_per_chunk_p95",
+    "iterations_per_chunk",
+    "tokens_per_chunk",
+    "actions_per_s",
+    "speedup_vs_ar",
+)
+
+
+def mode_row(eval_report: dict[str, Any]) -> dict[str, Any]:
+    overall = eval_report["overall"]
+    return {
+        "success_rate": overall["success_rate"],
+        "success_ci95": overall["success_ci95"],
+        "episodes": overall["episodes"],
+        "ms_per_chunk_p50": overall.get("chunk_ms_p50"),
+        "ms_per_chunk_p95": overall.get("chunk_ms_p95"),
+        "iterations_per_chunk": overall.get("iterations_per_chunk"),
+        "tokens_per_chunk": overall.get("tokens_per_chunk"),
+        "actions_per_s": overall.get("actions_per_s"),
+        "held_fraction": overall.get("held_fraction"),
+        "per_task": {t: r["success_rate"] for t, r in eval_report["per_task"].items()},
+    }
+
+
+def build_report(profile: DemoProfile, paths: DemoPaths, summary: dict[str, dict]) -> dict[str, Any]:
+    modes: dict[str, Any] = {}
+    for mode in profile.modes():
+        report_path = paths.eval_dir(mode.name) / "report.json"
+        eval_report = json.loads(report_path.read_text())
+        modes[mode.name] = {**mode_row(eval_report), "mode": asdict(mode)}
+    ar_ms = modes["teacher_ar"]["ms_per_chunk_p50"]
+    for row in modes.values():
+        ms = row["ms_per_chunk_p50"]
+        row["speedup_vs_ar"] = (ar_ms / ms) if (ar_ms and ms) else None
+    missing = [(n, k) for n, r in modes.items() for k in REPORT_KEYS if k not in r]
+    if missing:
+        raise RuntimeError(f"report rows lack keys: {missing}")
+    return {
+        "profile": profile.name,
+        "config": asdict(profile),
+        "modes": modes,
+        "stages": summary,
+        "machine": machine_info(),
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# ceed demo — profile `{report['profile']}`",
+        "",
+        f"Commit `{report['git_commit']}`, {report['machine']['platform']}, "
+        f"{report['machine']['cpu_count']} CPUs, torch {report['machine']['torch']}"
+        + (f", {report['machine']['cuda']}" if report["machine"]["cuda"] else ", CPU only")
+        + f". Tasks: {', '.join(report['config']['tasks'])}.",
+        "",
+        "| mode | clock | success (95% CI) | episodes | ms/chunk p50 | p95 | iterations/chunk | actions/s | speedup vs AR |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in report["modes"].items():
+        lo, hi = r["success_ci95"]
+        lines.append(
+            f"| {name} | {r['mode']['clock']} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "
+            f"| {_fmt(r['ms_per_chunk_p50'], '.1f')} | {_fmt(r['ms_per_chunk_p95'], '.1f')} "
+            f"| {_fmt(r['iterations_per_chunk'], '.2f')} | {_fmt(r['actions_per_s'], '.0f')} "
+            f"| {_fmt(r['speedup_vs_ar'], '.2f')}x |"
+        )
+    stage_s = sum(s["seconds"] for s in report["stages"].values())
+    lines += ["", f"Stage time this run: {stage_s / 60:.1f} min (skipped stages count 0).", ""]
+    lines += [
+        "![success vs actions per second](pareto.png)",
+        "",
+        "![success per task](success_per_task.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    rows = {n: r for n, r in report["modes"].items() if r["mode"]["clock"] == "paused"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, r in rows.items():
+        if r["actions_per_s"] is None:
+            continue
+        lo, hi = r["success_ci95"]
+        marker = "s" if r["mode"]["sweep"] else "o"
+        ax.errorbar(
+            r["actions_per_s"],
+            r["success_rate"],
+            yerr=[[r["success_rate"] - lo], [hi - r["success_rate"]]],
+            fmt=marker,
+            capsize=3,
+        )
+        ax.annotate(
+            name,
+            (r["actions_per_s"], r["success_rate"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("actions per second (policy compute only, log)")
+    ax.set_ylabel("success rate (95% Wilson CI)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Success vs decoding speed")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(out / "pareto.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    tasks = list(report["config"]["tasks"])
+    headline = [n for n, r in rows.items() if not r["mode"]["sweep"]]
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(tasks) + 2), 4.2))
+    width = 0.8 / max(1, len(headline))
+    for i, name in enumerate(headline):
+        vals = [rows[name]["per_task"].get(t) or 0.0 for t in tasks]
+        ax.bar([j + i * width for j in range(len(tasks))], vals, width, label=name)
+    ax.set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=30, ha="right", fontsize=8
+    )
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title("Success per task")
+    fig.tight_layout()
+    paths.append(out / "success_per_task.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+# ------------------------------------------------------------------------------------ the job
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="stage outputs (default: outputs/demo/PROFILE)"
+    )
+    parser.add_argument(
+        "--reports", type=Path, default=None, help="report folder (default: reports/demo[/PROFILE])"
+    )
+    parser.add_argument("--only", default=None, help="comma-separated stage names to run (others untouched)")
+    parser.add_argument("--force", default="", help="comma-separated stage names to rerun even if finished")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for training stages")
+
+
+def main(args: argparse.Namespace) -> int:
+    profile = PROFILES[args.profile]
+    if args.threads:
+        profile = replace(profile, threads=args.threads)
+    work = args.workdir or Path("outputs/demo") / profile.name
+    reports = args.reports or (
+        Path("reports/demo") if profile.name == "quick" else Path("reports") / profile.name
+    )
+    paths = DemoPaths(work=work, reports=reports)
+    stages = build_stages(profile, paths)
+    names = [s.name for s in stages]
+    only = [s for s in (args.only or "").split(",") if s]
+    force = [s for s in args.force.split(",") if s]
+    unknown = [s for s in only + force if s not in names]
+    if unknown:
+        print(
+            f"ceed demo: error: unknown stage(s) {unknown}; stages are: {', '.join(names)}", file=sys.stderr
+        )
+        return 2
+    t0 = time.perf_counter()
+    try:
+        summary = Pipeline(work, stages).run(only=only or None, force=force)
+    except StageError as err:
+        print(f"ceed demo: error: {err}", file=sys.stderr)
+        return 1
+    if only:
+        return 0
+    report = build_report(profile, paths, summary)
+    report["wall_seconds"] = time.perf_counter() - t0
+    reports.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(reports / "report.json", report)
+    write_plots(report, reports)
+    (reports / "report.md").write_text(report_markdown(report))
+    print(report_markdown(report))
+    print(f"wrote {reports / 'report.json'}, report.md, pareto.png, success_per_task.png")
+    return 0

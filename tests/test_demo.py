@@ -1,0 +1,103 @@
+"""`ceed demo` wiring: stage keys, report assembly and plots (the stages themselves are the jobs'
+own tests; `make demo` runs them for real)."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from ceed_vla import demo
+from ceed_vla.pipeline import Pipeline
+
+PROFILE = demo.DemoProfile(
+    name="test",
+    tasks=("reach", "push"),
+    record_episodes=2,
+    record_noise=0.0,
+    image_size=32,
+    teacher_steps=10,
+    teacher_batch=8,
+    collect_trajectories=16,
+    distill_steps=5,
+    distill_batch=4,
+    eval_episodes=2,
+    sigma=3,
+    tau=None,
+    sweep_sigmas=(2, 3),
+)
+
+
+def _keys(profile, tmp_path):
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    return Pipeline(tmp_path, demo.build_stages(profile, paths)).keys()
+
+
+def test_changing_distillation_reruns_only_what_depends_on_it(tmp_path):
+    before = _keys(PROFILE, tmp_path)
+    after = _keys(replace(PROFILE, distill_steps=6), tmp_path)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"distill"} | {n for n in before if n.startswith("eval_student")}
+
+
+def test_changing_recording_reruns_everything(tmp_path):
+    before = _keys(PROFILE, tmp_path)
+    after = _keys(replace(PROFILE, record_episodes=3), tmp_path)
+    assert all(before[n] != after[n] for n in before)
+
+
+def test_sweep_skips_the_headline_sigma():
+    sweep = [m for m in PROFILE.modes() if m.sweep]
+    assert [m.sigma for m in sweep] == [2]
+    headline = {m.name for m in PROFILE.modes() if not m.sweep}
+    assert {"teacher_ar", "teacher_jacobi", "student_jacobi", "student_early_exit"} <= headline
+    assert {m.clock for m in PROFILE.modes()} == {"paused", "realtime"}
+
+
+def test_invalid_profile_is_refused_with_the_value():
+    with pytest.raises(ValueError, match="teacher_steps must be >= 1, got 0"):
+        replace(PROFILE, teacher_steps=0)
+
+
+def _eval_report(success, ms, iters):
+    overall = {
+        "episodes": 4,
+        "success_rate": success,
+        "success_ci95": [max(0.0, success - 0.3), min(1.0, success + 0.3)],
+        "chunk_ms_p50": ms,
+        "chunk_ms_p95": ms * 1.2,
+        "iterations_per_chunk": iters,
+        "tokens_per_chunk": 32.0,
+        "actions_per_s": 8000.0 / ms,
+    }
+    return {
+        "overall": overall,
+        "per_task": {"reach": {"success_rate": success}, "push": {"success_rate": 0.0}},
+    }
+
+
+def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    timings = {"teacher_ar": 80.0, "teacher_jacobi": 50.0, "student_jacobi": 30.0}
+    for mode in PROFILE.modes():
+        out = paths.eval_dir(mode.name)
+        out.mkdir(parents=True)
+        ms = timings.get(mode.name, 20.0)
+        (out / "report.json").write_text(json.dumps(_eval_report(0.5, ms, 4.0)))
+    report = demo.build_report(PROFILE, paths, summary={"record": {"seconds": 1.0, "skipped": False}})
+    for row in report["modes"].values():
+        assert set(demo.REPORT_KEYS) <= set(row)
+    assert report["modes"]["teacher_ar"]["speedup_vs_ar"] == pytest.approx(1.0)
+    assert report["modes"]["student_jacobi"]["speedup_vs_ar"] == pytest.approx(80.0 / 30.0)
+    assert report["config"]["tasks"] == ["reach", "push"] or report["config"]["tasks"] == ("reach", "push")
+    paths.reports.mkdir()
+    plots = demo.write_plots(report, paths.reports)
+    assert all(p.stat().st_size > 1000 for p in plots)
+    md = demo.report_markdown(report)
+    assert "| student_early_exit | paused | 0.50" in md
+    assert "2.67x" in md  # student_jacobi: 80 / 30
+
+
+def test_missing_eval_report_names_the_file(tmp_path):
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    with pytest.raises(FileNotFoundError, match="eval_teacher_ar"):
+        demo.build_report(PROFILE, paths, summary={})
