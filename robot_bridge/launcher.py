@@ -108,7 +108,11 @@ def main(args: argparse.Namespace) -> int:
 
     from .node import spin
 
-    nodes_in_file(args.params)  # explain a bad file before paying for rclpy and the policy
+    try:
+        nodes_in_file(args.params)  # explain a bad file before paying for rclpy and the policy
+    except LaunchError as exc:
+        print(f"ceed bridge: {exc}")
+        return 2
     rclpy.init(args=ros_args(args.params))
     try:
         try:

@@ -332,3 +332,32 @@ def test_trajectory_message_times_points_from_the_stamp():
     times = [conv.from_duration(p.time_from_start) for p in msg.points]
     np.testing.assert_allclose(times, [0.0, 0.05, 0.1])
     assert conv.from_time(msg.header.stamp) == 5.0
+
+
+# ---- sim robot command handling ------------------------------------------------------------------
+
+
+def test_sim_command_buffer_holds_samples_and_times_out():
+    from ceed_vla.robot_bridge.sim_robot import CommandBuffer, SimRobotConfig
+
+    buf = CommandBuffer(timeout_s=0.25)
+    np.testing.assert_allclose(buf.current(0.0), 0.0)  # nothing received: zero action
+    buf.set(np.array([0.1, 0.2, 0.3, 0.4]), now=1.0)
+    np.testing.assert_allclose(buf.current(1.2), [0.1, 0.2, 0.3, 0.4])
+    np.testing.assert_allclose(buf.current(1.3), 0.0)  # older than the timeout
+    buf.set_partial(np.array([-1.0]), start=3, now=2.0)
+    np.testing.assert_allclose(buf.current(2.0), [0.1, 0.2, 0.3, -1.0])
+
+    points = np.arange(12, dtype=float).reshape(3, 4)  # due at 10.0, 10.1, 10.2
+    buf.set_trajectory(np.array([10.0, 10.1, 10.2]), points, now=10.0)
+    np.testing.assert_allclose(buf.current(9.9), 0.0)  # not due yet
+    np.testing.assert_allclose(buf.current(10.15), points[1])
+    np.testing.assert_allclose(buf.current(10.3), points[2])
+    np.testing.assert_allclose(buf.current(10.5), 0.0)  # past the end by more than the timeout
+
+    assert (
+        SimRobotConfig(command_mode="trajectory").command_topic
+        == "/joint_trajectory_controller/joint_trajectory"
+    )
+    with pytest.raises(ConfigError, match="step_rate_hz=0"):
+        SimRobotConfig(step_rate_hz=0)

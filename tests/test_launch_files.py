@@ -103,3 +103,10 @@ def test_parameter_file_errors_are_explained(tmp_path):
         "/**:\n  ros__parameters: {use_sim_time: false}\n/policy_bridge:\n  ros__parameters: {}\n"
     )
     assert nodes_in_file(wildcard) == ["policy_bridge"]
+
+
+def test_ceed_bridge_explains_a_bad_parameter_file(tmp_path, capsys):
+    from ceed_vla import cli
+
+    assert cli.main(["bridge", "--params", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().out
