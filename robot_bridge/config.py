@@ -48,7 +48,7 @@ class SafetyConfig:
     initial_command: list[float] = field(default_factory=list)
 
     def __post_init__(self):
-        self.hold_mode = _enum(HoldMode, self.hold_mode, "hold_mode")
+        self.hold_mode = parse_enum(HoldMode, self.hold_mode, "hold_mode")
         dim = len(self.action_low)
         if dim == 0:
             raise ConfigError("action_low is empty: give one lower bound per action dimension")
@@ -122,13 +122,13 @@ class BridgeConfig:
     autostart: bool = True  # configure and activate on start (no lifecycle manager needed)
 
     def __post_init__(self):
-        self.output_mode = _enum(OutputMode, self.output_mode, "output_mode")
-        self.hold_mode = _enum(HoldMode, self.hold_mode, "hold_mode")
+        self.output_mode = parse_enum(OutputMode, self.output_mode, "output_mode")
+        self.hold_mode = parse_enum(HoldMode, self.hold_mode, "hold_mode")
         if not self.policy:
             raise ConfigError("policy is empty: use 'sine', 'expert' or 'checkpoint:DIR'")
-        _positive(self.control_rate_hz, "control_rate_hz")
-        _positive(self.diagnostics_rate_hz, "diagnostics_rate_hz")
-        _positive(self.twist_scale, "twist_scale")
+        require_positive(self.control_rate_hz, "control_rate_hz")
+        require_positive(self.diagnostics_rate_hz, "diagnostics_rate_hz")
+        require_positive(self.twist_scale, "twist_scale")
         if self.decoding_mode not in ("", "ar", "jacobi", "early_exit"):
             raise ConfigError(f"decoding_mode={self.decoding_mode!r}: use '', 'ar', 'jacobi' or 'early_exit'")
         if self.torch_threads < 1:
@@ -192,7 +192,7 @@ class BridgeConfig:
         return f"{self.gripper_topic}/dry_run" if self.dry_run else self.gripper_topic
 
 
-def _enum(kind, value, name):
+def parse_enum(kind, value, name):
     try:
         return kind(value)
     except ValueError:
@@ -200,6 +200,6 @@ def _enum(kind, value, name):
         raise ConfigError(f"{name}={value!r} is not one of: {choices}") from None
 
 
-def _positive(value: float, name: str) -> None:
+def require_positive(value: float, name: str) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{name}={value}: need a finite value > 0")

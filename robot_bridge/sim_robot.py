@@ -35,7 +35,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from . import conversions as conv
 from . import ros_params
-from .config import DEFAULT_COMMAND_TOPICS, OutputMode, _enum, _positive
+from .config import DEFAULT_COMMAND_TOPICS, OutputMode, parse_enum, require_positive
 from .node import LATCHED, RELIABLE, spin
 
 NODE_NAME = "sim_robot"
@@ -65,9 +65,9 @@ class SimRobotConfig:
     success_topic: str = "/sim/success"
 
     def __post_init__(self):
-        self.command_mode = _enum(OutputMode, self.command_mode, "command_mode")
+        self.command_mode = parse_enum(OutputMode, self.command_mode, "command_mode")
         for name in ("step_rate_hz", "camera_rate_hz", "twist_scale", "command_timeout_s"):
-            _positive(getattr(self, name), name)
+            require_positive(getattr(self, name), name)
         if not self.command_topic:
             self.command_topic = DEFAULT_COMMAND_TOPICS[self.command_mode]
 

@@ -344,3 +344,18 @@ def test_a_vla_checkpoint_drives_the_bridge_with_jacobi_decoding(rig, make_polic
     assert len(values) >= 5 and np.all(np.abs(values) <= 1.0)
     assert _wait(lambda: int(r.diagnostics().get("chunks", 0)) > 0)
     assert float(r.diagnostics()["iterations_per_chunk"]) >= 1
+
+
+def test_lifecycle_deactivate_holds_and_stops_then_activate_resumes(rig):
+    r = rig(hold_mode="zero")
+    r.keep_feeding()
+    assert _wait(lambda: len(r.commands()) >= 3)
+    r.bridge.trigger_deactivate()
+    stopped = time.monotonic()
+    time.sleep(6 * PERIOD)
+    late = r.commands(after=stopped + PERIOD)
+    assert late == []  # an inactive node publishes nothing
+    assert np.all(np.asarray(r.commands()[-1].data) == 0)  # its last word was a hold
+    r.bridge.trigger_activate()
+    resumed = time.monotonic()
+    assert _wait(lambda: any(np.any(np.asarray(c.data) != 0) for c in r.commands(after=resumed)))
