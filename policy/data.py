@@ -32,18 +32,26 @@ class DatasetFeatureError(ValueError):
 
 @dataclass
 class DataConfig:
-    repo_id: str
-    root: str
+    roots: list[str]  # one or more local LeRobotDataset roots (their episodes are concatenated)
+    repo_ids: list[str] | None = None  # default: local/<root folder name>
     chunk_size: int = 8
     val_fraction: float = 0.1  # share of episodes held out for validation (whole episodes)
     shift: int = 4  # random-shift augmentation in pixels (0 = off)
     max_episodes: int | None = None  # use only the first N episodes (quick runs)
 
     def __post_init__(self) -> None:
-        if not Path(self.root).is_dir():
-            raise FileNotFoundError(
-                f"dataset root {self.root!r} does not exist; record one with `ceed record`"
-            )
+        self.roots = [str(r) for r in ([self.roots] if isinstance(self.roots, str | Path) else self.roots)]
+        if not self.roots:
+            raise ValueError("DataConfig.roots is empty; pass at least one dataset root")
+        for root in self.roots:
+            if not Path(root).is_dir():
+                raise FileNotFoundError(
+                    f"dataset root {root!r} does not exist; record one with `ceed record`"
+                )
+        if self.repo_ids is None:
+            self.repo_ids = [f"local/{Path(r).name}" for r in self.roots]
+        if len(self.repo_ids) != len(self.roots):
+            raise ValueError(f"{len(self.repo_ids)} repo ids for {len(self.roots)} roots: {self.repo_ids!r}")
         if self.chunk_size <= 0:
             raise ValueError(f"DataConfig.chunk_size must be positive, got {self.chunk_size!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -210,8 +218,40 @@ class ChunkDataset(Dataset):
         return padded[:, dy : dy + h, dx : dx + w]
 
 
+def concat_frames(parts: list[Frames]) -> Frames:
+    """Frames of several datasets as one: indices and episode numbers are offset to stay unique."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for p in parts[1:]:
+        if p.images.shape[1:] != first.images.shape[1:] or p.delta != first.delta:
+            raise DatasetFeatureError(
+                f"datasets differ: images {tuple(p.images.shape[1:])} vs {tuple(first.images.shape[1:])}, "
+                f"action offsets {p.delta} vs {first.delta}; record them with the same settings"
+            )
+    offsets = [0]
+    ep_offsets = [0]
+    for p in parts[:-1]:
+        offsets.append(offsets[-1] + len(p))
+        ep_offsets.append(ep_offsets[-1] + int(p.episode.max()) + 1)
+    return Frames(
+        images=torch.cat([p.images for p in parts]),
+        states=torch.cat([p.states for p in parts]),
+        actions=torch.cat([p.actions for p in parts]),
+        episode=torch.cat([p.episode + e for p, e in zip(parts, ep_offsets, strict=True)]),
+        ep_start=torch.cat([p.ep_start + o for p, o in zip(parts, offsets, strict=True)]),
+        ep_end=torch.cat([p.ep_end + o for p, o in zip(parts, offsets, strict=True)]),
+        tasks=[t for p in parts for t in p.tasks],
+        delta=first.delta,
+        fps=first.fps,
+    )
+
+
 def build_datasets(config: DataConfig, seed: int = 0) -> tuple[Frames, ChunkDataset, ChunkDataset | None]:
-    frames = load_frames(config.repo_id, config.root, config.chunk_size)
+    parts = [
+        load_frames(r, root, config.chunk_size) for r, root in zip(config.repo_ids, config.roots, strict=True)
+    ]
+    frames = concat_frames(parts)
     episodes = sorted(set(frames.episode.tolist()))
     if config.max_episodes is not None:
         episodes = episodes[: config.max_episodes]
@@ -236,6 +276,7 @@ __all__ = [
     "DatasetFeatureError",
     "Frames",
     "build_datasets",
+    "concat_frames",
     "check_features",
     "load_frames",
     "open_dataset",

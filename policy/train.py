@@ -27,8 +27,12 @@ from .trainer import NextTokenLoss, TrainConfig, Trainer, last_checkpoint
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset-root", required=True, help="local LeRobotDataset root (from `ceed record`)")
-    data.add_argument("--repo-id", default=None, help="dataset repo id (default: local/<root folder name>)")
+    data.add_argument(
+        "--dataset-root", required=True, nargs="+", help="local LeRobotDataset root(s) from `ceed record`"
+    )
+    data.add_argument(
+        "--repo-id", nargs="+", default=None, help="repo id per root (default: local/<folder name>)"
+    )
     data.add_argument("--val-fraction", type=float, default=0.1, help="share of episodes held out")
     data.add_argument("--shift", type=int, default=4, help="random-shift augmentation in pixels (0 = off)")
     data.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes")
@@ -114,11 +118,9 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    root = Path(args.dataset_root)
-    repo_id = args.repo_id or f"local/{root.name}"
     data_cfg = DataConfig(
-        repo_id=repo_id,
-        root=str(root),
+        roots=args.dataset_root,
+        repo_ids=args.repo_id,
         chunk_size=args.chunk_size,
         val_fraction=args.val_fraction,
         shift=args.shift,
@@ -133,8 +135,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         policy = build_policy(args, frames, train_set)
     dataset_info = {
-        "repo_id": repo_id,
-        "root": str(root),
+        "repo_ids": data_cfg.repo_ids,
+        "roots": data_cfg.roots,
         "train_samples": len(train_set),
         "val_samples": len(val_set) if val_set is not None else 0,
         "episodes": int(frames.episode.unique().numel()),
