@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -192,6 +194,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -227,7 +230,7 @@ def open_output(config: RecordConfig):
             )
         log = RecordLog.load(log_path)
         _check_same_settings(log.settings, config.settings(), root)
-        dataset = LeRobotDataset.resume(config.repo_id, root=root)
+        dataset = _resume_dataset(config.repo_id, root)
         log.truncate(dataset.meta.total_episodes)
         if len(log.episodes) != dataset.meta.total_episodes:
             raise ResumeMismatchError(
@@ -248,6 +251,23 @@ def open_output(config: RecordConfig):
     log = RecordLog(log_path, config.settings())
     log.save()
     return dataset, log
+
+
+def _resume_dataset(repo_id: str, root: Path):
+    """Reopen a finalized recording for appending; a run killed before finalizing cannot be reopened."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    killed = (
+        f"{root} was not finalized: the recording was killed (SIGKILL, power loss) while LeRobot held its "
+        "files open, so its episodes cannot be recovered; start again with --overwrite. (Ctrl-C, SIGTERM "
+        "and errors finalize the dataset and can be resumed.)"
+    )
+    if not any((root / "meta" / "episodes").glob("**/*.parquet")):
+        raise ResumeMismatchError(killed)
+    try:
+        return LeRobotDataset.resume(repo_id, root=root)
+    except Exception as err:  # LeRobot raises several types for a half-written dataset
+        raise ResumeMismatchError(f"{killed} LeRobot said: {err!r}") from err
 
 
 def _check_same_settings(saved: dict[str, Any], asked: dict[str, Any], root: Path) -> None:
@@ -398,7 +418,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--overwrite", action="store_true", help="delete --output first")
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through record()'s finally: the dataset is finalized
+
+
 def main(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)  # torchcodec: unused for images
     try:
         summary = record(_config_from_args(args))
     except (UnknownTaskError, OutputExistsError, ResumeMismatchError, RecordingError) as err:
