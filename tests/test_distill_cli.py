@@ -1,0 +1,52 @@
+"""`ceed distill collect` and `ceed distill train` end to end on a small LeRobotDataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from ceed_vla.distill.store import TeacherMismatchError, TrajectoryStore
+
+from ceed_vla.cli import main as ceed
+
+
+def test_collect_then_train(policy_dataset, make_policy, tmp_path):
+    torch.set_num_threads(1)
+    repo_id, root = policy_dataset
+    make_policy(seed=0).save_pretrained(tmp_path / "teacher")
+    store = tmp_path / "traj.zarr"
+    common = ["--teacher", str(tmp_path / "teacher")]
+    collect = ["distill", "collect", *common, "--dataset-root", str(root), "--repo-id", repo_id]
+    assert (
+        ceed(
+            [*collect, "--output", str(store), "--trajectories", "24", "--batch-size", "8", "--threads", "1"]
+        )
+        == 0
+    )
+    summary = json.loads((store / "summary_rank000.json").read_text())
+    assert summary["samples"] == 24 and summary["mean_iterations"] >= 1
+    assert len(TrajectoryStore.open(store).read()) == 24
+
+    out = tmp_path / "student"
+    train = ["distill", "train", *common, "--trajectories", str(store), "--output", str(out)]
+    flags = ["--steps", "2", "--batch-size", "4", "--save-every", "2", "--val-every", "2", "--threads", "1"]
+    assert ceed([*train, *flags, "--device", "cpu", "--val-fraction", "0.3"]) == 0
+    result = json.loads((out / "summary.json").read_text())
+    assert result["steps"] == 2 and result["samples_used"] == 24
+    assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "distill.json").is_file()
+
+    make_policy(seed=1).save_pretrained(tmp_path / "other")
+    with pytest.raises(TeacherMismatchError):
+        ceed(
+            [
+                "distill",
+                "train",
+                "--teacher",
+                str(tmp_path / "other"),
+                "--trajectories",
+                str(store),
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )
