@@ -210,8 +210,6 @@ def _is_empty_dir(path: Path) -> bool:
 
 def open_output(config: RecordConfig):
     """Create, overwrite or resume the dataset; returns (LeRobotDataset in write mode, RecordLog)."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
     root = config.output
     log_path = root / "meta" / LOG_NAME
     exists = root.exists() and not _is_empty_dir(root)
@@ -240,6 +238,8 @@ def open_output(config: RecordConfig):
         return dataset, log
     if root.exists():
         root.rmdir()  # empty: LeRobot insists on creating the directory itself
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # slow import: only once output is settled
+
     dataset = LeRobotDataset.create(
         config.repo_id,
         fps=CONTROL_HZ,
