@@ -98,7 +98,7 @@ def _decode_jacobi(
     return state, iterations, passes
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers may feed the bins to autograd code (training)
 def decode(
     lm: nn.Module,
     prefix_embeds: torch.Tensor,

@@ -129,6 +129,25 @@ def test_the_hf_backend_serves_other_causal_lms():
         decode(models[0], embeds, mask, 9, ACTION_START, DecodeConfig(backend="static"))
 
 
+def test_the_cache_holds_only_the_prefix_and_the_current_block():
+    from ceed_vla.decoding.backends import HFBackend, StaticLlamaBackend
+
+    lm = make_tiny_llama(12)
+    embeds, mask = make_prompt(12, 2, 6, lm.config.hidden_size, [0, 2])
+    block = torch.randint(0, 256, (2, 9))
+    other = torch.randint(0, 256, (2, 9))
+    for cls in (HFBackend, StaticLlamaBackend):
+        with torch.no_grad():
+            backend = cls(lm, ACTION_START, 256)
+            backend.prefill(embeds, mask, 10)
+            first = backend.forward_actions(block, offset=0)
+            backend.forward_actions(other, offset=0)  # a different guess in between
+            again = backend.forward_actions(block, offset=0)
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        if cls is HFBackend:
+            assert backend.cache.get_seq_length() == 6 + 9  # cropped, not grown to 6 + 27
+
+
 @pytest.mark.parametrize("seed", [7, 8])
 def test_backends_agree_and_auto_picks_static_for_llama(seed):
     lm = make_tiny_llama(seed, kv_heads=4)
