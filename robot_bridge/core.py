@@ -56,6 +56,9 @@ class BridgeStats:
     hold_ticks: int = 0
     chunks: int = 0
     late_chunks: int = 0
+    missed_ticks: int = (
+        0  # control periods that passed without a tick (a late timer): their actions are skipped
+    )
     dropped_actions: int = 0
     inference_errors: int = 0
     invalid_inputs: int = 0
@@ -76,7 +79,8 @@ class BridgeCore:
         self.watchdog = StaleWatchdog(required, config.stale_timeout_s)
         self.stats = BridgeStats()
         self._lock = threading.Lock()
-        self._tick = 0
+        self._tick = 0  # the next tick to run
+        self._clock_start: float | None = None  # time of tick 0 of the current activation
         self._last_tick_time: float | None = None
         self._image: np.ndarray | None = None  # [H, W, 3] uint8
         self._image_stamp = 0.0
@@ -174,8 +178,8 @@ class BridgeCore:
     # ---- control ------------------------------------------------------------------------------
     def tick(self, now: float) -> TickResult:
         with self._lock:
-            tick = self._tick
-            self._tick += 1
+            tick = self._due_tick(now)
+            self._tick = tick + 1
             self._record_period(now)
             reason = self._hold_reason(now)
             if reason is not None:
@@ -196,6 +200,12 @@ class BridgeCore:
             self._holding, self._reason = False, "ok"
             return TickResult(tick, result.command, False, "ok", plan=plan, image_stamp=stamp)
 
+    def restart_clock(self) -> None:
+        """Start counting control periods afresh (on activation): the next tick is due now."""
+        with self._lock:
+            self._clock_start = None
+            self._last_tick_time = None
+
     def status(self, now: float) -> dict[str, object]:
         """Numbers for diagnostics."""
         with self._lock:
@@ -212,6 +222,7 @@ class BridgeCore:
                 "queue_length": len(self.queue.remaining(self._tick)),
                 "chunks": self.stats.chunks,
                 "late_chunks": self.stats.late_chunks,
+                "missed_ticks": self.stats.missed_ticks,
                 "inference_errors": self.stats.inference_errors,
                 "invalid_inputs": self.stats.invalid_inputs,
                 "clamped_commands": self.safety.clamped_count,
@@ -266,6 +277,17 @@ class BridgeCore:
             latency_s if s.chunks == 0 and s.latency_ema_s == 0 else 0.8 * s.latency_ema_s + 0.2 * latency_s
         )
         s.last_iterations = iterations
+
+    def _due_tick(self, now: float) -> int:
+        """The tick whose time slot `now` falls in. Ticks follow the clock, not the callback count:
+        when the timer runs late the periods it missed are skipped with their actions, so every
+        action still executes at the time it was predicted for."""
+        if self._clock_start is None:
+            self._clock_start = now - self._tick * self.period
+        due = math.floor((now - self._clock_start) / self.period + 0.5)
+        tick = max(due, self._tick)
+        self.stats.missed_ticks += tick - self._tick
+        return tick
 
     def _record_period(self, now: float) -> None:
         if self._last_tick_time is not None:

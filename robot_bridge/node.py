@@ -90,6 +90,7 @@ class PolicyBridgeNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # activates the lifecycle publishers
+        self.core.restart_clock()
         self.worker = InferenceWorker(
             self.policy,
             self.core,

@@ -361,3 +361,17 @@ def test_sim_command_buffer_holds_samples_and_times_out():
     )
     with pytest.raises(ConfigError, match="step_rate_hz=0"):
         SimRobotConfig(step_rate_hz=0)
+
+
+def test_ticks_follow_the_clock_and_a_late_timer_skips_missed_actions():
+    core = _core()  # 10 Hz
+    _feed(core, 0.0)
+    chunk = np.arange(8, dtype=float)[:, None].repeat(4, 1) / 10  # [8, 4]: action k = k / 10
+    _serve(core, 0.0, chunk)
+    assert core.tick(0.0).command[0] == 0.0
+    _feed(core, 0.3)
+    late = core.tick(0.3)  # the timer slept through ticks 1 and 2
+    assert late.tick == 3 and late.command[0] == pytest.approx(0.3)
+    assert core.stats.missed_ticks == 2
+    _feed(core, 0.38)
+    assert core.tick(0.38).tick == 4  # an early callback still takes the next tick
