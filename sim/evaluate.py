@@ -387,8 +387,8 @@ def plot_success(report: dict[str, Any], path: Path) -> None:
     names = list(report["per_task"])
     rates = [float(report["per_task"][n]["success_rate"]) for n in names]
     ci = [report["per_task"][n]["success_ci95"] for n in names]
-    below = [r - lo for r, (lo, _) in zip(rates, ci, strict=True)]
-    above = [hi - r for r, (_, hi) in zip(rates, ci, strict=True)]
+    below = [max(0.0, r - lo) for r, (lo, _) in zip(rates, ci, strict=True)]
+    above = [max(0.0, hi - r) for r, (_, hi) in zip(rates, ci, strict=True)]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(names) + 1.5), 3.6))
     ax.bar(range(len(names)), rates, color="#4c72b0")
     ax.errorbar(range(len(names)), rates, yerr=[below, above], fmt="none", ecolor="black", capsize=3)

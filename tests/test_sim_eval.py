@@ -28,6 +28,13 @@ def test_wilson_interval_known_values(successes, trials, low, high):
     assert hi == pytest.approx(high, abs=1e-4)
 
 
+@pytest.mark.parametrize("trials", [1, 3, 7, 10, 50, 100])
+def test_wilson_interval_contains_the_observed_rate_exactly(trials):
+    for successes in range(trials + 1):
+        lo, hi = wilson_interval(successes, trials)
+        assert 0.0 <= lo <= successes / trials <= hi <= 1.0
+
+
 def test_wilson_interval_rejects_impossible_counts():
     with pytest.raises(ValueError, match="successes"):
         wilson_interval(11, 10)
