@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .step import StepResult, check_step_inputs
+from .step import StepResult, check_step_inputs, jacobi_step_reference
 
 _MAX_TILE = 8192  # logits elements per tile: BLOCK_M * BLOCK_V
 
@@ -49,8 +49,9 @@ def _jacobi_step_kernel(
     fixed = tl.load(fixed_ptr + b)
     cols = tl.arange(0, BLOCK_V)
     col_ok = cols < v
-    first_change = tl.zeros((), dtype=tl.int64) + n
-    max_move = tl.zeros((), dtype=tl.int64)
+    zero = b * 0  # an int64 scalar; n, tau and strides may arrive as constexpr (Triton specialises 1)
+    first_change = zero + n
+    max_move = zero
     for start in range(0, n, BLOCK_M):
         pos = start + tl.arange(0, BLOCK_M).to(tl.int64)  # state positions of this tile
         in_state = pos < n
@@ -93,6 +94,10 @@ def jacobi_step_triton(
     check_step_inputs(logits, prev, fixed)
     b, n = prev.shape
     v = logits.shape[-1]
+    if b == 0 or n == 1:
+        # nothing to predict (a one-token state is final after the prefill): no launch, and no
+        # zero-sized logits pointer handed to Triton
+        return jacobi_step_reference(logits, prev, fixed, tau)
     prev = prev.contiguous()
     fixed = fixed.contiguous()
     next_state = torch.empty_like(prev)  # [B, n]
@@ -100,8 +105,6 @@ def jacobi_step_triton(
     max_move = torch.empty(b, dtype=torch.long, device=prev.device)
     converged = torch.empty(b, dtype=torch.long, device=prev.device)
     done = torch.empty(b, dtype=torch.int8, device=prev.device)
-    if b == 0:
-        return StepResult(next_state, changed.bool(), max_move, converged, done.bool())
     block_m, block_v = tile_sizes(n, v)
     if logits.device.type != "cuda" and not _interpreting():
         raise RuntimeError(

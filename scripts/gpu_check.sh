@@ -9,8 +9,11 @@
 #
 # Environment: OUT (results folder; default benchmarks/results/gpu_check), GPU_CHECK_PYTHON (force an
 # interpreter), GPU_CHECK_ALLOW_CPU=1 (run the same steps without CUDA, to test this script),
-# GPU_CHECK_SAMPLES (observations per benchmark variant, default 16).
+# GPU_CHECK_SAMPLES (observations per benchmark variant, default 16), GPU_CHECK_BUDGET_S (the whole
+# check's wall-clock budget, default 540 s: each step gets what is left, so the total stays under 10 min).
 set -uo pipefail
+START_S=$(date +%s)
+BUDGET_S="${GPU_CHECK_BUDGET_S:-540}"
 cd "$(dirname "$0")/.."
 REPO="$(pwd)"
 CHECKPOINT="${1:-${CHECKPOINT:-}}"
@@ -23,6 +26,13 @@ unset TRITON_INTERPRET
 
 say() { printf '[gpu-check] %s\n' "$*" >&2; }
 die() { printf '[gpu-check] error: %s\n' "$*" >&2; exit 1; }
+
+# seconds a step may run: its own cap, or what is left of the budget, whichever is smaller
+left() {
+    local rest=$(( BUDGET_S - ($(date +%s) - START_S) ))
+    [ "$rest" -lt 1 ] && rest=1
+    [ "$rest" -lt "$1" ] && echo "$rest" || echo "$1"
+}
 
 has_cuda() { "$1" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
 
@@ -81,25 +91,28 @@ status=0
 say "gpu tests (decoding, kernel)"
 # --noconftest: the decoding tests need none of the shared fixtures, some of which import packages
 # this machine does not have.
-timeout 240 "$PY" -m pytest -m gpu --noconftest -p no:cacheprovider -q -rfEs \
+timeout "$(left 200)" "$PY" -m pytest -m gpu --noconftest -p no:cacheprovider -q -rfEs \
     --junitxml="$OUT_DIR/gpu_tests.xml" tests/test_kernel.py tests/test_decoding.py
 rc=$?
 if [ $rc -ne 0 ]; then
     say "gpu tests failed (exit $rc)"; status=1
 fi
 
-bench() {  # dtype
+bench() {  # dtype, seconds allowed
     local device=cuda dtype="$1" args=(--repeats 3 --warmup 3)
     # without CUDA (testing this script) a short sweep keeps the run in minutes
     has_cuda "$PY" || { device=cpu; args=(--repeats 1 --warmup 0 --sigmas 1,3 --taus 2 --inits constant,prev_tail); }
     [ -n "$CHECKPOINT" ] && args+=(--checkpoint "$CHECKPOINT")
     say "decode benchmark: $device $dtype ${CHECKPOINT:-fresh tiny policy}"
-    timeout 240 "$PY" -m ceed_vla.cli bench decode --device "$device" --dtype "$dtype" --samples "$SAMPLES" \
+    local limit; limit="$(left "$2")"
+    [ "$limit" -gt 20 ] || { say "no time left for the $dtype benchmark"; status=1; return; }
+    timeout "$limit" "$PY" -m ceed_vla.cli bench decode --device "$device" --dtype "$dtype" --samples "$SAMPLES" \
         "${args[@]}" --out "$OUT_DIR/decode_${device}_${dtype}.json" \
         || { say "decode benchmark ($dtype) failed"; status=1; }
 }
-if has_cuda "$PY"; then bench bf16; bench fp32; else bench fp32; fi
+if has_cuda "$PY"; then bench bf16 200; bench fp32 150; else bench fp32 400; fi
 
 ls -l "$OUT_DIR" >&2
+say "took $(( $(date +%s) - START_S )) s"
 [ $status -eq 0 ] && say "OK: results in $OUT_DIR" || say "FAILED: see above; partial results in $OUT_DIR"
 exit $status

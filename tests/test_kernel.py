@@ -25,9 +25,9 @@ from tests.fixtures.tiny_lm import make_prompt, make_tiny_llama
 REPO = Path(__file__).resolve().parents[1]
 
 # (batch, n, n_bins, tau, logits dtype, view into a wider vocabulary): odd sizes, tiles that do not
-# divide n, one-token states, a vocabulary slice with a row stride, bf16 logits.
+# divide n, the smallest state with a prediction, a vocabulary slice with a row stride, bf16 logits.
 SHAPES = [
-    (1, 1, 5, -1, "float32", False),
+    (1, 2, 5, -1, "float32", False),
     (3, 7, 37, -1, "float32", False),
     (2, 33, 256, 0, "float32", True),
     (5, 45, 300, 3, "bfloat16", False),
