@@ -121,6 +121,7 @@ def measure(rate_hz: float, args: argparse.Namespace, context, policy) -> dict:
         "inference_ms": status["inference_latency_ema_ms"],
         "hold_ticks": status["hold_ticks"],
         "late_chunks": status["late_chunks"],
+        "missed_ticks": status["missed_ticks"],
     }
 
 
