@@ -91,7 +91,7 @@ def measure(rate_hz: float, args: argparse.Namespace, context, policy) -> dict:
         camera.publish(conv.array_to_image(image, stamp))
         state.publish(conv.vector_to_joint_state(np.zeros(4), ["ee_x", "ee_y", "ee_z", "gripper"], stamp))
 
-    peer.create_timer(1.0 / args.camera_hz, publish_frame)
+    camera_timer = peer.create_timer(1.0 / args.camera_hz, publish_frame)
     executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(bridge)
     executor.add_node(peer)
@@ -105,6 +105,8 @@ def measure(rate_hz: float, args: argparse.Namespace, context, policy) -> dict:
         status = bridge.core.status(time.monotonic())
         latencies = [s * 1e3 for s in bridge.camera_to_command_s[latency_from:]]
     finally:
+        peer.destroy_timer(camera_timer)
+        bridge.trigger_deactivate()  # stop the control timer and inference before the executor goes
         executor.shutdown()
         spinner.join(5)
         bridge.destroy_node()
