@@ -99,11 +99,12 @@ def measure(rate_hz: float, args: argparse.Namespace, context, policy) -> dict:
     spinner.start()
     try:
         time.sleep(args.warmup)
-        start, latency_from = time.perf_counter(), len(bridge.camera_to_command_s)
+        bridge.camera_to_command_s.clear()
+        start = time.perf_counter()
         time.sleep(args.seconds)
         end = time.perf_counter()
         status = bridge.core.status(time.monotonic())
-        latencies = [s * 1e3 for s in bridge.camera_to_command_s[latency_from:]]
+        latencies = [s * 1e3 for s in bridge.camera_to_command_s]
     finally:
         peer.destroy_timer(camera_timer)
         bridge.trigger_deactivate()  # stop the control timer and inference before the executor goes

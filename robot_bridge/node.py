@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 
 import numpy as np
 import rclpy
@@ -64,7 +65,8 @@ class PolicyBridgeNode(LifecycleNode):
         self._subs, self._pubs, self._timers = [], {}, []
         self._inputs = MutuallyExclusiveCallbackGroup()
         self._control = MutuallyExclusiveCallbackGroup()
-        self.camera_to_command_s: list[float] = []  # one value per chunk: camera stamp -> first command
+        # one value per chunk, the newest kept: camera stamp -> first command computed from that frame
+        self.camera_to_command_s: deque[float] = deque(maxlen=1000)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -259,7 +261,7 @@ class PolicyBridgeNode(LifecycleNode):
     def _on_diagnostics(self) -> None:
         status = self.core.status(time.monotonic())
         if self.camera_to_command_s:
-            status["camera_to_command_ms"] = float(np.median(self.camera_to_command_s[-50:]) * 1e3)
+            status["camera_to_command_ms"] = float(np.median(list(self.camera_to_command_s)[-50:]) * 1e3)
         status["dry_run"] = self.config.dry_run
         level = DiagnosticStatus.OK
         if status["estop_latched"] or status["state"].startswith("invalid"):

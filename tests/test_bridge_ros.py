@@ -120,6 +120,7 @@ class Rig:
         if getattr(self, "feeder", None) is not None:
             self.feeding.set()
             self.feeder.join(2)
+        self.bridge.trigger_deactivate()  # timers and inference stop before the executor does
         self.executor.shutdown()
         self.thread.join(5)
         self.bridge.destroy_node()
