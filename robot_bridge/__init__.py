@@ -1,1 +1,15 @@
-"""ceed_vla.robot_bridge"""
+"""ceed_vla.robot_bridge: the policy on ROS 2 arms (docs/robot_bridge.md).
+
+ROS-free logic, unit-tested without DDS:
+    config      BridgeConfig / SafetyConfig (validated; every field is a ROS parameter)
+    chunking    ChunkQueue: tick-indexed action queue, stitching of overlapping chunks
+    safety      SafetyFilter (limits, delta clamp, non-finite guard), EStopLatch, StaleWatchdog
+    core        BridgeCore: observations in, one safe command per control tick out
+    inference   InferenceWorker: background refills of the queue from any policy
+    policies    load_policy: "checkpoint:DIR", "expert", "sine[:AMPLITUDE]"
+Thin ROS layer:
+    conversions message <-> array conversions with input validation
+    node        PolicyBridgeNode (lifecycle) and `ceed-policy-bridge`
+    sim_robot   SimRobotNode: a MetaWorld task behind robot topics, `ceed-sim-robot`
+    launcher    `ceed bridge --params FILE`; bench: `ceed bench bridge`
+"""
