@@ -80,7 +80,7 @@ def train_teacher(frames, train_eps, out: Path, args):
         Trainer,
         VLAPolicy,
     )
-    from ceed_vla.policy.config import make_config
+    from ceed_vla.policy.config import LMConfig, VisionConfig, make_config
     from ceed_vla.policy.data import ChunkDataset
     from ceed_vla.policy.text_tokenizer import train_instruction_tokenizer
 
@@ -91,6 +91,10 @@ def train_teacher(frames, train_eps, out: Path, args):
         action_dim=frames.actions.shape[1],
         state_dim=frames.states.shape[1],
     )
+    if args.hidden or args.layers:  # a smaller teacher for a CPU-sized run
+        hidden, layers = args.hidden or config.lm.hidden_size, args.layers or config.lm.num_layers
+        config.lm = LMConfig(hidden_size=hidden, num_layers=layers, num_heads=4, intermediate_size=4 * hidden)
+        config.vision = VisionConfig(channels=tuple(c * hidden // 256 for c in config.vision.channels))
     policy = VLAPolicy.build(
         config,
         train_instruction_tokenizer(sorted(set(frames.tasks)), vocab_size=config.text_vocab_size),
@@ -412,6 +416,12 @@ def main(argv=None) -> int:
     r.add_argument("--out-json", default=str(RESULTS / "distill.json"))
     r.add_argument("--chunk-size", type=int, default=8)
     r.add_argument("--teacher-steps", type=int, default=1500)
+    r.add_argument(
+        "--hidden", type=int, default=None, help="teacher LM width (default: the tiny preset's 256)"
+    )
+    r.add_argument(
+        "--layers", type=int, default=None, help="teacher LM layers (default: the tiny preset's 4)"
+    )
     r.add_argument("--trajectories", type=int, default=12000)
     r.add_argument("--collect-batch", type=int, default=256)
     r.add_argument("--warm-start", type=float, default=0.5)
