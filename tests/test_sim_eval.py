@@ -187,3 +187,24 @@ def test_decoding_options_reach_a_decoding_policy_as_a_decode_config():
     assert kwargs == {"decoding": DecodeConfig(mode="early_exit", sigma=3, tau=2, n_bins=256)}
     assert decoding_kwargs(vla_like, None, None, None)["decoding"].mode == "ar"
     assert decoding_kwargs(ScriptedExpert(), "jacobi", None, None) == {}
+
+
+@pytest.mark.parametrize("clock", ["paused", "realtime"])
+def test_runner_drives_a_vla_policy_with_decoding_options(make_policy, clock):
+    from ceed_vla.decoding import DecodeConfig
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+
+    torch.set_num_threads(1)
+    policy = make_policy()  # tiny and untrained: this checks the contract, not the skill
+    config = EvalConfig(
+        tasks=("reach",), episodes_per_task=1, image_size=24, max_episode_steps=12, clock=clock
+    )
+    decoding = DecodeConfig(mode="jacobi", n_bins=policy.n_bins)
+    report = EvalRunner(config, {"decoding": decoding}, progress=False).run(policy)
+
+    task = report["per_task"]["reach"]
+    assert report["episodes"][0]["steps"] == 12
+    assert task["policy_calls"] >= 12 // policy.config.chunk_size
+    assert task["chunk_ms_p50"] > 0 and task["iterations_per_chunk"] >= 1
+    assert task["tokens_per_chunk"] == policy.config.chunk_size * 4
+    assert report["settings"]["decoding"]["decoding"]["mode"] == "jacobi"
