@@ -238,6 +238,33 @@ def run_variant(
     }
 
 
+def measure_step(
+    device: torch.device, dtype: torch.dtype, n: int, n_bins: int, calls: int = 200
+) -> dict[str, float]:
+    """Microseconds per Jacobi step (after the forward) for each implementation this device runs:
+    the Triton kernel (CUDA only) and the PyTorch reference, on logits of the benchmark's shape."""
+    from .step import jacobi_step, triton_available
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(1, n - 1, n_bins, generator=gen, device=device).to(dtype)  # [1, n-1, V]
+    prev = torch.randint(0, n_bins, (1, n), generator=gen, device=device)  # [1, n]
+    fixed = torch.ones(1, dtype=torch.long, device=device)
+    impls = ["torch"] + (["triton"] if device.type == "cuda" and triton_available() else [])
+    result = {}
+    for impl in impls:
+        for _ in range(10):
+            jacobi_step(logits, prev, fixed, impl=impl)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            jacobi_step(logits, prev, fixed, impl=impl)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result[impl] = (time.perf_counter() - start) / calls * 1e6
+    return result
+
+
 def run(cfg: DecodeBenchConfig, policy=None) -> dict[str, Any]:
     """Measure every variant; ``policy`` (already on its device) replaces loading one from ``cfg``."""
     from tqdm.auto import tqdm
@@ -271,6 +298,7 @@ def run(cfg: DecodeBenchConfig, policy=None) -> dict[str, Any]:
         row["speedup_vs_ar"] = ar_p50 / row["ms_p50"]
         row["speedup_vs_ar_mean"] = ar_mean / row["ms_mean"]
     backend = decode(policy.lm, *prefixes[0], 1, policy.action_token_start, variants[0].decode).stats.backend
+    step_us = measure_step(device, dtype, n, policy.n_bins) if n > 1 else {}
     return {
         "benchmark": "decode",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -292,6 +320,7 @@ def run(cfg: DecodeBenchConfig, policy=None) -> dict[str, Any]:
         "prompt_positions": int(prefixes[0][0].shape[1]),
         "steps_executed_between_chunks": steps,
         "config": asdict(cfg),
+        "jacobi_step_us": step_us,
         "results": rows,
     }
 
@@ -307,6 +336,9 @@ def format_table(record: dict[str, Any]) -> str:
         head,
         "-" * len(head),
     ]
+    step = ", ".join(f"{k} {v:.1f} us" for k, v in record.get("jacobi_step_us", {}).items())
+    if step:
+        lines.insert(1, f"one Jacobi step after the forward: {step}")
     for r in record["results"]:
         lines.append(
             f"{r['name']:<20}{r['ms_p50']:>9.2f}{r['ms_p95']:>9.2f}{r['iterations_per_chunk']:>8.2f}"

@@ -45,6 +45,9 @@ def test_bench_record_table_and_plot(tiny_policy, tmp_path):
     assert rows["ee/sigma=1"]["tokens_per_forward"] == 6.0
     for r in rows.values():
         assert 0 < r["ms_p50"] <= r["ms_p95"]
+    assert (
+        set(record["jacobi_step_us"]) == {"torch"} and record["jacobi_step_us"]["torch"] > 0
+    )  # no Triton off CUDA
     table = format_table(record)
     assert "ee/sigma=1" in table and "speedup" in table
     json.dumps(record)  # serialisable as written
