@@ -321,61 +321,84 @@ def _save_episode(dataset, episode: _Episode, instruction: str) -> None:
 EpisodeCallback = Callable[[EpisodeEntry], None]
 
 
+class _Recorder:
+    """One recording run: the open dataset and log, the expert, and the run's counters."""
+
+    def __init__(
+        self, config: RecordConfig, dataset, log: RecordLog, on_episode: EpisodeCallback | None, bar
+    ):
+        self.config = config
+        self.dataset = dataset
+        self.log = log
+        self.on_episode = on_episode
+        self.bar = bar
+        self.expert = ScriptedExpert()
+        self.attempts = self.failures = self.frames = 0
+
+    def record_task(self, spec: TaskSpec) -> None:
+        """Attempts on consecutive seeds, continuing after the last kept one, until enough succeed."""
+        cfg = self.config
+        done = self.log.count(spec.name)
+        if done >= cfg.episodes_per_task:
+            return
+        attempt = self.log.next_attempt(spec.name)
+        budget = cfg.episodes_per_task * cfg.max_attempts_per_episode
+        with MetaWorldEnv(EnvConfig(spec.name, cfg.image_size, cfg.camera, cfg.max_episode_steps)) as env:
+            while done < cfg.episodes_per_task:
+                if attempt >= budget:
+                    raise RecordingError(
+                        f"{spec.name}: only {done} successful episodes in {attempt} attempts; the expert "
+                        f"fails too often within {cfg.max_episode_steps} steps (raise --max-steps, "
+                        "lower --noise or raise max_attempts_per_episode)"
+                    )
+                if self.attempt(env, spec, attempt, done):
+                    done += 1
+                attempt += 1
+
+    def attempt(self, env: MetaWorldEnv, spec: TaskSpec, attempt: int, done: int) -> bool:
+        """One expert rollout; saved (and True) if it succeeded."""
+        seed = record_seed(self.config.seed, attempt)
+        rng = np.random.default_rng([self.config.seed, seed])
+        episode = run_expert_episode(env, self.expert, spec, seed, self.config.noise_std, rng)
+        self.attempts += 1
+        self.failures += int(not episode.success)
+        self.bar.set_postfix(task=spec.name, attempts=self.attempts, failed=self.failures)
+        if not episode.success:
+            return False
+        entry = EpisodeEntry(
+            episode_index=len(self.log.episodes),
+            task=spec.name,
+            seed=seed,
+            attempt=attempt,
+            instruction=spec.train_instruction(done),
+            steps=len(episode.actions),
+        )
+        self.log.append(entry)  # before the save: a resume drops it if the save never lands
+        _save_episode(self.dataset, episode, entry.instruction)
+        self.frames += entry.steps
+        self.bar.update(1)
+        if self.on_episode is not None:
+            self.on_episode(entry)
+        return True
+
+
 def record(
     config: RecordConfig, on_episode: EpisodeCallback | None = None, progress: bool = True
 ) -> RecordSummary:
     """Record `config.episodes_per_task` successful expert episodes per task.
 
     `on_episode` is called after each saved episode (used to report or to stop a run early).
+    Whatever happens, the dataset is finalized with the episodes saved so far.
     """
     start = time.perf_counter()
     dataset, log = open_output(config)
     already = len(log.episodes)
-    attempts = failures = frames = 0
     target = config.episodes_per_task * len(config.specs)
-    expert = ScriptedExpert()
     bar = tqdm(total=target, initial=min(already, target), desc="record", unit="ep", disable=not progress)
+    recorder = _Recorder(config, dataset, log, on_episode, bar)
     try:
         for spec in config.specs:
-            done = log.count(spec.name)
-            if done >= config.episodes_per_task:
-                continue
-            attempt = log.next_attempt(spec.name)
-            budget = config.episodes_per_task * config.max_attempts_per_episode
-            env_config = EnvConfig(spec.name, config.image_size, config.camera, config.max_episode_steps)
-            with MetaWorldEnv(env_config) as env:
-                while done < config.episodes_per_task:
-                    if attempt >= budget:
-                        raise RecordingError(
-                            f"{spec.name}: only {done} successful episodes in {attempt} attempts; the expert "
-                            f"fails too often within {config.max_episode_steps} steps (raise --max-steps, "
-                            "lower --noise or raise max_attempts_per_episode)"
-                        )
-                    seed = record_seed(config.seed, attempt)
-                    rng = np.random.default_rng([config.seed, seed])
-                    episode = run_expert_episode(env, expert, spec, seed, config.noise_std, rng)
-                    attempts += 1
-                    bar.set_postfix(task=spec.name, attempts=attempts, failed=failures)
-                    if not episode.success:
-                        failures += 1
-                        attempt += 1
-                        continue
-                    entry = EpisodeEntry(
-                        episode_index=len(log.episodes),
-                        task=spec.name,
-                        seed=seed,
-                        attempt=attempt,
-                        instruction=spec.train_instruction(done),
-                        steps=len(episode.actions),
-                    )
-                    log.append(entry)  # before the save: a resume drops it if the save never lands
-                    _save_episode(dataset, episode, entry.instruction)
-                    frames += entry.steps
-                    done += 1
-                    attempt += 1
-                    bar.update(1)
-                    if on_episode is not None:
-                        on_episode(entry)
+            recorder.record_task(spec)
     finally:
         bar.close()
         if dataset.has_pending_frames():
@@ -386,9 +409,9 @@ def record(
         repo_id=config.repo_id,
         episodes=len(log.episodes),
         new_episodes=len(log.episodes) - already,
-        attempts=attempts,
-        failures=failures,
-        frames=frames,
+        attempts=recorder.attempts,
+        failures=recorder.failures,
+        frames=recorder.frames,
         seconds=round(time.perf_counter() - start, 2),
         per_task={s.name: log.count(s.name) for s in config.specs},
     )
