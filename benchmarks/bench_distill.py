@@ -442,6 +442,8 @@ def main(argv=None) -> int:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--backend", default="auto", help="DecodeConfig.backend")
+    r.add_argument("--step-impl", default="auto", help="DecodeConfig.step_impl")
     r.add_argument(
         "--budget-s", type=float, default=1e9, help="skip variants once this much wall time is spent"
     )
