@@ -27,13 +27,14 @@ def _decode(policy, batch, config: DecodeConfig):
 
 @torch.no_grad()
 def jacobi_passes(
-    policy, dataset, indices, batch_size: int = 128, init: str = "constant"
+    policy, dataset, indices, batch_size: int = 128, init: str = "constant", **decode_kwargs
 ) -> dict[str, float]:
-    """Mean exact-Jacobi iterations per chunk over `indices`, and the share equal to AR token for token."""
+    """Mean exact-Jacobi iterations per chunk over `indices`, and the share equal to AR token for token.
+    decode_kwargs: extra `DecodeConfig` fields (backend, step_impl)."""
     policy.eval()
     iters, same = [], []
-    jacobi = DecodeConfig(mode="jacobi", n_bins=policy.n_bins, init=init)
-    ar = DecodeConfig(mode="ar", n_bins=policy.n_bins)
+    jacobi = DecodeConfig(mode="jacobi", n_bins=policy.n_bins, init=init, **decode_kwargs)
+    ar = DecodeConfig(mode="ar", n_bins=policy.n_bins, **decode_kwargs)
     for lo in range(0, len(indices), batch_size):
         batch = _batch(dataset, indices[lo : lo + batch_size])
         out = _decode(policy, batch, jacobi)
