@@ -329,6 +329,9 @@ def mode_row(eval_report: dict[str, Any]) -> dict[str, Any]:
         "actions_per_s": overall.get("actions_per_s"),
         "held_fraction": overall.get("held_fraction"),
         "per_task": {t: r["success_rate"] for t, r in eval_report["per_task"].items()},
+        "chunk_iterations": [
+            x for e in eval_report.get("episodes", []) for x in e.get("iterations_per_chunk", [])
+        ],
     }
 
 
@@ -480,6 +483,22 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     paths.append(out / "success_per_task.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+
+    decoded = {n: rows[n]["chunk_iterations"] for n in headline if rows[n].get("chunk_iterations")}
+    if decoded:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        top = max(max(v) for v in decoded.values())
+        bins = [b - 0.5 for b in range(1, int(top) + 3)]
+        for name, iters in decoded.items():
+            ax.hist(iters, bins=bins, histtype="step", linewidth=1.5, label=name)
+        ax.set_xlabel("forward passes after prefill, per chunk")
+        ax.set_ylabel("chunks")
+        ax.set_title("Iterations per chunk")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "iterations_hist.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     return paths
 
 

@@ -325,6 +325,7 @@ def build_report(
                 "success": e.success,
                 "steps": e.steps,
                 "policy_calls": e.policy_calls,
+                "iterations_per_chunk": e.decode_iterations,
             }
             for e in episodes
         ],

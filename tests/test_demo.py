@@ -69,10 +69,9 @@ def _eval_report(success, ms, iters):
         "tokens_per_chunk": 32.0,
         "actions_per_s": 8000.0 / ms,
     }
-    return {
-        "overall": overall,
-        "per_task": {"reach": {"success_rate": success}, "push": {"success_rate": 0.0}},
-    }
+    per_task = {"reach": {"success_rate": success}, "push": {"success_rate": 0.0}}
+    episodes = [{"iterations_per_chunk": [iters, iters + 1.0]}]
+    return {"overall": overall, "per_task": per_task, "episodes": episodes}
 
 
 def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
@@ -91,7 +90,9 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert report["config"]["tasks"] == ["reach", "push"] or report["config"]["tasks"] == ("reach", "push")
     paths.reports.mkdir()
     plots = demo.write_plots(report, paths.reports)
+    assert [p.name for p in plots] == ["pareto.png", "success_per_task.png", "iterations_hist.png"]
     assert all(p.stat().st_size > 1000 for p in plots)
+    assert report["modes"]["student_jacobi"]["chunk_iterations"] == [4.0, 5.0]
     md = demo.report_markdown(report)
     assert "| student_early_exit | paused | 0.50" in md
     assert "2.67x" in md  # student_jacobi: 80 / 30
