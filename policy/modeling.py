@@ -238,8 +238,15 @@ class VLAPolicy(nn.Module):
         start = self.action_token_start
         return out.logits[..., start : start + self.n_bins]  # [B, n, n_bins]
 
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Next-token cross-entropy on the action tokens; padded chunk steps (episode end) are ignored."""
+    def forward(
+        self, batch: dict[str, Any], first_step_weight: float = 1.0
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Next-token cross-entropy on the action tokens; padded chunk steps (episode end) are ignored.
+
+        `first_step_weight` scales the loss of the chunk's first step (its D tokens). Under teacher
+        forcing the later steps can largely copy the step before them; the first step is the one
+        decided from the observation alone, and greedy decoding inherits its mistakes.
+        """
         actions = batch[ACTION_KEY]  # [B, K, D]
         if actions.shape[-1] != self.config.action_dim:
             raise ActionDimMismatchError(
@@ -250,13 +257,24 @@ class VLAPolicy(nn.Module):
         logits = self.action_logits(prefix, prefix_mask, bins)  # [B, n, n_bins]
         ce = F.cross_entropy(logits.float().transpose(1, 2), bins, reduction="none")  # [B, n]
         valid = self._valid_tokens(batch, bins)  # [B, n]
+        if first_step_weight != 1.0:
+            valid = valid.clone()
+            valid[:, : self.config.action_dim] *= first_step_weight
         per_sample = (ce * valid).sum(1) / valid.sum(1).clamp_min(1)  # [B]
         loss = per_sample.mean()
         with torch.no_grad():
             pred = logits.argmax(-1)
-            acc = ((pred == bins).float() * valid).sum() / valid.sum().clamp_min(1)
-            l1 = (self.tokens_to_actions(pred) - self.tokens_to_actions(bins)).abs().mean()
-        return loss, {"loss": float(loss.detach()), "token_acc": float(acc), "action_l1": float(l1)}
+            hit = (pred == bins).float()
+            acc = (hit * (valid > 0)).sum() / (valid > 0).sum().clamp_min(1)
+            err = (self.tokens_to_actions(pred) - self.tokens_to_actions(bins)).abs()  # [B, K, D]
+        info = {
+            "loss": float(loss.detach()),
+            "token_acc": float(acc),
+            "first_step_acc": float(hit[:, : self.config.action_dim].mean()),
+            "action_l1": float(err.mean()),
+            "first_step_l1": float(err[:, 0].mean()),
+        }
+        return loss, info
 
     def _valid_tokens(self, batch: dict[str, Any], bins: torch.Tensor) -> torch.Tensor:
         pad = batch.get(f"{ACTION_KEY}_is_pad")  # [B, K] True where the chunk ran past the episode end

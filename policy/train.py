@@ -55,6 +55,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-size", type=int, default=32, help="global batch over all processes")
     train.add_argument("--lr", type=float, default=3e-4)
     train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument(
+        "--first-step-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of the chunk's first step (default 1)",
+    )
     train.add_argument("--warmup-steps", type=int, default=50)
     train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     train.add_argument("--save-every", type=int, default=500)
@@ -143,7 +149,7 @@ def main(args: argparse.Namespace) -> int:
     }
     trainer = Trainer(
         policy,
-        NextTokenLoss(),
+        NextTokenLoss(args.first_step_weight),
         train_set,
         cfg,
         val_set=val_set,

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +53,18 @@ class LossFn(Protocol):
 
 
 class NextTokenLoss:
-    """Teacher training: the policy's own next-token cross-entropy over its action tokens."""
+    """Teacher training: the policy's own next-token cross-entropy over its action tokens.
+
+    `first_step_weight` > 1 up-weights the chunk's first step (see `VLAPolicy.forward`).
+    """
+
+    def __init__(self, first_step_weight: float = 1.0):
+        if first_step_weight <= 0:
+            raise ValueError(f"first_step_weight must be positive, got {first_step_weight!r}")
+        self.first_step_weight = first_step_weight
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        return model(batch)
+        return model(batch, first_step_weight=self.first_step_weight)
 
 
 @dataclass
@@ -503,8 +512,12 @@ def last_checkpoint(output_dir: str | Path) -> Path:
     return path
 
 
-def plot_loss_curve(rows: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
+def plot_loss_curve(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU box may lack it; metrics.jsonl still holds every number
+        warnings.warn("matplotlib is not installed: no loss_curve.png", stacklevel=2)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -307,3 +307,20 @@ def test_pretrained_path_must_be_a_local_directory(tmp_path):
         VLAPolicy.build(
             config, None, ActionTokenizer.fit(torch.rand(9, 4)), StateNormalizer.fit(torch.rand(9, 4))
         )
+
+
+def test_first_step_weight_scales_only_the_first_steps_tokens(make_policy):
+    policy = make_policy()
+    batch = random_batch(batch=2)
+    with torch.no_grad():
+        prefix, mask = policy.prefix_embeddings(batch)
+        bins = policy.actions_to_bins(batch["action"])
+        ce = torch.nn.functional.cross_entropy(
+            policy.action_logits(prefix, mask, bins).transpose(1, 2), bins, reduction="none"
+        )  # [B, n]
+        weights = torch.ones(policy.chunk_tokens)
+        weights[: policy.config.action_dim] = 5.0
+        expected = ((ce * weights).sum(1) / weights.sum()).mean()
+        loss, info = policy(batch, first_step_weight=5.0)
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert 0.0 <= info["first_step_acc"] <= 1.0 and info["first_step_l1"] >= 0.0
