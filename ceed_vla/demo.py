@@ -505,6 +505,35 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------ the job
 
 
+README_BEGIN = "<!-- demo-report:begin -->"
+README_END = "<!-- demo-report:end -->"
+
+
+def update_readme(readme: Path, report: dict[str, Any], reports: Path) -> None:
+    """Replace the generated block of `readme` with this report's table and main plot."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} block to replace; add one")
+    rel = os.path.relpath(reports, readme.parent)
+    table = [line for line in report_markdown(report).splitlines() if line.startswith("|")]
+    block = [
+        README_BEGIN,
+        f"Profile `{report['profile']}`, commit `{report['git_commit']}`, "
+        f"{report['machine']['cpu_count']} CPUs, {report['wall_seconds'] / 60:.0f} min "
+        f"(written by `ceed demo`; full report: [{rel}/report.md]({rel}/report.md)).",
+        "",
+        *table,
+        "",
+        f"![success vs actions per second]({rel}/pareto.png)",
+        README_END,
+    ]
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    tmp = readme.with_name(f".{readme.name}.tmp")
+    tmp.write_text(head + "\n".join(block) + tail)
+    os.replace(tmp, readme)
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument(
@@ -516,6 +545,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=None, help="comma-separated stage names to run (others untouched)")
     parser.add_argument("--force", default="", help="comma-separated stage names to rerun even if finished")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training stages")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help=f"also put the table and main plot into this file between {README_BEGIN} and {README_END}",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -552,5 +587,10 @@ def main(args: argparse.Namespace) -> int:
     write_plots(report, reports)
     (reports / "report.md").write_text(report_markdown(report))
     print(report_markdown(report))
-    print(f"wrote {reports / 'report.json'}, report.md, pareto.png, success_per_task.png")
+    if args.readme:
+        update_readme(args.readme, report, reports)
+    print(
+        f"wrote {reports / 'report.json'}, report.md and plots"
+        + (f"; updated {args.readme}" if args.readme else "")
+    )
     return 0

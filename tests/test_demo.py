@@ -102,3 +102,39 @@ def test_missing_eval_report_names_the_file(tmp_path):
     paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
     with pytest.raises(FileNotFoundError, match="eval_teacher_ar"):
         demo.build_report(PROFILE, paths, summary={})
+
+
+def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
+    report = {
+        "profile": "test",
+        "git_commit": "abc",
+        "machine": {"platform": "x", "cpu_count": 2, "torch": "t", "cuda": None},
+        "config": {"tasks": ["reach"]},
+        "stages": {},
+        "wall_seconds": 120.0,
+        "modes": {
+            "teacher_ar": {
+                "mode": {"clock": "paused"},
+                "success_rate": 0.5,
+                "success_ci95": [0.2, 0.8],
+                "episodes": 4,
+                "ms_per_chunk_p50": 10.0,
+                "ms_per_chunk_p95": 12.0,
+                "iterations_per_chunk": 31.0,
+                "actions_per_s": 800.0,
+                "speedup_vs_ar": 1.0,
+            }
+        },
+    }
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{demo.README_BEGIN}\nold table\n{demo.README_END}\noutro\n")
+    demo.update_readme(readme, report, tmp_path / "reports" / "full")
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    assert "old table" not in text
+    assert "| teacher_ar | paused | 0.50 (0.20-0.80) | 4 |" in text
+    assert "(reports/full/pareto.png)" in text
+    bare = tmp_path / "BARE.md"
+    bare.write_text("no markers")
+    with pytest.raises(ValueError, match="no <!-- demo-report:begin -->"):
+        demo.update_readme(bare, report, tmp_path)
