@@ -133,10 +133,12 @@ PROFILES: dict[str, DemoProfile] = {
         collect_trajectories=1500,
         distill_steps=300,
         distill_batch=16,
-        eval_episodes=4,
+        eval_episodes=3,
         sigma=3,
         tau=None,
         sweep_sigmas=(2,),
+        extra_train_args=("--precision", "bf16", "--first-step-weight", "8"),
+        extra_distill_args=("--precision", "bf16"),
     ),
     "full": DemoProfile(
         name="full",
@@ -153,6 +155,7 @@ PROFILES: dict[str, DemoProfile] = {
         sigma=3,
         tau=None,
         sweep_sigmas=(1, 2, 4, 6),
+        extra_train_args=("--first-step-weight", "8"),
     ),
 }
 
