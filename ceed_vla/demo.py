@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ceed_vla.pipeline import Pipeline, Stage, StageError, write_json_atomic
+from ceed_vla.sim.tasks import MT10
 
 
 @dataclass(frozen=True)
@@ -108,18 +109,6 @@ class DemoProfile:
 
 
 QUICK_TASKS = ("reach", "push", "drawer-open", "button-press-topdown", "door-open")
-MT10 = (
-    "reach",
-    "push",
-    "pick-place",
-    "door-open",
-    "drawer-open",
-    "drawer-close",
-    "button-press-topdown",
-    "peg-insert-side",
-    "window-open",
-    "window-close",
-)
 
 PROFILES: dict[str, DemoProfile] = {
     "quick": DemoProfile(

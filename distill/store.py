@@ -48,6 +48,17 @@ _SAMPLE_ARRAYS: dict[str, tuple[str, str]] = {
     "warm_start": ("bool", ""),
 }
 _STATE_ARRAY = "states"
+# Per-sample columns of a batch, in store order (sample_id first); the Jacobi states are stored apart.
+SAMPLE_COLUMNS = (
+    "sample_id",
+    "dataset_index",
+    "fixed_point",
+    "teacher_tokens",
+    "gt_tokens",
+    "l1",
+    "iterations",
+    "warm_start",
+)
 _SAMPLE_CHUNK = 8192
 _STATE_CHUNK = 16384
 
@@ -91,15 +102,7 @@ class TrajectoryBatch:
 
     def __post_init__(self) -> None:
         n = len(self.sample_id)
-        for name in (
-            "dataset_index",
-            "fixed_point",
-            "teacher_tokens",
-            "gt_tokens",
-            "l1",
-            "iterations",
-            "warm_start",
-        ):
+        for name in SAMPLE_COLUMNS[1:]:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} rows but sample_id has {n}")
         if len(self.states) != n:
@@ -369,19 +372,7 @@ def _merge(parts: list[Trajectories]) -> Trajectories:
         return parts[0]
     lengths = np.concatenate([np.diff(p.state_offsets) for p in parts])
     states = [p.trajectory(i) for p in parts for i in range(len(p))]
-    cat = {
-        name: np.concatenate([getattr(p, name) for p in parts])
-        for name in (
-            "sample_id",
-            "dataset_index",
-            "fixed_point",
-            "teacher_tokens",
-            "gt_tokens",
-            "l1",
-            "iterations",
-            "warm_start",
-        )
-    }
+    cat = {name: np.concatenate([getattr(p, name) for p in parts]) for name in SAMPLE_COLUMNS}
     order = np.argsort(cat["sample_id"], kind="stable")
     states = [states[i] for i in order]
     offsets = np.concatenate([[0], np.cumsum(lengths[order])]).astype(np.int64)

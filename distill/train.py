@@ -23,7 +23,7 @@ import torch
 from .collect import teacher_fingerprint
 from .data import DistillDataset, StateSampling
 from .losses import DistillLoss, DistillLossConfig
-from .store import TrajectoryStore
+from .store import SAMPLE_COLUMNS, TrajectoryStore
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -112,19 +112,7 @@ def _first(traj, n: int):
 
     n = min(n, len(traj))
     end = int(traj.state_offsets[n])
-    cols = {
-        k: getattr(traj, k)[:n]
-        for k in (
-            "sample_id",
-            "dataset_index",
-            "fixed_point",
-            "teacher_tokens",
-            "gt_tokens",
-            "l1",
-            "iterations",
-            "warm_start",
-        )
-    }
+    cols = {k: getattr(traj, k)[:n] for k in SAMPLE_COLUMNS}
     return Trajectories(state_offsets=traj.state_offsets[: n + 1], states=traj.states[:end], **cols)
 
 

@@ -11,8 +11,9 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 find_python() {
     local c
     for c in python3.12 python3; do
+        # the base interpreter, also when a virtual environment happens to be active
         if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
-            command -v "$c"; return 0
+            "$c" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))'; return 0
         fi
     done
     if command -v pyenv >/dev/null 2>&1; then
@@ -35,20 +36,20 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 UV="$(command -v uv || echo "$("$PY" -m site --user-base)/bin/uv")"
 
+# System libraries: EGL (or OSMesa) for headless MuJoCo rendering, FFmpeg's libraries for torchcodec.
+# Installed with apt-get when running as root (CEED_NO_APT=1 skips it), else named for the user.
 need_libs=()
 ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || need_libs+=(libegl1 libgl1)
 ldconfig -p 2>/dev/null | grep -q 'libOSMesa' || need_libs+=(libosmesa6)
+ldconfig -p 2>/dev/null | grep -q 'libavutil' || need_libs+=(ffmpeg)
 if [ ${#need_libs[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        say "installing rendering libraries: ${need_libs[*]}"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_libs[@]}") >/dev/null \
-            || say "warning: apt-get failed; headless rendering needs: ${need_libs[*]}"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ "${CEED_NO_APT:-0}" != 1 ]; then
+        say "installing system libraries: ${need_libs[*]}"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_libs[@]}") >/dev/null 2>&1 \
+            || say "warning: apt-get failed; install ${need_libs[*]} (EGL or OSMesa renders MuJoCo headless; without FFmpeg LeRobot decodes video with PyAV)"
     else
-        say "warning: headless MuJoCo rendering needs the system packages: ${need_libs[*]} (EGL or OSMesa)"
+        say "warning: missing system packages: ${need_libs[*]} (EGL or OSMesa renders MuJoCo headless; without FFmpeg LeRobot decodes video with PyAV, slower)"
     fi
-fi
-if ! ldconfig -p 2>/dev/null | grep -q 'libavutil'; then
-    say "note: FFmpeg libraries not found; LeRobot decodes video with PyAV instead of torchcodec (works, slower)"
 fi
 
 say "syncing $VENV from uv.lock"
