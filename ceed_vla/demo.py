@@ -387,6 +387,16 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def mode_order(report: dict[str, Any]) -> list[str]:
+    """The profile's own order of modes (JSON on disk has its keys sorted)."""
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in report["config"].items()}
+    try:
+        order = [m.name for m in DemoProfile(**config).modes()]
+    except TypeError:  # a report written by another version of the profile
+        order = []
+    return [n for n in order if n in report["modes"]] + sorted(set(report["modes"]) - set(order))
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# ceed demo — profile `{report['profile']}`",
@@ -399,7 +409,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         "| mode | clock | success (95% CI) | episodes | ms/chunk p50 | p95 | iterations/chunk | actions/s | speedup vs AR |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, r in report["modes"].items():
+    for name in mode_order(report):
+        r = report["modes"][name]
         lo, hi = r["success_ci95"]
         lines.append(
             f"| {name} | {r['mode']['clock']} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "

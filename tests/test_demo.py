@@ -93,6 +93,8 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert [p.name for p in plots] == ["pareto.png", "success_per_task.png", "iterations_hist.png"]
     assert all(p.stat().st_size > 1000 for p in plots)
     assert report["modes"]["student_jacobi"]["chunk_iterations"] == [4.0, 5.0]
+    on_disk = json.loads(json.dumps(report, sort_keys=True))  # what report.json holds
+    assert demo.mode_order(on_disk) == [m.name for m in PROFILE.modes()]
     md = demo.report_markdown(report)
     assert "| student_early_exit | paused | 0.50" in md
     assert "2.67x" in md  # student_jacobi: 80 / 30
@@ -109,7 +111,7 @@ def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
         "profile": "test",
         "git_commit": "abc",
         "machine": {"platform": "x", "cpu_count": 2, "torch": "t", "cuda": None},
-        "config": {"tasks": ["reach"]},
+        "config": {"tasks": ["reach"], "unknown_field": 1},
         "stages": {},
         "wall_seconds": 120.0,
         "modes": {
