@@ -47,7 +47,7 @@ def _percentiles(values_ms: list[float]) -> dict[str, float]:
 
 def measure(rate_hz: float, args: argparse.Namespace, context, policy) -> dict:
     """Run camera + bridge + listener at one control rate; returns the measured numbers."""
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from rclpy.qos import qos_profile_sensor_data
@@ -92,7 +92,7 @@ def measure(rate_hz: float, args: argparse.Namespace, context, policy) -> dict:
         state.publish(conv.vector_to_joint_state(np.zeros(4), ["ee_x", "ee_y", "ee_z", "gripper"], stamp))
 
     camera_timer = peer.create_timer(1.0 / args.camera_hz, publish_frame)
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(bridge)
     executor.add_node(peer)
     spinner = threading.Thread(target=executor.spin, daemon=True)

@@ -1,7 +1,7 @@
 """The policy bridge node over real DDS on loopback: a peer node plays camera, arm and operator.
 
 Every test gets its own bridge and peer in one rclpy context on a domain id derived from the pid,
-spun by a multi-threaded executor in a background thread; both nodes are destroyed afterwards.
+spun by a single-threaded executor in a background thread; both nodes are destroyed afterwards.
 """
 
 import os
@@ -18,7 +18,7 @@ from ceed_vla.robot_bridge.policies import SinePolicy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
@@ -66,7 +66,7 @@ class Rig:
         self.estop = self.peer.create_publisher(Bool, "/estop", LATCHED)
         self.reset = self.peer.create_publisher(Empty, "/estop_reset", RELIABLE)
         self.listen(DiagnosticArray, "/diagnostics")
-        self.executor = MultiThreadedExecutor(num_threads=3, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.bridge)
         self.executor.add_node(self.peer)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

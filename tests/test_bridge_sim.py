@@ -23,7 +23,7 @@ from ceed_vla.robot_bridge.node import LATCHED, RELIABLE
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -73,7 +73,7 @@ class Peer:
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain, args=args)
         self.node = Node("test_peer", context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=3, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.nodes: list = []
         self.thread: threading.Thread | None = None
