@@ -41,6 +41,8 @@ lint: venv
 bench: venv
 	$(VENV)/bin/ceed bench env
 	$(VENV)/bin/ceed bench decode
+	$(VENV)/bin/ceed bench train
+	$(VENV)/bin/ceed bench bridge
 
 # On a GPU machine with no registry access the project's venv cannot be built: use the machine's own
 # Python with torch/triton/transformers and put this checkout on its path (scripts/gpu_check.sh).
