@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ceed_vla.pipeline import Pipeline, Stage, StageError, write_json_atomic
+from ceed_vla.atomic import atomic_write_json, atomic_write_text
+from ceed_vla.pipeline import Pipeline, Stage, StageError
 from ceed_vla.sim.tasks import MT10
 
 
@@ -532,9 +533,7 @@ def update_readme(readme: Path, report: dict[str, Any], reports: Path) -> None:
     ]
     head, rest = text.split(README_BEGIN, 1)
     tail = rest.split(README_END, 1)[1]
-    tmp = readme.with_name(f".{readme.name}.tmp")
-    tmp.write_text(head + "\n".join(block) + tail)
-    os.replace(tmp, readme)
+    atomic_write_text(readme, head + "\n".join(block) + tail)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -586,9 +585,9 @@ def main(args: argparse.Namespace) -> int:
     report = build_report(profile, paths, summary)
     report["wall_seconds"] = time.perf_counter() - t0
     reports.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(reports / "report.json", report)
+    atomic_write_json(reports / "report.json", report)
     write_plots(report, reports)
-    (reports / "report.md").write_text(report_markdown(report))
+    atomic_write_text(reports / "report.md", report_markdown(report))
     print(report_markdown(report))
     if args.readme:
         update_readme(args.readme, report, reports)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ceed_vla.atomic import atomic_write_json
 
 
 class StageError(RuntimeError):
@@ -35,13 +36,6 @@ class Stage:
 def _digest(obj: Any) -> str:
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class Pipeline:
@@ -97,7 +91,7 @@ class Pipeline:
                     "finished stages are skipped."
                 ) from exc
             seconds = time.perf_counter() - t0
-            write_json_atomic(out / ".stage.json", {"key": key, "config": stage.config, "seconds": seconds})
+            atomic_write_json(out / ".stage.json", {"key": key, "config": stage.config, "seconds": seconds})
             self.log(f"[{i}/{total}] {stage.name}: done in {seconds:.0f} s")
             summary[stage.name] = {"key": key, "skipped": False, "seconds": seconds}
         return summary

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ceed_vla.atomic import atomic_write_bytes
 
 from .config import DecodeConfig
 from .decode import decode
@@ -346,19 +346,6 @@ def format_table(record: dict[str, Any]) -> str:
             f"{r['action_deviation_from_ar']:>9.4f}{r['identical_to_ar']:>6.2f}"
         )
     return "\n".join(lines)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot(record: dict[str, Any], path: Path) -> None:

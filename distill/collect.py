@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ceed_vla.atomic import atomic_write_json
+
 from .store import StoreError, TeacherMismatchError, TrajectoryBatch, TrajectoryStore, fingerprint
 
 SUMMARY_FILE = "summary_rank{rank:03d}.json"
@@ -327,12 +329,6 @@ def main(args: argparse.Namespace) -> int:
         args.output, teacher_fingerprint(teacher), teacher.chunk_tokens, teacher.n_bins, rank, world, meta
     )
     summary = collect(Collector(teacher, dataset, frames, cfg), store, rank, world)
-    _write_json(Path(args.output) / SUMMARY_FILE.format(rank=rank), summary)
+    atomic_write_json(Path(args.output) / SUMMARY_FILE.format(rank=rank), summary)
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

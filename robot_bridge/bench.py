@@ -12,15 +12,15 @@ bridge runs at each requested control rate, and a listener timestamps every comm
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ceed_vla.atomic import atomic_write_json
 
 from .policies import load_policy
 
@@ -128,14 +128,6 @@ def measure(rate_hz: float, args: argparse.Namespace, context, policy) -> dict:
     }
 
 
-def _write_json(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _table(rows: list[dict]) -> str:
     head = f"{'target Hz':>9} {'achieved':>9} {'jitter p50':>10} {'p99':>7} {'cam->cmd p50':>12} {'p99':>7} {'infer ms':>8} {'holds':>5}"
     lines = [head, "-" * len(head)]
@@ -181,6 +173,6 @@ def main(args: argparse.Namespace) -> int:
         },
         "results": rows,
     }
-    _write_json(args.out, record)
+    atomic_write_json(args.out, record)
     print(f"wrote {args.out}")
     return 0

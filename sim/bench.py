@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
-from ceed_vla.sim.record import atomic_write_text
 from ceed_vla.sim.tasks import get_task
+
+from ceed_vla.atomic import atomic_write_text
 
 
 @dataclass

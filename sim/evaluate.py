@@ -36,10 +36,11 @@ from typing import Any, Literal
 import numpy as np
 from ceed_vla.sim.env import DEFAULT_MAX_EPISODE_STEPS, EnvConfig, MetaWorldEnv, Observation, to_policy_batch
 from ceed_vla.sim.metrics import mean, percentile, wilson_interval
-from ceed_vla.sim.record import atomic_write_text
 from ceed_vla.sim.seeds import eval_seed
 from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
 from tqdm.auto import tqdm
+
+from ceed_vla.atomic import atomic_write_text
 
 Clock = Literal["paused", "realtime"]
 CLOCKS = ("paused", "realtime")

@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,8 @@ from ceed_vla.sim.experts import ScriptedExpert
 from ceed_vla.sim.seeds import record_seed
 from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
 from tqdm.auto import tqdm
+
+from ceed_vla.atomic import atomic_write_text
 
 LOG_NAME = "ceed_record.json"
 LOG_FORMAT = 1
@@ -186,19 +186,6 @@ class RecordLog:
     def next_attempt(self, task: str) -> int:
         attempts = [e.attempt for e in self.episodes if e.task == task]
         return max(attempts) + 1 if attempts else 0
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------- output
