@@ -108,10 +108,10 @@ def test_missing_eval_report_names_the_file(tmp_path):
 
 def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
     report = {
-        "profile": "test",
+        "profile": "quick",
         "git_commit": "abc",
         "machine": {"platform": "x", "cpu_count": 2, "torch": "t", "cuda": None},
-        "config": {"tasks": ["reach"], "unknown_field": 1},
+        "config": {"tasks": ["reach"], "eval_episodes": 4, "eval_instructions": "train", "unknown_field": 1},
         "stages": {},
         "wall_seconds": 120.0,
         "modes": {
@@ -140,3 +140,14 @@ def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
     bare.write_text("no markers")
     with pytest.raises(ValueError, match="no <!-- demo-report:begin -->"):
         demo.update_readme(bare, report, tmp_path)
+
+    # Another profile writes its own block and leaves the quick one alone.
+    begin, end = demo.readme_markers("full")
+    readme.write_text(text + f"{begin}\nold full\n{end}\n")
+    demo.update_readme(readme, {**report, "profile": "full"}, tmp_path / "reports" / "full")
+    both = readme.read_text()
+    assert "old full" not in both
+    assert both.count("| teacher_ar | paused | 0.50 (0.20-0.80) | 4 |") == 2
+    assert both.index(demo.README_END) < both.index(begin)
+    with pytest.raises(ValueError, match="demo-report-full:begin"):
+        demo.update_readme(bare, {**report, "profile": "full"}, tmp_path)
