@@ -45,6 +45,27 @@ def test_changing_recording_reruns_everything(tmp_path):
     assert all(before[n] != after[n] for n in before)
 
 
+def test_changing_the_eval_wording_reruns_only_the_evaluations(tmp_path):
+    before = _keys(PROFILE, tmp_path)
+    after = _keys(replace(PROFILE, eval_instructions="eval"), tmp_path)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {n for n in before if n.startswith("eval_")}
+
+
+def test_every_evaluation_gets_the_profile_wording(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo.StageCommand, "__call__", lambda self, out: calls.append(self.argv))
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    for stage in demo.build_stages(PROFILE, paths):
+        if stage.name.startswith("eval_"):
+            stage.run(tmp_path)
+    assert len(calls) == len(PROFILE.modes())
+    for argv in calls:
+        assert argv[argv.index("--instructions") + 1] == "train"
+    with pytest.raises(ValueError, match="eval_instructions must be 'train' or 'eval', got 'heldout'"):
+        replace(PROFILE, eval_instructions="heldout")
+
+
 def test_sweep_skips_the_headline_sigma():
     sweep = [m for m in PROFILE.modes() if m.sweep]
     assert [m.sigma for m in sweep] == [2]
