@@ -10,6 +10,12 @@ variant, so a run cut short still reports) and distill_passes.png.
     python benchmarks/bench_distill.py export-frames --dataset-root data/mt5 --out frames.npz
     python benchmarks/bench_distill.py run --frames frames.npz --device cuda --budget-s 540
     python benchmarks/bench_distill.py run --dataset-root data/mt5 --teacher runs/teacher/final
+    python benchmarks/bench_distill.py curve --dataset-root outputs/demo/full/record/dataset \
+        --teacher outputs/demo/full/teacher/run/final --run outputs/demo/full/distill/run
+
+`curve` measures a distillation run that already happened (`ceed distill train`, e.g. the demo's):
+exact Jacobi passes per chunk of the teacher (step 0) and of every saved checkpoint, on frames of
+the episodes both trainings held out. Writes distill_curve.json and distill_curve.png.
 
 Variants (name: what differs from "main" = mixed labels, global consistency, w_ar=10, every
 trajectory): gt_labels, teacher_labels, no_consistency, local, noise (30% noise-augmented states),
@@ -320,6 +326,89 @@ def run(args) -> int:
     return 0
 
 
+def curve(args) -> int:
+    """Passes per chunk along an existing distillation run, on frames no training step saw."""
+    from ceed_vla.distill.measure import jacobi_passes
+    from ceed_vla.policy import load_policy
+    from ceed_vla.policy.data import ChunkDataset, split_episodes
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.run)
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
+    if not ckpts:
+        raise SystemExit(
+            f"{run_dir}/checkpoints has no step_* checkpoints; is it a `ceed distill train` run?"
+        )
+    frames = load_frames_any(args)
+    episodes = sorted(set(frames.episode.tolist()))
+    _, val_eps = split_episodes(episodes, args.val_fraction)
+    if not val_eps:
+        raise SystemExit(f"--val-fraction {args.val_fraction} holds out no episode of {len(episodes)}")
+    frame_set = ChunkDataset(frames, episodes)
+    val_all = np.flatnonzero(np.isin(frames.episode.numpy(), val_eps))
+    rows = np.random.default_rng(args.seed).permutation(val_all)[: args.eval_samples]
+    t0 = time.perf_counter()
+    points = []
+    for step, path in [(0, Path(args.teacher))] + [(int(p.name[5:]), p) for p in ckpts]:
+        policy = load_policy(path, device=args.device).eval()
+        point = {
+            "step": step,
+            "checkpoint": str(path),
+            **jacobi_passes(policy, frame_set, rows, **_decode_kwargs(args)),
+        }
+        points.append(point)
+        print(
+            f"step {step:>6}: {point['mean_iterations']:.2f} passes per chunk, ==AR {point['fixed_point_equals_ar']:.2f}"
+        )
+    summary_path = run_dir / "summary.json"
+    record = {
+        "command": " ".join(sys.argv),
+        "run": str(run_dir),
+        "teacher": args.teacher,
+        "distill": json.loads(summary_path.read_text()) if summary_path.exists() else None,
+        "val_episodes": len(val_eps),
+        "eval_samples": int(len(rows)),
+        "device": args.device,
+        "curve": points,
+        "teacher_over_final": points[0]["mean_iterations"] / points[-1]["mean_iterations"],
+        "wall_s": time.perf_counter() - t0,
+    }
+    out = Path(args.out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, out)
+    _plot_curve(record, out.with_suffix(".png"))
+    print(
+        f"teacher {points[0]['mean_iterations']:.2f} -> final {points[-1]['mean_iterations']:.2f} passes "
+        f"({record['teacher_over_final']:.2f}x fewer); wrote {out}"
+    )
+    return 0
+
+
+def _plot_curve(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = record["curve"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["step"] for p in pts], [p["mean_iterations"] for p in pts], "o-", label="mean")
+    ax.plot([p["step"] for p in pts], [p["iterations_p90"] for p in pts], "s--", ms=3, label="p90")
+    ax.set_xlabel("distillation step (0 = teacher)")
+    ax.set_ylabel("exact Jacobi passes per chunk (held-out frames)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 # ------------------------------------------------------------------------------------------ output
 
 
@@ -448,10 +537,30 @@ def main(argv=None) -> int:
         "--budget-s", type=float, default=1e9, help="skip variants once this much wall time is spent"
     )
     r.add_argument("--min-variant-s", type=float, default=60.0)
+    c = sub.add_parser("curve", help="passes per chunk along an existing `ceed distill train` run")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--frames", help=".npz from export-frames")
+    src.add_argument("--dataset-root")
+    c.add_argument("--repo-id", default=None)
+    c.add_argument("--chunk-size", type=int, default=8)
+    c.add_argument("--teacher", required=True, help="the teacher the run started from (step 0)")
+    c.add_argument("--run", required=True, help="the distillation run directory (has checkpoints/)")
+    c.add_argument(
+        "--val-fraction", type=float, default=0.1, help="must match the trainings' (their default: 0.1)"
+    )
+    c.add_argument("--eval-samples", type=int, default=256)
+    c.add_argument("--out-json", default=str(RESULTS / "distill_curve.json"))
+    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--backend", default="auto", help="DecodeConfig.backend")
+    c.add_argument("--step-impl", default="auto", help="DecodeConfig.step_impl")
     args = parser.parse_args(argv)
     if args.cmd == "export-frames":
         export_frames(args)
         return 0
+    if args.cmd == "curve":
+        return curve(args)
     return run(args)
 
 

@@ -1,0 +1,61 @@
+"""benchmarks/bench_distill.py `curve`: passes per chunk along a finished distillation run."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.fixtures.distill import make_synthetic_frames, make_tiny_vla
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_distill.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_distill", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _frames_npz(frames, path: Path) -> Path:
+    arrays = {k: v.numpy() for k, v in dataclasses.asdict(frames).items() if torch.is_tensor(v)}
+    np.savez_compressed(
+        path, **arrays, tasks=np.array(frames.tasks), delta=np.array(frames.delta), fps=np.array(frames.fps)
+    )
+    return path
+
+
+def test_curve_measures_the_teacher_and_every_checkpoint(bench, tmp_path):
+    torch.set_num_threads(1)
+    frames = make_synthetic_frames(n_episodes=4, length=6)
+    npz = _frames_npz(frames, tmp_path / "frames.npz")
+    teacher = make_tiny_vla(frames, seed=0)
+    teacher.save_pretrained(tmp_path / "teacher")
+    run = tmp_path / "run"
+    teacher.save_pretrained(run / "checkpoints" / "step_000010")  # unchanged weights: same passes
+    make_tiny_vla(frames, seed=1).save_pretrained(run / "checkpoints" / "step_000005")
+    out = tmp_path / "curve.json"
+    argv = ["curve", "--frames", str(npz), "--teacher", str(tmp_path / "teacher"), "--run", str(run)]
+    argv += ["--chunk-size", "2", "--val-fraction", "0.5", "--eval-samples", "6", "--device", "cpu"]
+    assert bench.main([*argv, "--out-json", str(out)]) == 0
+
+    record = json.loads(out.read_text())
+    assert [p["step"] for p in record["curve"]] == [0, 5, 10]  # numeric order, teacher first
+    teacher_point, _, last = record["curve"]
+    assert last["mean_iterations"] == teacher_point["mean_iterations"]
+    assert record["teacher_over_final"] == pytest.approx(1.0)
+    assert record["val_episodes"] == 2 and record["eval_samples"] == 6
+    assert all(p["fixed_point_equals_ar"] == 1.0 for p in record["curve"])
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_curve_refuses_a_directory_without_checkpoints(bench, tmp_path):
+    with pytest.raises(SystemExit, match="no step_\\* checkpoints"):
+        bench.main(["curve", "--frames", "x.npz", "--teacher", "t", "--run", str(tmp_path)])
