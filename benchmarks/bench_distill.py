@@ -13,6 +13,10 @@ variant, so a run cut short still reports) and distill_passes.png.
     python benchmarks/bench_distill.py curve --dataset-root outputs/demo/full/record/dataset \
         --teacher outputs/demo/full/teacher/run/final --run outputs/demo/full/distill/run
 
+`run --teacher T --store S` trains the variants on a store collected before (`ceed distill collect`,
+the demo's) instead of collecting; pass the --val-fraction the teacher was trained with (`ceed
+train`: 0.1) so the measured frames are ones the teacher never saw.
+
 `curve` measures a distillation run that already happened (`ceed distill train`, e.g. the demo's):
 exact Jacobi passes per chunk of the teacher (step 0) and of every saved checkpoint, on frames of
 the episodes both trainings held out. Writes distill_curve.json and distill_curve.png.
@@ -186,16 +190,17 @@ def variants(args, n_traj: int) -> list[dict]:
     return out
 
 
-def select_rows(traj, spec) -> np.ndarray:
-    rows = np.arange(len(traj))
+def select_rows(traj, spec, usable: np.ndarray | None = None) -> np.ndarray:
+    """Store rows a variant trains on; `usable` (bool [N]) drops rows of held-out episodes."""
+    rows = np.arange(len(traj)) if usable is None else np.flatnonzero(usable)
     if spec == "constant":
-        return rows[~traj.warm_start.astype(bool)]
+        return rows[~traj.warm_start[rows].astype(bool)]
     if isinstance(spec, int):
         return rows[:spec]
     return rows
 
 
-def distill_variant(v, teacher_dir: Path, frame_set, traj, val_rows, out: Path, args) -> dict:
+def distill_variant(v, teacher_dir: Path, frame_set, traj, val_rows, out: Path, args, usable=None) -> dict:
     from ceed_vla.distill.data import DistillDataset, StateSampling
     from ceed_vla.distill.losses import DistillLoss, DistillLossConfig
     from ceed_vla.distill.measure import jacobi_passes
@@ -203,7 +208,7 @@ def distill_variant(v, teacher_dir: Path, frame_set, traj, val_rows, out: Path, 
 
     student = load_policy(teacher_dir, device=args.device)
     sampling = StateSampling(consistency=v["consistency"], noise=v["noise"], n_bins=student.n_bins)
-    rows = select_rows(traj, v["rows"])
+    rows = select_rows(traj, v["rows"], usable)
     train_set = DistillDataset(frame_set, traj, rows, sampling, seed=args.seed)
     loss = DistillLoss(
         DistillLossConfig(w_ar=v["w_ar"], delta=args.delta, labels=v["labels"], consistency=v["consistency"])
@@ -267,6 +272,8 @@ def run(args) -> int:
     from ceed_vla.policy import load_policy
     from ceed_vla.policy.data import ChunkDataset, split_episodes
 
+    if args.trajectories_store and not args.teacher:
+        raise SystemExit("--store needs --teacher: the checkpoint the store was collected with")
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
     if args.threads:
@@ -304,17 +311,38 @@ def run(args) -> int:
     record["teacher"]["passes"] = jacobi_passes(teacher, frame_set, val_rows, **_decode_kwargs(args))
     record["teacher"]["latency"] = latency_table(teacher, frame_set, val_rows, args)
     _save(record, args)
-    traj, record["collection"] = collect_trajectories(teacher, frame_set, frames, train_rows, out, args)
-    print(
-        f"collected {len(traj)} trajectories in {record['collection']['wall_s']:.0f} s: {json.dumps(record['collection'])}"
-    )
+    usable = None
+    if args.trajectories_store:  # a store collected before (e.g. by `ceed demo`) over every episode
+        from ceed_vla.distill.collect import teacher_fingerprint
+        from ceed_vla.distill.store import TrajectoryStore
+
+        store = TrajectoryStore.open(
+            args.trajectories_store, teacher_hash=teacher_fingerprint(teacher), mode="r"
+        )
+        traj = store.read()
+        usable = np.isin(frames.episode.numpy()[traj.dataset_index], train_eps)
+        record["collection"] = {
+            "store": args.trajectories_store,
+            "samples": len(traj),
+            "train_samples": int(usable.sum()),
+            "mean_iterations": float(traj.iterations.mean()),
+            "warm_start_share": float(traj.warm_start.mean()),
+        }
+        print(
+            f"using {int(usable.sum())} of {len(traj)} stored trajectories (the rest are held-out episodes)"
+        )
+    else:
+        traj, record["collection"] = collect_trajectories(teacher, frame_set, frames, train_rows, out, args)
+        print(
+            f"collected {len(traj)} trajectories in {record['collection']['wall_s']:.0f} s: {json.dumps(record['collection'])}"
+        )
     _save(record, args)
     for v in variants(args, len(traj)):
         left = args.budget_s - (time.perf_counter() - t_start)
         if left < args.min_variant_s:
             record["variants"][v["name"]] = {"skipped": f"{left:.0f} s of the budget left"}
             continue
-        result = distill_variant(v, teacher_dir, frame_set, traj, val_rows, out, args)
+        result = distill_variant(v, teacher_dir, frame_set, traj, val_rows, out, args, usable)
         student = result.pop("student")
         if v["name"] == "main":
             result["latency"] = latency_table(student, frame_set, val_rows, args)
@@ -511,7 +539,13 @@ def main(argv=None) -> int:
     r.add_argument(
         "--layers", type=int, default=None, help="teacher LM layers (default: the tiny preset's 4)"
     )
-    r.add_argument("--trajectories", type=int, default=12000)
+    r.add_argument("--trajectories", type=int, default=12000, help="how many to collect")
+    r.add_argument(
+        "--store",
+        dest="trajectories_store",
+        default=None,
+        help="use this trajectory store of --teacher instead of collecting (rows of held-out episodes are dropped)",
+    )
     r.add_argument("--collect-batch", type=int, default=256)
     r.add_argument("--warm-start", type=float, default=0.5)
     r.add_argument(
