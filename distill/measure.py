@@ -57,6 +57,9 @@ def decode_latency(
     """Batch-1 decoding of each frame with every config; `configs` must include "ar"."""
     if "ar" not in configs:
         raise ValueError(f"configs must include 'ar' (the reference), got {sorted(configs)}")
+    if len(indices) == 0:
+        raise ValueError("decode_latency needs at least one frame index, got none")
+    warmup = min(warmup, len(indices) - 1)  # a short list still measures its last frame
     policy.eval()
     names = ["ar"] + [n for n in configs if n != "ar"]
     rows: dict[str, dict[str, list[float]]] = {name: {"ms": [], "it": [], "l1": []} for name in names}

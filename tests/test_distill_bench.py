@@ -59,3 +59,42 @@ def test_curve_measures_the_teacher_and_every_checkpoint(bench, tmp_path):
 def test_curve_refuses_a_directory_without_checkpoints(bench, tmp_path):
     with pytest.raises(SystemExit, match="no step_\\* checkpoints"):
         bench.main(["curve", "--frames", "x.npz", "--teacher", "t", "--run", str(tmp_path)])
+
+
+def test_run_on_a_stored_collection_trains_only_on_training_episodes(bench, tmp_path):
+    from ceed_vla.distill import collect as C
+    from ceed_vla.policy.data import ChunkDataset
+
+    torch.set_num_threads(1)
+    frames = make_synthetic_frames(n_episodes=4, length=6)
+    npz = _frames_npz(frames, tmp_path / "frames.npz")
+    teacher = make_tiny_vla(frames, seed=0)
+    teacher.save_pretrained(tmp_path / "teacher")
+    store_path = tmp_path / "traj.zarr"
+    config = C.CollectConfig(output=str(store_path), batch_size=8, trajectories=24, warm_start=0.5)
+    store = C.open_store_for_rank(
+        store_path, C.teacher_fingerprint(teacher), teacher.chunk_tokens, teacher.n_bins, 0, 1, {}
+    )
+    dataset = ChunkDataset(frames, [0, 1, 2, 3])
+    C.collect(C.Collector(teacher, dataset, frames, config), store, 0, 1)  # every episode, as the demo does
+
+    out = tmp_path / "bench.json"
+    argv = ["run", "--frames", str(npz), "--teacher", str(tmp_path / "teacher"), "--store", str(store_path)]
+    argv += ["--chunk-size", "2", "--val-fraction", "0.5", "--variants", "main,traj_3", "--steps", "2"]
+    argv += ["--eval-every", "2", "--eval-samples", "4", "--latency-samples", "1", "--batch-size", "2"]
+    argv += ["--work", str(tmp_path / "work"), "--out-json", str(out), "--device", "cpu"]
+    assert bench.main(argv) == 0
+
+    record = json.loads(out.read_text())
+    stored = store.read()
+    held_out = np.isin(frames.episode.numpy()[stored.dataset_index], [1, 3])  # k = 2: every 2nd episode
+    assert record["collection"]["samples"] == 24
+    assert record["collection"]["train_samples"] == int((~held_out).sum()) < 24
+    assert record["variants"]["main"]["trajectories"] == record["collection"]["train_samples"]
+    assert record["variants"]["traj_3"]["trajectories"] == 3
+    assert not (tmp_path / "work" / "traj.zarr").exists()  # nothing was collected
+
+
+def test_run_on_a_store_needs_its_teacher(bench, tmp_path):
+    with pytest.raises(SystemExit, match="--store needs --teacher"):
+        bench.main(["run", "--frames", "x.npz", "--store", str(tmp_path)])
