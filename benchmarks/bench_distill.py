@@ -23,7 +23,8 @@ the episodes both trainings held out. Writes distill_curve.json and distill_curv
 
 Variants (name: what differs from "main" = mixed labels, global consistency, w_ar=10, every
 trajectory): gt_labels, teacher_labels, no_consistency, local, noise (30% noise-augmented states),
-constant_guess_only (trajectories from the constant guess only), traj_<N> (first N trajectories).
+constant_guess_only (trajectories from the constant guess only), traj_<N> (first N trajectories),
+w_ar_<w> (another weight of the AR term, e.g. w_ar_1).
 """
 
 from __future__ import annotations
@@ -183,10 +184,14 @@ def variants(args, n_traj: int) -> list[dict]:
     for name in args.variants.split(","):
         if name.startswith("traj_"):
             out.append({**base, "name": name, "rows": int(name[5:])})
+        elif name.startswith("w_ar_"):
+            out.append({**base, "name": name, "w_ar": float(name[5:])})
         elif name in table:
             out.append({**base, "name": name, **table[name]})
         else:
-            raise SystemExit(f"unknown variant {name!r}; choose from {sorted(table)} or traj_<N>")
+            raise SystemExit(
+                f"unknown variant {name!r}; choose from {sorted(table)}, traj_<N> or w_ar_<weight>"
+            )
     return out
 
 

@@ -98,3 +98,15 @@ def test_run_on_a_stored_collection_trains_only_on_training_episodes(bench, tmp_
 def test_run_on_a_store_needs_its_teacher(bench, tmp_path):
     with pytest.raises(SystemExit, match="--store needs --teacher"):
         bench.main(["run", "--frames", "x.npz", "--store", str(tmp_path)])
+
+
+def test_variant_names_set_what_they_say(bench):
+    import argparse
+
+    args = argparse.Namespace(w_ar=10.0, steps=5, variants="main,w_ar_1,traj_7,local,gt_labels")
+    vs = {v["name"]: v for v in bench.variants(args, 100)}
+    assert vs["main"]["w_ar"] == 10.0 and vs["w_ar_1"]["w_ar"] == 1.0
+    assert vs["traj_7"]["rows"] == 7 and vs["main"]["rows"] == "all"
+    assert vs["local"]["consistency"] == "local" and vs["gt_labels"]["labels"] == "gt"
+    with pytest.raises(SystemExit, match="unknown variant 'bogus'"):
+        bench.variants(argparse.Namespace(w_ar=10.0, steps=5, variants="main,bogus"), 100)
