@@ -338,7 +338,10 @@ def mode_row(eval_report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_report(profile: DemoProfile, paths: DemoPaths, summary: dict[str, dict]) -> dict[str, Any]:
+def build_report(
+    profile: DemoProfile, paths: DemoPaths, summary: dict[str, dict], commit: str | None = None
+) -> dict[str, Any]:
+    """commit: the code the stages ran with (taken when the run started); default: HEAD now."""
     modes: dict[str, Any] = {}
     for mode in profile.modes():
         report_path = paths.eval_dir(mode.name) / "report.json"
@@ -357,7 +360,7 @@ def build_report(profile: DemoProfile, paths: DemoPaths, summary: dict[str, dict
         "modes": modes,
         "stages": summary,
         "machine": machine_info(),
-        "git_commit": git_commit(),
+        "git_commit": commit or git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -602,6 +605,7 @@ def main(args: argparse.Namespace) -> int:
         )
         return 2
     t0 = time.perf_counter()
+    commit = git_commit()  # the code the stages run with, even if HEAD moves during a long run
     try:
         summary = Pipeline(work, stages).run(only=only or None, force=force)
     except StageError as err:
@@ -609,7 +613,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     if only:
         return 0
-    report = build_report(profile, paths, summary)
+    report = build_report(profile, paths, summary, commit=commit)
     report["wall_seconds"] = time.perf_counter() - t0
     reports.mkdir(parents=True, exist_ok=True)
     atomic_write_json(reports / "report.json", report)
