@@ -577,12 +577,36 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", default="", help="comma-separated stage names to rerun even if finished")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training stages")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: redraw the plots and Markdown (and --readme) from the existing report.json",
+    )
+    parser.add_argument(
         "--readme",
         type=Path,
         default=None,
         help=f"also put the table and main plot into this file between {README_BEGIN} and {README_END} "
         "(profile `quick`) or the demo-report-PROFILE markers",
     )
+
+
+def _rewrite_from_report(reports: Path, readme: Path | None) -> int:
+    path = reports / "report.json"
+    if not path.exists():
+        print(
+            f"ceed demo: error: {path} does not exist; run `ceed demo` without --report-only first",
+            file=sys.stderr,
+        )
+        return 2
+    report = json.loads(path.read_text())
+    write_plots(report, reports)
+    atomic_write_text(reports / "report.md", report_markdown(report))
+    if readme:
+        update_readme(readme, report, reports)
+    print(
+        f"rewrote {reports / 'report.md'} and plots from {path}" + (f"; updated {readme}" if readme else "")
+    )
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -594,6 +618,8 @@ def main(args: argparse.Namespace) -> int:
         Path("reports/demo") if profile.name == "quick" else Path("reports") / profile.name
     )
     paths = DemoPaths(work=work, reports=reports)
+    if args.report_only:
+        return _rewrite_from_report(reports, args.readme)
     stages = build_stages(profile, paths)
     names = [s.name for s in stages]
     only = [s for s in (args.only or "").split(",") if s]

@@ -121,6 +121,35 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert "2.67x" in md  # student_jacobi: 80 / 30
 
 
+def test_report_only_redraws_from_report_json_without_running_a_stage(tmp_path, monkeypatch):
+    import argparse
+
+    monkeypatch.setattr(demo, "Pipeline", lambda *a, **k: pytest.fail("--report-only must not run stages"))
+    paths = demo.DemoPaths(work=tmp_path / "work", reports=tmp_path / "reports")
+    for mode in PROFILE.modes():
+        paths.eval_dir(mode.name).mkdir(parents=True)
+        (paths.eval_dir(mode.name) / "report.json").write_text(json.dumps(_eval_report(0.5, 40.0, 4.0)))
+    report = demo.build_report(PROFILE, paths, summary={}, commit="c0ffee")
+    report["wall_seconds"] = 600.0
+    paths.reports.mkdir()
+    (paths.reports / "report.json").write_text(json.dumps(report))
+    begin, end = demo.readme_markers(PROFILE.name)  # the block of the report's own profile
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{begin}\n{end}\n")
+
+    parser = argparse.ArgumentParser()
+    demo.configure_parser(parser)
+    argv = ["--profile", "full", "--reports", str(paths.reports), "--report-only", "--readme", str(readme)]
+    assert demo.main(parser.parse_args(argv)) == 0
+    assert "Commit `c0ffee`" in (paths.reports / "report.md").read_text()
+    assert (paths.reports / "pareto.png").stat().st_size > 1000
+    assert "| teacher_ar | paused | 0.50" in readme.read_text()
+
+    empty = tmp_path / "nothing"
+    argv = ["--profile", "full", "--reports", str(empty), "--report-only"]
+    assert demo.main(parser.parse_args(argv)) == 2
+
+
 def test_missing_eval_report_names_the_file(tmp_path):
     paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
     with pytest.raises(FileNotFoundError, match="eval_teacher_ar"):
