@@ -316,6 +316,11 @@ def spin(nodes: list, executor=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Ctrl-C/SIGTERM shuts the context down first (rclpy's signal handler); a timer that was
+        # already due then publishes on the invalid context and raises. That is shutdown, not a fault.
+        if all(node.context.ok() for node in nodes):
+            raise
     finally:
         for node in nodes:
             executor.remove_node(node)

@@ -360,3 +360,38 @@ def test_lifecycle_deactivate_holds_and_stops_then_activate_resumes(rig):
     r.bridge.trigger_activate()
     resumed = time.monotonic()
     assert _wait(lambda: any(np.any(np.asarray(c.data) != 0) for c in r.commands(after=resumed)))
+
+
+def _node_with_timer(callback):
+    context = Context()
+    rclpy.init(context=context, domain_id=10 + os.getpid() % 100)
+    node = Node("spin_probe", context=context)
+    pub = node.create_publisher(String, "/spin_probe", 1)
+    node.create_timer(0.01, lambda: callback(context, pub))
+    return node, SingleThreadedExecutor(context=context)
+
+
+def test_spin_treats_a_publish_racing_the_shutdown_as_a_clean_exit():
+    from ceed_vla.robot_bridge.node import spin
+
+    def shut_down_then_publish(context, pub):  # what Ctrl-C does between a timer's wake-up and its publish
+        rclpy.try_shutdown(context=context)
+        pub.publish(String(data="late"))
+
+    node, executor = _node_with_timer(shut_down_then_publish)
+    assert spin([node], executor) == 0
+
+
+def test_spin_raises_a_real_callback_failure():
+    from ceed_vla.robot_bridge.node import spin
+
+    def fail(context, pub):
+        raise ValueError("a real bug in a callback")
+
+    node, executor = _node_with_timer(fail)
+    context = node.context
+    try:
+        with pytest.raises(ValueError, match="a real bug"):
+            spin([node], executor)
+    finally:
+        rclpy.try_shutdown(context=context)
