@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ceed_vla.atomic import atomic_savefig, atomic_write_json
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -408,10 +410,7 @@ def curve(args) -> int:
         "wall_s": time.perf_counter() - t0,
     }
     out = Path(args.out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, out)
+    atomic_write_json(out, record)
     _plot_curve(record, out.with_suffix(".png"))
     print(
         f"teacher {points[0]['mean_iterations']:.2f} -> final {points[-1]['mean_iterations']:.2f} passes "
@@ -436,10 +435,7 @@ def _plot_curve(record: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -447,10 +443,7 @@ def _plot_curve(record: dict, path: Path) -> None:
 
 def _save(record: dict, args) -> None:
     path = Path(args.out_json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, record)
     _plot(record, path.with_name(path.stem + "_passes.png"))
 
 
@@ -486,10 +479,7 @@ def _plot(record: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     a.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path)
 
 
 def _print_table(record: dict) -> None:

@@ -38,6 +38,19 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
 
 
+def atomic_savefig(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 @contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `path` (readers never see half of it)."""

@@ -39,6 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from ceed_vla.atomic import atomic_savefig
+
 from .checkpoint_io import CheckpointError, atomic_directory, atomic_write_text
 
 TRAINING_STATE_FILE = "training_state.pt"
@@ -533,8 +535,4 @@ def plot_loss_curve(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic_savefig(fig, path)

@@ -40,7 +40,7 @@ from ceed_vla.sim.seeds import eval_seed
 from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
 from tqdm.auto import tqdm
 
-from ceed_vla.atomic import atomic_write_text
+from ceed_vla.atomic import atomic_savefig, atomic_write_text
 
 Clock = Literal["paused", "realtime"]
 CLOCKS = ("paused", "realtime")
@@ -400,10 +400,7 @@ def plot_success(report: dict[str, Any], path: Path) -> None:
     overall = report["overall"]["success_rate"]
     ax.set_title(f"{report['settings']['clock']} clock, overall {overall:.2f}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_savefig(fig, path, dpi=120)
 
 
 def write_report(report: dict[str, Any], output: Path) -> None:

@@ -37,3 +37,19 @@ def test_directory_replaced_only_on_success(tmp_path):
             raise ValueError("interrupted")
     assert sorted(p.name for p in target.iterdir()) == ["a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_atomic_savefig_writes_a_whole_png_and_leaves_no_temp_file(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ceed_vla.atomic import atomic_savefig
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = atomic_savefig(fig, tmp_path / "plots" / "curve.png")
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in out.parent.iterdir()] == ["curve.png"]
+    assert not plt.get_fignums()  # the figure was closed

@@ -32,12 +32,18 @@ def _frames_npz(frames, path: Path) -> Path:
     return path
 
 
-def test_curve_measures_the_teacher_and_every_checkpoint(bench, tmp_path):
+def _saved_teacher(tmp_path):
+    """Synthetic frames as an .npz and a tiny teacher saved to tmp_path/teacher."""
     torch.set_num_threads(1)
     frames = make_synthetic_frames(n_episodes=4, length=6)
     npz = _frames_npz(frames, tmp_path / "frames.npz")
     teacher = make_tiny_vla(frames, seed=0)
     teacher.save_pretrained(tmp_path / "teacher")
+    return frames, npz, teacher
+
+
+def test_curve_measures_the_teacher_and_every_checkpoint(bench, tmp_path):
+    frames, npz, teacher = _saved_teacher(tmp_path)
     run = tmp_path / "run"
     teacher.save_pretrained(run / "checkpoints" / "step_000010")  # unchanged weights: same passes
     make_tiny_vla(frames, seed=1).save_pretrained(run / "checkpoints" / "step_000005")
@@ -65,11 +71,7 @@ def test_run_on_a_stored_collection_trains_only_on_training_episodes(bench, tmp_
     from ceed_vla.distill import collect as C
     from ceed_vla.policy.data import ChunkDataset
 
-    torch.set_num_threads(1)
-    frames = make_synthetic_frames(n_episodes=4, length=6)
-    npz = _frames_npz(frames, tmp_path / "frames.npz")
-    teacher = make_tiny_vla(frames, seed=0)
-    teacher.save_pretrained(tmp_path / "teacher")
+    frames, npz, teacher = _saved_teacher(tmp_path)
     store_path = tmp_path / "traj.zarr"
     config = C.CollectConfig(output=str(store_path), batch_size=8, trajectories=24, warm_start=0.5)
     store = C.open_store_for_rank(
