@@ -19,7 +19,7 @@ help:
 	@echo "make demo       record -> train -> distill -> evaluate on the embedded default (PROFILE=quick|full)"
 	@echo "make test       the test suite (what CI runs)"
 	@echo "make lint       ruff"
-	@echo "make gpu-check  GPU tests + decode benchmark on CUDA (on a GPU machine)"
+	@echo "make gpu-check  GPU tests + decode benchmark on CUDA (on a GPU machine; CHECKPOINT=, OBSERVATIONS=)"
 	@echo "make bench      CPU benchmarks writing JSON under benchmarks/results/"
 
 venv: $(VENV)/.synced
@@ -47,7 +47,7 @@ bench: venv
 # On a GPU machine with no registry access the project's venv cannot be built: use the machine's own
 # Python with torch/triton/transformers and put this checkout on its path (scripts/gpu_check.sh).
 gpu-check:
-	@bash scripts/gpu_check.sh
+	@CHECKPOINT="$(CHECKPOINT)" OBSERVATIONS="$(OBSERVATIONS)" bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -53,6 +53,8 @@ class DecodeBenchConfig:
     preset: str = "tiny"
     dataset: str | None = None  # LeRobotDataset root for real observations; None = synthetic
     repo_id: str | None = None
+    observations: str | None = None  # a file written by `save_observations`, read instead of a dataset
+    save_observations: str | None = None  # write the observations used to this file (.pt)
     samples: int = 8  # observations (chunks) per variant
     repeats: int = 2  # timed decodes per observation and variant
     warmup: int = 2  # untimed decodes before each variant
@@ -92,6 +94,13 @@ class DecodeBenchConfig:
             raise BenchConfigError(f"checkpoint={self.checkpoint!r} is not a directory")
         if self.dataset is not None and not Path(self.dataset).is_dir():
             raise BenchConfigError(f"dataset={self.dataset!r} is not a directory (a LeRobotDataset root)")
+        if self.dataset is not None and self.observations is not None:
+            raise BenchConfigError("give --dataset or --observations, not both")
+        if self.observations is not None and not Path(self.observations).is_file():
+            raise BenchConfigError(
+                f"observations={self.observations!r} is not a file; write one with "
+                "`ceed bench decode --dataset ROOT --save-observations FILE`"
+            )
         if self.steps_executed is not None and self.steps_executed < 1:
             raise BenchConfigError(f"steps_executed={self.steps_executed} must be >= 1")
 
@@ -166,6 +175,39 @@ def synthetic_observations(policy, count: int, seed: int) -> list[dict[str, Any]
         }
         for i in range(count)
     ]
+
+
+OBSERVATIONS_FORMAT = "ceed-vla decode-bench observations v1"
+
+
+def save_observations(path: str | Path, observations: list[dict[str, Any]], source: str) -> None:
+    """Write observations to a .pt file that `load_observations` reads back without LeRobot, so real
+    frames can be benchmarked on a machine that has only torch (a GPU box, say)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"format": OBSERVATIONS_FORMAT, "source": source, "observations": observations}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_observations(path: str | Path, count: int) -> tuple[list[dict[str, Any]], str]:
+    """The first `count` observations of a file written by `save_observations`, and their source."""
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise BenchConfigError(f"{path} is not an observations file ({err})") from err
+    if not isinstance(blob, dict) or blob.get("format") != OBSERVATIONS_FORMAT:
+        raise BenchConfigError(
+            f"{path} is not an observations file of format {OBSERVATIONS_FORMAT!r}; "
+            "write one with `ceed bench decode --dataset ROOT --save-observations FILE`"
+        )
+    observations = blob["observations"]
+    if len(observations) < count:
+        raise BenchConfigError(
+            f"{path} holds {len(observations)} observations but --samples is {count}; "
+            f"pass --samples {len(observations)} or save more"
+        )
+    return observations[:count], str(blob["source"])
 
 
 def dataset_observations(root: str, repo_id: str | None, count: int, stride: int) -> list[dict[str, Any]]:
@@ -281,9 +323,14 @@ def run(cfg: DecodeBenchConfig, policy=None) -> dict[str, Any]:
     if cfg.dataset:
         observations = dataset_observations(cfg.dataset, cfg.repo_id, cfg.samples, steps)
         obs_source = f"dataset:{Path(cfg.dataset).resolve()}"
+    elif cfg.observations:
+        observations, source_of_file = load_observations(cfg.observations, cfg.samples)
+        obs_source = f"file:{Path(cfg.observations).name} ({source_of_file})"
     else:
         observations = synthetic_observations(policy, cfg.samples, cfg.seed)
         obs_source = "synthetic (random images and states; no dataset given)"
+    if cfg.save_observations:
+        save_observations(cfg.save_observations, observations, obs_source)
     with torch.inference_mode():
         prefixes = [policy.prefix_embeddings(obs) for obs in observations]
     variants = build_variants(cfg, policy.n_bins, cfg.backend)
@@ -395,6 +442,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dataset", help="LeRobotDataset root: decode real observations from it")
     parser.add_argument("--repo-id", help="the dataset's repo id (default: local/<root name>)")
+    parser.add_argument(
+        "--observations", help="decode the observations of this file (from --save-observations); no LeRobot"
+    )
+    parser.add_argument("--save-observations", help="write the observations used to this .pt file")
     parser.add_argument("--samples", type=int, default=d.samples, help="observations per variant")
     parser.add_argument("--repeats", type=int, default=d.repeats, help="timed decodes per observation")
     parser.add_argument("--warmup", type=int, default=d.warmup)
@@ -420,6 +471,8 @@ def main(args: argparse.Namespace) -> int:
         preset=args.preset,
         dataset=args.dataset,
         repo_id=args.repo_id,
+        observations=args.observations,
+        save_observations=args.save_observations,
         samples=args.samples,
         repeats=args.repeats,
         warmup=args.warmup,

@@ -5,7 +5,10 @@
 # (CUDA), triton, transformers, tokenizers, safetensors, numpy, matplotlib and pytest. Nothing here
 # imports lerobot, mujoco, zarr or rclpy.
 #
-#   bash scripts/gpu_check.sh [CHECKPOINT_DIR]      (or: make gpu-check)
+#   bash scripts/gpu_check.sh [CHECKPOINT_DIR [OBSERVATIONS_FILE]]      (or: make gpu-check)
+#
+# OBSERVATIONS_FILE: real frames saved on a machine with the dataset, so the benchmark decodes them here
+# without LeRobot: `ceed bench decode --dataset ROOT --samples 16 --save-observations obs.pt`.
 #
 # Environment: OUT (results folder; default benchmarks/results/gpu_check), GPU_CHECK_PYTHON (force an
 # interpreter), GPU_CHECK_ALLOW_CPU=1 (run the same steps without CUDA, to test this script),
@@ -17,6 +20,7 @@ BUDGET_S="${GPU_CHECK_BUDGET_S:-540}"
 cd "$(dirname "$0")/.."
 REPO="$(pwd)"
 CHECKPOINT="${1:-${CHECKPOINT:-}}"
+OBSERVATIONS="${2:-${OBSERVATIONS:-}}"
 OUT_DIR="${OUT:-$REPO/benchmarks/results/gpu_check}"
 SAMPLES="${GPU_CHECK_SAMPLES:-16}"
 mkdir -p "$OUT_DIR"
@@ -103,6 +107,7 @@ bench() {  # dtype, seconds allowed
     # without CUDA (testing this script) a short sweep keeps the run in minutes
     has_cuda "$PY" || { device=cpu; args=(--repeats 1 --warmup 0 --sigmas 1,3 --taus 2 --inits constant,prev_tail); }
     [ -n "$CHECKPOINT" ] && args+=(--checkpoint "$CHECKPOINT")
+    [ -n "$OBSERVATIONS" ] && args+=(--observations "$OBSERVATIONS")
     say "decode benchmark: $device $dtype ${CHECKPOINT:-fresh tiny policy}"
     local limit; limit="$(left "$2")"
     [ "$limit" -gt 20 ] || { say "no time left for the $dtype benchmark"; status=1; return; }

@@ -68,3 +68,35 @@ def test_bench_record_table_and_plot(tiny_policy, tmp_path):
 def test_bench_config_rejects_bad_values(kwargs, match):
     with pytest.raises(BenchConfigError, match=match):
         DecodeBenchConfig(**kwargs)
+
+
+def test_saved_observations_round_trip(tiny_policy, tmp_path):
+    """Observations saved by one run are decoded by another with the same results, and a file with too
+    few of them, or not of this format, is refused with the fix in the message."""
+    torch.set_num_threads(1)
+    obs = tmp_path / "obs.pt"
+    common = dict(samples=3, repeats=1, warmup=0, sigmas=(2,), taus=(), inits=("constant",), plot=False)
+    first = run(DecodeBenchConfig(seed=7, save_observations=str(obs), **common), policy=tiny_policy)
+    second = run(DecodeBenchConfig(seed=99, observations=str(obs), **common), policy=tiny_policy)
+    assert second["observations"].startswith("file:obs.pt (synthetic")
+    for a, b in zip(first["results"], second["results"], strict=True):
+        for key in ("iterations_per_chunk", "forward_passes_per_chunk", "identical_to_ar"):
+            assert a[key] == b[key], (a["name"], key)
+    from ceed_vla.decoding.bench import load_observations, synthetic_observations
+
+    saved, source = load_observations(obs, 3)
+    assert source.startswith("synthetic") and len(saved) == 3
+    seed7, seed99 = synthetic_observations(tiny_policy, 3, 7), synthetic_observations(tiny_policy, 3, 99)
+    for s, a, b in zip(saved, seed7, seed99, strict=True):
+        assert torch.equal(s["observation.image"], a["observation.image"]) and s["task"] == a["task"]
+        assert not torch.equal(s["observation.image"], b["observation.image"])  # the seed was ignored
+    with pytest.raises(BenchConfigError, match="pass --samples 3"):
+        run(DecodeBenchConfig(observations=str(obs), **{**common, "samples": 4}), policy=tiny_policy)
+    junk = tmp_path / "junk.pt"
+    torch.save({"something": 1}, junk)
+    with pytest.raises(BenchConfigError, match="--save-observations"):
+        run(DecodeBenchConfig(observations=str(junk), **common), policy=tiny_policy)
+    with pytest.raises(BenchConfigError, match="not both"):
+        DecodeBenchConfig(observations=str(obs), dataset=str(tmp_path))
+    with pytest.raises(BenchConfigError, match="is not a file"):
+        DecodeBenchConfig(observations=str(tmp_path / "missing.pt"))
