@@ -21,8 +21,8 @@ train`: 0.1) so the measured frames are ones the teacher never saw.
 exact Jacobi passes per chunk of the teacher (step 0) and of every saved checkpoint, on frames of
 the episodes both trainings held out. Writes distill_curve.json and distill_curve.png.
 
-Variants (name: what differs from "main" = mixed labels, global consistency, w_ar=10, every
-trajectory): gt_labels, teacher_labels, no_consistency, local, noise (30% noise-augmented states),
+Variants (name: what differs from "main" = mixed labels, global consistency, --w-ar (default: the
+loss's default), every trajectory): gt_labels, teacher_labels, no_consistency, local, noise (30% noise-augmented states),
 constant_guess_only (trajectories from the constant guess only), traj_<N> (first N trajectories),
 w_ar_<w> (another weight of the AR term, e.g. w_ar_1).
 """
@@ -509,6 +509,8 @@ def _print_table(record: dict) -> None:
 
 
 def main(argv=None) -> int:
+    from ceed_vla.distill.losses import DistillLossConfig
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -553,7 +555,7 @@ def main(argv=None) -> int:
     r.add_argument("--latency-samples", type=int, default=40)
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--lr", type=float, default=1e-4)
-    r.add_argument("--w-ar", type=float, default=10.0)
+    r.add_argument("--w-ar", type=float, default=DistillLossConfig.w_ar)
     r.add_argument("--delta", type=float, default=0.1)
     r.add_argument("--val-fraction", type=float, default=0.2)
     r.add_argument("--precision", default="auto")

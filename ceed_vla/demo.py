@@ -134,7 +134,7 @@ PROFILES: dict[str, DemoProfile] = {
         tau=None,
         sweep_sigmas=(2,),
         extra_train_args=("--precision", "bf16", "--first-step-weight", "8"),
-        extra_distill_args=("--precision", "bf16"),
+        extra_distill_args=("--precision", "bf16", "--w-ar", "0.1"),
     ),
     # Sized to finish in about 1.5 hours on 2 CPU cores: the calibration on this machine showed that
     # episodes per task, trajectories and distillation steps are what move success and passes.
@@ -154,7 +154,7 @@ PROFILES: dict[str, DemoProfile] = {
         tau=None,
         sweep_sigmas=(1, 2, 6),
         extra_train_args=("--precision", "bf16", "--first-step-weight", "8"),
-        extra_distill_args=("--precision", "bf16"),
+        extra_distill_args=("--precision", "bf16", "--w-ar", "0.1"),
     ),
 }
 
