@@ -377,20 +377,33 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def git_commit() -> str | None:
+def git_commit(repo: Path | None = None) -> str | None:
+    """HEAD of the checkout at `repo` (default: this package's), with "-dirty" when tracked code
+    differs from it; None outside a git checkout."""
+    repo = repo or Path(__file__).parent
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
-            cwd=Path(__file__).parent,
+            cwd=repo,
             check=True,
         )
+        # the demo's own outputs (reports/, the README block) do not make the code dirty
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)reports",
+                ":(top,exclude)README.md",
+            ],
             capture_output=True,
             text=True,
-            cwd=Path(__file__).parent,
+            cwd=repo,
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

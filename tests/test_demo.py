@@ -201,3 +201,30 @@ def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
     assert both.index(demo.README_END) < both.index(begin)
     with pytest.raises(ValueError, match="demo-report-full:begin"):
         demo.update_readme(bare, {**report, "profile": "full"}, tmp_path)
+
+
+def test_git_commit_dirty_only_for_code(tmp_path):
+    """The report's commit is marked dirty when tracked code changed, not when the demo's own outputs
+    (reports/, the README block) did; outside a checkout it is None."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    for name in ("code.py", "README.md", "reports/report.md"):
+        (tmp_path / name).write_text("v1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = demo.git_commit(tmp_path)
+    assert head is not None and len(head) == 40
+    (tmp_path / "reports" / "report.md").write_text("v2\n")
+    (tmp_path / "README.md").write_text("v2\n")
+    assert demo.git_commit(tmp_path) == head
+    assert demo.git_commit(tmp_path / "reports") == head  # from a subfolder too
+    (tmp_path / "code.py").write_text("v2\n")
+    assert demo.git_commit(tmp_path) == head + "-dirty"
+    outside = tmp_path.parent / f"{tmp_path.name}_plain"
+    outside.mkdir()
+    assert demo.git_commit(outside) is None
