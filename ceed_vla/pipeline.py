@@ -60,12 +60,15 @@ class Pipeline:
     def stage_dir(self, name: str) -> Path:
         return self.workdir / name
 
-    def is_done(self, name: str, key: str) -> bool:
-        marker = self.stage_dir(name) / ".stage.json"
+    def marker(self, name: str) -> dict:
+        """What the stage recorded when it finished ({} when it has not)."""
         try:
-            return json.loads(marker.read_text()).get("key") == key
+            return json.loads((self.stage_dir(name) / ".stage.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            return False
+            return {}
+
+    def is_done(self, name: str, key: str) -> bool:
+        return self.marker(name).get("key") == key
 
     def run(self, only: Sequence[str] | None = None, force: Sequence[str] = ()) -> dict[str, dict]:
         keys = self.keys()
@@ -77,7 +80,14 @@ class Pipeline:
                 continue
             if stage.name not in force and self.is_done(stage.name, key):
                 self.log(f"[{i}/{total}] {stage.name}: up to date (key {key}), skipped")
-                summary[stage.name] = {"key": key, "skipped": True, "seconds": 0.0}
+                # seconds: this run's; recorded_seconds: what the stage took when it ran
+                recorded = float(self.marker(stage.name).get("seconds", 0.0))
+                summary[stage.name] = {
+                    "key": key,
+                    "skipped": True,
+                    "seconds": 0.0,
+                    "recorded_seconds": recorded,
+                }
                 continue
             out = self.stage_dir(stage.name)
             out.mkdir(parents=True, exist_ok=True)
@@ -93,5 +103,10 @@ class Pipeline:
             seconds = time.perf_counter() - t0
             atomic_write_json(out / ".stage.json", {"key": key, "config": stage.config, "seconds": seconds})
             self.log(f"[{i}/{total}] {stage.name}: done in {seconds:.0f} s")
-            summary[stage.name] = {"key": key, "skipped": False, "seconds": seconds}
+            summary[stage.name] = {
+                "key": key,
+                "skipped": False,
+                "seconds": seconds,
+                "recorded_seconds": seconds,
+            }
         return summary

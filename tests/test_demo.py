@@ -162,7 +162,10 @@ def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
         "git_commit": "abc",
         "machine": {"platform": "x", "cpu_count": 2, "torch": "t", "cuda": None},
         "config": {"tasks": ["reach"], "eval_episodes": 4, "eval_instructions": "train", "unknown_field": 1},
-        "stages": {},
+        "stages": {
+            "record": {"skipped": True, "seconds": 0.0, "recorded_seconds": 300.0},
+            "teacher": {"skipped": False, "seconds": 120.0, "recorded_seconds": 120.0},
+        },
         "wall_seconds": 120.0,
         "modes": {
             "teacher_ar": {
@@ -186,6 +189,9 @@ def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
     assert "old table" not in text
     assert "| teacher_ar | paused | 0.50 (0.20-0.80) | 4 |" in text
     assert "(reports/full/pareto.png)" in text
+    assert "stages 7 min (this run 2 min;" in text  # a skipped stage counts what it took when it ran
+    assert "Stage time: 7.0 min for all stages" in demo.report_markdown(report)
+    assert "record 5.0, teacher 2.0" in demo.report_markdown(report)
     bare = tmp_path / "BARE.md"
     bare.write_text("no markers")
     with pytest.raises(ValueError, match="no <!-- demo-report:begin -->"):

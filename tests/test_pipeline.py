@@ -31,6 +31,10 @@ def test_rerun_skips_finished_stages(tmp_path):
     summary = Pipeline(tmp_path, _stages(calls)).run()
     assert calls == []
     assert all(s["skipped"] for s in summary.values())
+    # a skipped stage costs this run nothing but keeps what it took when it ran
+    for name, s in summary.items():
+        ran = json.loads((tmp_path / name / ".stage.json").read_text())["seconds"]
+        assert s["seconds"] == 0.0 and s["recorded_seconds"] == ran > 0
 
 
 def test_changed_config_reruns_stage_and_downstream(tmp_path):
