@@ -490,9 +490,9 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     paths = []
     rows = {n: r for n, r in report["modes"].items() if r["mode"]["clock"] == "paused"}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, r in rows.items():
-        if r["actions_per_s"] is None:
-            continue
+    drawn = sorted((r["actions_per_s"], name) for name, r in rows.items() if r["actions_per_s"] is not None)
+    for i, (_, name) in enumerate(drawn):
+        r = rows[name]
         lo, hi = r["success_ci95"]
         marker = "s" if r["mode"]["sweep"] else "o"
         ax.errorbar(
@@ -506,7 +506,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
             name,
             (r["actions_per_s"], r["success_rate"]),
             textcoords="offset points",
-            xytext=(4, 4),
+            xytext=(4, 4 if i % 2 == 0 else -10),  # neighbours in speed alternate above and below
             fontsize=7,
         )
     ax.set_xscale("log")
