@@ -150,9 +150,11 @@ PROFILES: dict[str, DemoProfile] = {
         distill_steps=4000,
         distill_batch=16,
         eval_episodes=10,
-        sigma=3,
+        # sigma 1: on 100 held-out episodes (run seeds 0 and 1) the distilled student kept the teacher's
+        # success at one iteration (0.28 vs 0.19); sigma 3 was the profile's cap before (0.27).
+        sigma=1,
         tau=None,
-        sweep_sigmas=(1, 2, 6),
+        sweep_sigmas=(2, 3, 6),
         extra_train_args=("--precision", "bf16", "--first-step-weight", "8"),
         extra_distill_args=("--precision", "bf16", "--w-ar", "0.1"),
     ),
