@@ -22,9 +22,9 @@ exact Jacobi passes per chunk of the teacher (step 0) and of every saved checkpo
 the episodes both trainings held out. Writes distill_curve.json and distill_curve.png.
 
 Variants (name: what differs from "main" = mixed labels, global consistency, --w-ar (default: the
-loss's default), every trajectory): gt_labels, teacher_labels, no_consistency, local, noise (30% noise-augmented states),
-constant_guess_only (trajectories from the constant guess only), traj_<N> (first N trajectories),
-w_ar_<w> (another weight of the AR term, e.g. w_ar_1).
+loss's default), every trajectory): gt_labels, teacher_labels, no_consistency, local, noise (30%
+noise-augmented states), constant_guess_only (trajectories from the constant guess only),
+traj_<N> (first N trajectories), w_ar_<w> (another weight of the AR term, e.g. w_ar_1).
 """
 
 from __future__ import annotations

@@ -379,11 +379,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _recorded_seconds(stage: dict) -> float:
+    """What a stage took when it ran (reports written before this was recorded give this run's)."""
+    return stage.get("recorded_seconds", stage["seconds"])
+
+
 def stage_minutes(report: dict) -> tuple[float, float]:
     """(minutes of stages run by this run, minutes of all stages as each recorded when it ran)."""
     stages = report["stages"].values()
-    this_run = sum(s["seconds"] for s in stages)
-    return this_run / 60, sum(s.get("recorded_seconds", s["seconds"]) for s in stages) / 60
+    return sum(s["seconds"] for s in stages) / 60, sum(_recorded_seconds(s) for s in stages) / 60
 
 
 def git_commit(repo: Path | None = None) -> str | None:
@@ -467,10 +471,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         f"Stage time: {all_s:.1f} min for all stages, each as recorded when it ran; {this_run_s:.1f} min in "
         "this run (skipped stages count 0). Per stage, in minutes: "
-        + ", ".join(
-            f"{name} {s.get('recorded_seconds', s['seconds']) / 60:.1f}"
-            for name, s in report["stages"].items()
-        )
+        + ", ".join(f"{name} {_recorded_seconds(s) / 60:.1f}" for name, s in report["stages"].items())
         + ".",
         "",
     ]
@@ -631,15 +632,21 @@ def _rewrite_from_report(reports: Path, readme: Path | None) -> int:
             file=sys.stderr,
         )
         return 2
-    report = json.loads(path.read_text())
-    write_plots(report, reports)
-    atomic_write_text(reports / "report.md", report_markdown(report))
-    if readme:
-        update_readme(readme, report, reports)
+    write_views(json.loads(path.read_text()), reports, readme)
     print(
         f"rewrote {reports / 'report.md'} and plots from {path}" + (f"; updated {readme}" if readme else "")
     )
     return 0
+
+
+def write_views(report: dict[str, Any], reports: Path, readme: Path | None) -> str:
+    """What is drawn from report.json: the plots, report.md and the README block; returns the Markdown."""
+    write_plots(report, reports)
+    markdown = report_markdown(report)
+    atomic_write_text(reports / "report.md", markdown)
+    if readme:
+        update_readme(readme, report, reports)
+    return markdown
 
 
 def main(args: argparse.Namespace) -> int:
@@ -676,11 +683,7 @@ def main(args: argparse.Namespace) -> int:
     report["wall_seconds"] = time.perf_counter() - t0
     reports.mkdir(parents=True, exist_ok=True)
     atomic_write_json(reports / "report.json", report)
-    write_plots(report, reports)
-    atomic_write_text(reports / "report.md", report_markdown(report))
-    print(report_markdown(report))
-    if args.readme:
-        update_readme(args.readme, report, reports)
+    print(write_views(report, reports, args.readme))
     print(
         f"wrote {reports / 'report.json'}, report.md and plots"
         + (f"; updated {args.readme}" if args.readme else "")

@@ -67,9 +67,6 @@ class Pipeline:
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
-    def is_done(self, name: str, key: str) -> bool:
-        return self.marker(name).get("key") == key
-
     def run(self, only: Sequence[str] | None = None, force: Sequence[str] = ()) -> dict[str, dict]:
         keys = self.keys()
         summary: dict[str, dict] = {}
@@ -78,15 +75,15 @@ class Pipeline:
             key = keys[stage.name]
             if only and stage.name not in only:
                 continue
-            if stage.name not in force and self.is_done(stage.name, key):
+            marker = self.marker(stage.name)
+            if stage.name not in force and marker.get("key") == key:
                 self.log(f"[{i}/{total}] {stage.name}: up to date (key {key}), skipped")
                 # seconds: this run's; recorded_seconds: what the stage took when it ran
-                recorded = float(self.marker(stage.name).get("seconds", 0.0))
                 summary[stage.name] = {
                     "key": key,
                     "skipped": True,
                     "seconds": 0.0,
-                    "recorded_seconds": recorded,
+                    "recorded_seconds": float(marker.get("seconds", 0.0)),
                 }
                 continue
             out = self.stage_dir(stage.name)
