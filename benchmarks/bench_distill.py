@@ -250,7 +250,8 @@ def distill_variant(v, teacher_dir: Path, frame_set, traj, val_rows, out: Path, 
         }
         curve.append(point)
         print(
-            f"  {v['name']} step {stop}: {point['mean_iterations']:.2f} passes, ==AR {point['fixed_point_equals_ar']:.2f}"
+            f"  {v['name']} step {stop}: {point['mean_iterations']:.2f} passes, ==AR {point['fixed_point_equals_ar']:.2f}, "
+            f"AR action L1 to ground truth {point['ar_action_l1_to_ground_truth']:.3f}"
         )
         student.train()
     student.eval()
@@ -394,7 +395,8 @@ def curve(args) -> int:
         }
         points.append(point)
         print(
-            f"step {step:>6}: {point['mean_iterations']:.2f} passes per chunk, ==AR {point['fixed_point_equals_ar']:.2f}"
+            f"step {step:>6}: {point['mean_iterations']:.2f} passes per chunk, ==AR {point['fixed_point_equals_ar']:.2f}, "
+            f"AR action L1 to ground truth {point['ar_action_l1_to_ground_truth']:.3f}"
         )
     summary_path = run_dir / "summary.json"
     record = {
@@ -433,7 +435,14 @@ def _plot_curve(record: dict, path: Path) -> None:
     ax.set_ylabel("exact Jacobi passes per chunk (held-out frames)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    l1 = [(p["step"], p["ar_action_l1_to_ground_truth"]) for p in pts if "ar_action_l1_to_ground_truth" in p]
+    if l1:  # quality next to speed: fewer passes from a policy that got worse is no gain
+        err = ax.twinx()
+        err.plot(*zip(*l1, strict=True), "^:", color="tab:red", ms=4, label="AR action L1 to ground truth")
+        err.set_ylabel("AR action L1 to ground truth", color="tab:red")
+        err.set_ylim(bottom=0)
+        err.legend(loc="upper center", fontsize=8)
+    ax.legend(loc="upper right")
     fig.tight_layout()
     atomic_savefig(fig, path)
 
@@ -454,7 +463,7 @@ def _plot(record: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     teacher = record.get("teacher", {}).get("passes", {}).get("mean_iterations")
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4))
     for name, v in record["variants"].items():
         if v.get("curve"):
             a.plot(
@@ -464,6 +473,20 @@ def _plot(record: dict, path: Path) -> None:
                 ms=3,
                 label=name,
             )
+            l1 = [
+                (p["step"], p["ar_action_l1_to_ground_truth"])
+                for p in v["curve"]
+                if "ar_action_l1_to_ground_truth" in p
+            ]
+            if l1:
+                c.plot(*zip(*l1, strict=True), "o-", ms=3, label=name)
+    teacher_l1 = record.get("teacher", {}).get("passes", {}).get("ar_action_l1_to_ground_truth")
+    if teacher_l1 is not None:
+        c.axhline(teacher_l1, color="k", ls="--", lw=1, label="teacher")
+    c.set_xlabel("distillation step")
+    c.set_ylabel("AR action L1 to ground truth (held-out)")
+    c.grid(alpha=0.3)
+    c.legend(fontsize=7)
     counts = sorted(
         (v["trajectories"], v["final"]["mean_iterations"])
         for n, v in record["variants"].items()
@@ -485,7 +508,9 @@ def _plot(record: dict, path: Path) -> None:
 def _print_table(record: dict) -> None:
     t = record["teacher"]["passes"]["mean_iterations"]
     print(f"\nteacher: {t:.2f} exact Jacobi passes per chunk on {record['eval_samples']} held-out frames")
-    print(f"{'variant':<22}{'traj':>7}{'steps':>7}{'passes':>8}{'vs teacher':>11}{'==AR':>6}")
+    t_l1 = record["teacher"]["passes"].get("ar_action_l1_to_ground_truth", float("nan"))
+    print(f"  (teacher AR action L1 to ground truth {t_l1:.3f})")
+    print(f"{'variant':<22}{'traj':>7}{'steps':>7}{'passes':>8}{'vs teacher':>11}{'==AR':>6}{'L1 GT':>8}")
     for name, v in record["variants"].items():
         if not v.get("final"):
             print(f"{name:<22}  {v.get('skipped', 'no result')}")
@@ -493,6 +518,7 @@ def _print_table(record: dict) -> None:
         f = v["final"]
         print(
             f"{name:<22}{v['trajectories']:>7}{f['step']:>7}{f['mean_iterations']:>8.2f}{t / f['mean_iterations']:>10.2f}x{f['fixed_point_equals_ar']:>6.2f}"
+            f"{f.get('ar_action_l1_to_ground_truth', float('nan')):>8.3f}"
         )
     for who, lat in (
         ("teacher", record["teacher"].get("latency")),

@@ -1,7 +1,9 @@
 """What distillation is for, measured on dataset frames: Jacobi passes per chunk and decode latency.
 
 - `jacobi_passes`: exact Jacobi from the constant guess over many frames (batched): mean
-  iterations per chunk, and how often the fixed point equals the policy's own AR output.
+  iterations per chunk, how often the fixed point equals the policy's own AR output, and the AR
+  output's action L1 to the dataset's chunk. Few passes mean nothing if that error grows: a policy
+  that ignores its context converges in one pass.
 - `decode_latency`: one frame at a time (as a controller calls it) for AR and each given Jacobi
   config: ms per chunk, iterations, and the early-exit action error against the policy's own AR.
 """
@@ -29,10 +31,15 @@ def _decode(policy, batch, config: DecodeConfig):
 def jacobi_passes(
     policy, dataset, indices, batch_size: int = 128, init: str = "constant", **decode_kwargs
 ) -> dict[str, float]:
-    """Mean exact-Jacobi iterations per chunk over `indices`, and the share equal to AR token for token.
+    """Mean exact-Jacobi iterations per chunk over `indices`, the share equal to AR token for token,
+    and the AR chunk's mean action L1 to the ground truth (valid steps only).
     decode_kwargs: extra `DecodeConfig` fields (backend, step_impl)."""
+    from ceed_vla.policy.modeling import ACTION_KEY
+
+    from .collect import chunk_l1
+
     policy.eval()
-    iters, same = [], []
+    iters, same, l1 = [], [], []
     jacobi = DecodeConfig(mode="jacobi", n_bins=policy.n_bins, init=init, **decode_kwargs)
     ar = DecodeConfig(mode="ar", n_bins=policy.n_bins, **decode_kwargs)
     for lo in range(0, len(indices), batch_size):
@@ -41,12 +48,15 @@ def jacobi_passes(
         ref = _decode(policy, batch, ar)
         iters.append(out.stats.iterations.float().cpu())
         same.append((out.bins == ref.bins).all(dim=1).float().cpu())
+        actions = policy.tokens_to_actions(ref.bins)  # [B, K, D]
+        l1.append(chunk_l1(actions, batch[ACTION_KEY], batch.get(f"{ACTION_KEY}_is_pad")))
     it = torch.cat(iters)
     return {
         "samples": int(it.numel()),
         "mean_iterations": float(it.mean()),
         "iterations_p90": float(it.quantile(0.9)),
         "fixed_point_equals_ar": float(torch.cat(same).mean()),
+        "ar_action_l1_to_ground_truth": float(torch.cat(l1).mean()),
     }
 
 

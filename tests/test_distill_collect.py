@@ -170,7 +170,7 @@ def test_distillation_through_the_shared_trainer(setup, tmp_path):
 
 
 def test_measurements_on_held_out_frames(setup):
-    from ceed_vla.decoding import DecodeConfig
+    from ceed_vla.decoding import DecodeConfig, decode
     from ceed_vla.distill.measure import decode_latency, jacobi_passes
 
     teacher, _, dataset = setup
@@ -178,6 +178,23 @@ def test_measurements_on_held_out_frames(setup):
     assert passes["samples"] == 10
     assert passes["fixed_point_equals_ar"] == 1.0  # exact Jacobi is AR token for token
     assert 1 <= passes["mean_iterations"] <= teacher.chunk_tokens - 1
+    # the quality guard: the AR chunk's L1 to the dataset's chunk, over valid steps, frame by frame
+    errors = []
+    for i in range(20, 30):
+        item = dataset[i]
+        embeds, mask = teacher.prefix_embeddings(torch.utils.data.default_collate([item]))
+        out = decode(
+            teacher.lm,
+            embeds,
+            mask,
+            teacher.chunk_tokens,
+            teacher.action_token_start,
+            config=DecodeConfig(mode="ar", n_bins=64),
+        )
+        err = (teacher.tokens_to_actions(out.bins)[0] - item["action"]).abs().mean(dim=-1)  # [K]
+        valid = ~item["action_is_pad"]
+        errors.append(float(err[valid].mean()))
+    assert passes["ar_action_l1_to_ground_truth"] == pytest.approx(np.mean(errors), rel=1e-5)
     configs = {
         "jacobi": DecodeConfig(mode="jacobi", n_bins=64),
         "ar": DecodeConfig(mode="ar", n_bins=64),
