@@ -363,7 +363,7 @@ def run(args) -> int:
 
 
 def curve(args) -> int:
-    """Passes per chunk along an existing distillation run, on frames no training step saw."""
+    """Passes per chunk along an existing distillation run, on frames of held-out (or training) episodes."""
     from ceed_vla.distill.measure import jacobi_passes
     from ceed_vla.policy import load_policy
     from ceed_vla.policy.data import ChunkDataset, split_episodes
@@ -378,12 +378,13 @@ def curve(args) -> int:
         )
     frames = load_frames_any(args)
     episodes = sorted(set(frames.episode.tolist()))
-    _, val_eps = split_episodes(episodes, args.val_fraction)
+    train_eps, val_eps = split_episodes(episodes, args.val_fraction)
     if not val_eps:
         raise SystemExit(f"--val-fraction {args.val_fraction} holds out no episode of {len(episodes)}")
     frame_set = ChunkDataset(frames, episodes)
-    val_all = np.flatnonzero(np.isin(frames.episode.numpy(), val_eps))
-    rows = np.random.default_rng(args.seed).permutation(val_all)[: args.eval_samples]
+    measured_eps = val_eps if args.split == "val" else train_eps
+    pool = np.flatnonzero(np.isin(frames.episode.numpy(), measured_eps))
+    rows = np.random.default_rng(args.seed).permutation(pool)[: args.eval_samples]
     t0 = time.perf_counter()
     points = []
     for step, path in [(0, Path(args.teacher))] + [(int(p.name[5:]), p) for p in ckpts]:
@@ -405,6 +406,7 @@ def curve(args) -> int:
         "teacher": args.teacher,
         "distill": json.loads(summary_path.read_text()) if summary_path.exists() else None,
         "val_episodes": len(val_eps),
+        "split": args.split,
         "eval_samples": int(len(rows)),
         "device": args.device,
         "curve": points,
@@ -606,6 +608,13 @@ def main(argv=None) -> int:
         "--val-fraction", type=float, default=0.1, help="must match the trainings' (their default: 0.1)"
     )
     c.add_argument("--eval-samples", type=int, default=256)
+    c.add_argument(
+        "--split",
+        choices=["val", "train"],
+        default="val",
+        help="measure frames of held-out episodes (default) or of training episodes: the gap between "
+        "the two says whether more data or more fitting would cut passes",
+    )
     c.add_argument("--out-json", default=str(RESULTS / "distill_curve.json"))
     c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     c.add_argument("--threads", type=int, default=None)

@@ -234,3 +234,35 @@ def test_git_commit_dirty_only_for_code(tmp_path):
     outside = tmp_path.parent / f"{tmp_path.name}_plain"
     outside.mkdir()
     assert demo.git_commit(outside) is None
+
+
+def test_a_second_round_distils_the_student_on_its_own_trajectories(tmp_path, monkeypatch):
+    two = replace(PROFILE, distill_rounds=2, refine_steps=7, extra_refine_args=("--w-ar", "0.1"))
+    before = _keys(two, tmp_path)
+    assert [n for n in before if "_r2" in n] == ["collect_r2", "distill_r2"]
+    assert {n for n in before if n not in _keys(PROFILE, tmp_path)} >= {"collect_r2", "distill_r2"}
+    after = _keys(replace(two, refine_steps=8), tmp_path)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"distill_r2"} | {n for n in before if n.startswith("eval_student")}
+
+    calls = {}
+    monkeypatch.setattr(
+        demo.StageCommand, "__call__", lambda self, out: calls.setdefault(out.name, self.argv)
+    )
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    for stage in demo.build_stages(two, paths):
+        if stage.name in ("collect_r2", "distill_r2", "eval_student_jacobi", "eval_teacher_ar"):
+            stage.run(tmp_path / stage.name)
+    first_student = str(tmp_path / "distill" / "run" / "final")
+    collect, distill = calls["collect_r2"], calls["distill_r2"]
+    assert collect[collect.index("--teacher") + 1] == first_student
+    assert collect[collect.index("--output") + 1] == str(tmp_path / "collect_r2" / "trajectories.zarr")
+    assert distill[distill.index("--teacher") + 1] == first_student
+    assert distill[distill.index("--trajectories") + 1] == str(tmp_path / "collect_r2" / "trajectories.zarr")
+    assert distill[distill.index("--steps") + 1] == "7" and distill[-2:] == ["--w-ar", "0.1"]
+    student = calls["eval_student_jacobi"]
+    assert student[student.index("--policy") + 1] == str(tmp_path / "distill_r2" / "run" / "final")
+    teacher = calls["eval_teacher_ar"]
+    assert teacher[teacher.index("--policy") + 1] == str(tmp_path / "teacher" / "run" / "final")
+    with pytest.raises(ValueError, match="distill_rounds must be >= 1, got 0"):
+        replace(PROFILE, distill_rounds=0)
