@@ -423,6 +423,14 @@ def curve(args) -> int:
     return 0
 
 
+def _l1_points(points: list[dict]) -> list[tuple[int, float]]:
+    """(step, AR action L1 to ground truth) of the points that have it (results written before it was
+    measured do not)."""
+    return [
+        (p["step"], p["ar_action_l1_to_ground_truth"]) for p in points if "ar_action_l1_to_ground_truth" in p
+    ]
+
+
 def _plot_curve(record: dict, path: Path) -> None:
     import matplotlib
 
@@ -437,7 +445,7 @@ def _plot_curve(record: dict, path: Path) -> None:
     ax.set_ylabel("exact Jacobi passes per chunk (held-out frames)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    l1 = [(p["step"], p["ar_action_l1_to_ground_truth"]) for p in pts if "ar_action_l1_to_ground_truth" in p]
+    l1 = _l1_points(pts)
     if l1:  # quality next to speed: fewer passes from a policy that got worse is no gain
         err = ax.twinx()
         err.plot(*zip(*l1, strict=True), "^:", color="tab:red", ms=4, label="AR action L1 to ground truth")
@@ -475,11 +483,7 @@ def _plot(record: dict, path: Path) -> None:
                 ms=3,
                 label=name,
             )
-            l1 = [
-                (p["step"], p["ar_action_l1_to_ground_truth"])
-                for p in v["curve"]
-                if "ar_action_l1_to_ground_truth" in p
-            ]
+            l1 = _l1_points(v["curve"])
             if l1:
                 c.plot(*zip(*l1, strict=True), "o-", ms=3, label=name)
     teacher_l1 = record.get("teacher", {}).get("passes", {}).get("ar_action_l1_to_ground_truth")
@@ -488,7 +492,8 @@ def _plot(record: dict, path: Path) -> None:
     c.set_xlabel("distillation step")
     c.set_ylabel("AR action L1 to ground truth (held-out)")
     c.grid(alpha=0.3)
-    c.legend(fontsize=7)
+    if c.get_legend_handles_labels()[0]:  # results from before the L1 was measured leave it empty
+        c.legend(fontsize=7)
     counts = sorted(
         (v["trajectories"], v["final"]["mean_iterations"])
         for n, v in record["variants"].items()

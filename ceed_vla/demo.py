@@ -191,10 +191,6 @@ class DemoPaths:
     def teacher(self) -> Path:
         return self.work / "teacher" / "run" / "final"
 
-    @property
-    def trajectories(self) -> Path:
-        return self.round_trajectories(1)
-
     def round_trajectories(self, r: int) -> Path:
         return self.work / collect_stage(r) / "trajectories.zarr"
 
