@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or reuse the project's virtual environment from uv.lock.
-# Finds Python 3.12 (PATH, then pyenv), installs uv when missing, checks the system libraries
+# Finds Python 3.12 (CEED_PYTHON, PATH, then pyenv), installs uv with pip when missing, checks the system libraries
 # MuJoCo rendering and video decoding need, and installs them with apt-get when it can.
 set -euo pipefail
 VENV="${1:-.venv}"
@@ -26,15 +26,38 @@ find_python() {
     return 1
 }
 
-PY="$(find_python)" || die "Python 3.12 not found. Install it (e.g. 'pyenv install 3.12' or your distribution's python3.12) and rerun."
+if [ -n "${CEED_PYTHON:-}" ]; then
+    [ "$("$CEED_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = 3.12 ] \
+        || die "CEED_PYTHON=$CEED_PYTHON is not a Python 3.12 interpreter; unset it or point it at one."
+    PY="$CEED_PYTHON"
+else
+    PY="$(find_python)" || die "Python 3.12 not found. Install it (e.g. 'pyenv install 3.12' or your distribution's python3.12) and rerun."
+fi
 say "python: $PY"
 
-if ! command -v uv >/dev/null 2>&1; then
-    say "uv not found; installing it with pip"
-    "$PY" -m pip install --quiet uv || die "could not install uv; install it (https://docs.astral.sh/uv/) and rerun"
+# uv: on PATH, else wherever a pip install of uv puts it. pip installs the uv binary into the
+# interpreter's own bin directory (a pyenv or venv Python: not on PATH) or into the user base
+# (--user), and the wheel's `python -m uv` runs that binary from either place.
+UV=()
+find_uv() {
+    local c bindir userbase
+    bindir="$(dirname "$PY")"
+    userbase="$("$PY" -m site --user-base 2>/dev/null || true)"
+    for c in "$(command -v uv 2>/dev/null || true)" "$bindir/uv" "${userbase:+$userbase/bin/uv}"; do
+        if [ -n "$c" ] && [ -x "$c" ] && "$c" --version >/dev/null 2>&1; then UV=("$c"); return 0; fi
+    done
+    if "$PY" -m uv --version >/dev/null 2>&1; then UV=("$PY" -m uv); return 0; fi
+    return 1
+}
+if ! find_uv; then
+    say "uv not found; installing it with pip ($PY -m pip install uv)"
+    "$PY" -m pip install --quiet --disable-pip-version-check uv >/dev/null 2>&1 \
+        || "$PY" -m pip install --quiet --disable-pip-version-check --user uv >/dev/null 2>&1 \
+        || die "pip could not install uv into $PY. Install uv yourself ('pipx install uv', 'pip install --user uv' or your package manager), make sure 'uv --version' works, and rerun."
     hash -r
+    find_uv || die "uv was installed with pip but no working uv was found (PATH, $(dirname "$PY")/uv, the user base, '$PY -m uv'). Install uv so that 'uv --version' works and rerun."
 fi
-UV="$(command -v uv || echo "$("$PY" -m site --user-base)/bin/uv")"
+say "uv: ${UV[*]} ($("${UV[@]}" --version))"
 
 # System libraries: EGL (or OSMesa) for headless MuJoCo rendering, FFmpeg's libraries for torchcodec.
 # Installed with apt-get when running as root (CEED_NO_APT=1 skips it), else named for the user.
@@ -55,5 +78,6 @@ fi
 say "syncing $VENV from uv.lock"
 # --inexact: the ROS wheels also register egg-info distributions uv does not know; an exact sync
 # uninstalls them, and with them the rclpy and message modules they share with the real wheels.
-UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync --frozen --inexact --python "$PY" --quiet
+# The interpreter is always named explicitly: uv must never fetch a Python of its own.
+UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON_DOWNLOADS=never "${UV[@]}" sync --frozen --inexact --python "$PY" --quiet
 say "ready: $VENV"
