@@ -31,6 +31,11 @@ JOBS: dict[str | None, list[Job]] = {
         Job("record", "ceed_vla.sim.record", "record scripted-expert demonstrations into a LeRobotDataset"),
         Job("eval", "ceed_vla.sim.evaluate", "evaluate a policy (checkpoint or scripted expert) in MuJoCo"),
         Job("train", "ceed_vla.policy.train", "train the VLA teacher on a LeRobotDataset"),
+        Job(
+            "select",
+            "ceed_vla.sim.select",
+            "choose a run's checkpoint by closed-loop success on validation seeds",
+        ),
         Job("bridge", "ceed_vla.robot_bridge.launcher", "start ROS 2 nodes from a parameter YAML"),
         Job("demo", "ceed_vla.demo", "record -> train -> distill -> evaluate, end to end"),
     ],

@@ -50,32 +50,51 @@ class LMConfig:
             )
 
 
+VISION_KINDS = ("spatial", "conv", "pretrained")
+
+
+def spatial_vision(**overrides: Any) -> "VisionConfig":
+    """The spatial-softmax encoder's defaults: three residual stages, 32 keypoints, a 4 x 4 grid."""
+    return VisionConfig(
+        **{"kind": "spatial", "channels": (32, 64, 128), "keypoints": 32, "grid": 4, **overrides}
+    )
+
+
 @dataclass
 class VisionConfig:
-    """The image encoder: a strided conv stack (`conv`) or a local pretrained tower (`pretrained`)."""
+    """The image encoder: `spatial` (residual convs, keypoint + grid tokens), `conv` (strided convs
+    pooled to a grid) or `pretrained` (a local vision tower)."""
 
     kind: str = "conv"
     channels: tuple[int, ...] = (32, 64, 128, 256)
-    grid: int = 4  # the conv output is pooled to grid x grid patch tokens
+    grid: int = 4  # the conv output is pooled to grid x grid patch tokens (spatial: 0 = none)
+    keypoints: int = 0  # spatial: spatial-softmax keypoint tokens
     image_size: int | None = None  # resize input images to this square size; None keeps their size
     tower_path: str | None = None  # local directory of a transformers vision model (kind="pretrained")
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
-        if self.kind not in ("conv", "pretrained"):
-            raise ConfigError(f"VisionConfig.kind must be 'conv' or 'pretrained', got {self.kind!r}")
+        if self.kind not in VISION_KINDS:
+            raise ConfigError(f"VisionConfig.kind must be one of {VISION_KINDS}, got {self.kind!r}")
         if self.kind == "pretrained" and not self.tower_path:
             raise ConfigError("VisionConfig.kind='pretrained' needs tower_path (a local directory), got None")
         if not self.channels or any(int(c) <= 0 for c in self.channels):
             raise ConfigError(f"VisionConfig.channels must be positive ints, got {self.channels!r}")
-        if self.grid <= 0:
+        if self.kind == "spatial":
+            if self.keypoints <= 0:
+                raise ConfigError(
+                    f"VisionConfig.keypoints must be positive for kind='spatial', got {self.keypoints!r}"
+                )
+            if self.grid < 0:
+                raise ConfigError(f"VisionConfig.grid must be >= 0 for kind='spatial', got {self.grid!r}")
+        elif self.grid <= 0:
             raise ConfigError(f"VisionConfig.grid must be positive, got {self.grid!r}")
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"VisionConfig.image_size must be >= 8 or None, got {self.image_size!r}")
 
     @property
     def num_patches(self) -> int:
-        return self.grid * self.grid
+        return self.grid * self.grid + (self.keypoints if self.kind == "spatial" else 0)
 
 
 @dataclass

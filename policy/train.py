@@ -18,7 +18,7 @@ import torch
 
 from .action_tokenizer import ActionTokenizer, StateNormalizer
 from .checkpoint_io import atomic_write_text
-from .config import VisionConfig, VLAConfig, make_config
+from .config import VisionConfig, VLAConfig, make_config, spatial_vision
 from .data import DataConfig, build_datasets, train_statistics
 from .modeling import VLAPolicy
 from .text_tokenizer import load_tokenizer, train_instruction_tokenizer
@@ -44,6 +44,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--n-action-steps", type=int, default=None, help="steps executed per chunk (default K)"
     )
     model.add_argument("--image-size", type=int, default=None, help="resize camera images to this size")
+    model.add_argument(
+        "--vision",
+        choices=["spatial", "conv"],
+        default=None,
+        help="image encoder of the tiny/small presets (default: the preset's)",
+    )
+    model.add_argument("--keypoints", type=int, default=None, help="spatial encoder: keypoint tokens")
+    model.add_argument("--grid", type=int, default=None, help="encoder grid tokens per side")
     model.add_argument(
         "--lm-path", default=None, help="local pretrained causal LM directory (preset pretrained)"
     )
@@ -85,8 +93,13 @@ def model_config(args: argparse.Namespace, action_dim: int, state_dim: int) -> V
             raise SystemExit("--preset pretrained needs --lm-path (a local causal LM directory)")
         return make_config("pretrained", lm_path=args.lm_path, tower_path=args.vision_tower_path, **common)
     config = make_config(args.preset, **common)
-    if args.image_size:
-        config.vision = VisionConfig(**{**config.vision.__dict__, "image_size": args.image_size})
+    vision = dict(config.vision.__dict__)
+    if args.vision and args.vision != vision["kind"]:
+        vision = dict((spatial_vision() if args.vision == "spatial" else VisionConfig()).__dict__)
+    for key in ("image_size", "keypoints", "grid"):
+        if getattr(args, key, None) is not None:
+            vision[key] = getattr(args, key)
+    config.vision = VisionConfig(**vision)
     return config
 
 

@@ -1,8 +1,16 @@
 """Image encoders: camera image [B, 3, H, W] in [0, 1] -> patch embeddings [B, T, C] (projected later).
 
-`ConvEncoder` is the embedded default: strided 3x3 convs, each halving the resolution, then an
-adaptive average pool to a fixed grid, so any image size gives `grid * grid` tokens with a learned
-position embedding. `PretrainedTower` wraps a local `transformers` vision model.
+`SpatialEncoder` (kind "spatial") is the embedded default: a residual conv trunk, then two kinds of
+tokens read off its last feature map:
+- keypoints (as robomimic's and Diffusion Policy's spatial softmax): each of `keypoints` 1x1-conv
+  heads is a softmax over the map's positions; its token is the feature vector under that softmax
+  plus a projection of its expected (x, y) in [-1, 1]. "Where" survives to the LM at sub-pixel
+  precision, which average pooling to a coarse grid throws away;
+- an average-pooled `grid x grid` of the same map with learned position embeddings (the layout).
+
+`ConvEncoder` (kind "conv") is the earlier default: strided 3x3 convs, each halving the resolution,
+then an adaptive average pool to a fixed grid. `PretrainedTower` wraps a local `transformers`
+vision model.
 """
 
 from __future__ import annotations
@@ -48,6 +56,91 @@ class ConvEncoder(nn.Module):
         return x.flatten(2).transpose(1, 2) + self.pos  # [B, G*G, C]
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs with GroupNorm and a skip connection; shape-preserving."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.GroupNorm(min(8, channels), channels),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.GroupNorm(min(8, channels), channels),
+        )
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature map [B, C, h, w] -> keypoint tokens [B, K, C].
+
+    Head k is a softmax over the h*w positions of a 1x1-conv logit map (temperature learnt, as in
+    robomimic); its token is the softmax-weighted feature vector plus a linear map of the expected
+    coordinates (x, y) in [-1, 1] and a learned identity embedding.
+    """
+
+    def __init__(self, channels: int, keypoints: int):
+        super().__init__()
+        self.logits = nn.Conv2d(channels, keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.coords = nn.Linear(2, channels)
+        self.ident = nn.Parameter(torch.zeros(keypoints, channels))
+        nn.init.normal_(self.ident, std=0.02)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = feats.shape
+        logits = self.logits(feats).flatten(2) / self.log_temperature.exp()  # [B, K, h*w]
+        attn = logits.softmax(dim=-1)
+        ys = torch.linspace(-1.0, 1.0, h, device=feats.device, dtype=attn.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=feats.device, dtype=attn.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)  # [h*w, 2]
+        xy = attn @ grid  # [B, K, 2]: expected (x, y)
+        pooled = attn @ feats.flatten(2).transpose(1, 2)  # [B, K, C]
+        return pooled + self.coords(xy.to(pooled.dtype)) + self.ident
+
+
+class SpatialEncoder(nn.Module):
+    """Residual conv trunk -> [keypoint tokens (K)][grid tokens (G*G)], each of width channels[-1].
+
+    Each entry of `channels` is one stride-2 conv followed by a residual block, so the last map is
+    image_size / 2**len(channels) on a side (16 x 16 for 128 px and three stages).
+    """
+
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        stages: list[nn.Module] = []
+        in_ch = 3
+        for out_ch in config.channels:
+            stages += [
+                nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False),
+                nn.GroupNorm(min(8, out_ch), out_ch),
+                nn.GELU(),
+                ResidualBlock(out_ch),
+            ]
+            in_ch = out_ch
+        self.trunk = nn.Sequential(*stages)
+        self.keypoints = SpatialSoftmax(in_ch, config.keypoints)
+        self.grid = config.grid
+        if self.grid:
+            self.pool = nn.AdaptiveAvgPool2d(self.grid)
+            self.pos = nn.Parameter(torch.zeros(self.grid * self.grid, in_ch))
+            nn.init.normal_(self.pos, std=0.02)
+        self.image_size = config.image_size
+        self.out_dim = in_ch
+        self.num_tokens = config.keypoints + self.grid * self.grid
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = _resize(images, self.image_size) * 2.0 - 1.0  # x: [B, 3, H, W] in [-1, 1]
+        feats = self.trunk(x)  # [B, C, h, w]
+        tokens = [self.keypoints(feats)]  # [B, K, C]
+        if self.grid:
+            tokens.append(self.pool(feats).flatten(2).transpose(1, 2) + self.pos)  # [B, G*G, C]
+        return torch.cat(tokens, dim=1)
+
+
 class PretrainedTower(nn.Module):
     """Any local `transformers` vision model whose output has `last_hidden_state` [B, T, C].
 
@@ -85,4 +178,6 @@ def build_vision_encoder(
 ) -> nn.Module:
     if config.kind == "conv":
         return ConvEncoder(config)
+    if config.kind == "spatial":
+        return SpatialEncoder(config)
     return PretrainedTower(config, weights=weights, tower_config=tower_config)

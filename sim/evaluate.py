@@ -16,7 +16,8 @@ realtime  the simulation keeps moving while the policy computes. A call that tak
     paused:    [obs -> policy ........] a0       a1 ...        (sim frozen during the call)
     realtime:  [obs -> policy ........] hold     hold     a2 ...  (W = 2.x ticks: a0, a1 dropped)
 
-Evaluation seeds come from `ceed_vla.sim.seeds.eval_seed`, disjoint from every recording seed,
+Evaluation seeds come from `ceed_vla.sim.seeds.eval_seed`, disjoint from every recording seed
+(`--split validation` draws from the validation range instead, for model selection),
 and every episode uses the task's held-out instruction by default.
 """
 
@@ -36,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 from ceed_vla.sim.env import DEFAULT_MAX_EPISODE_STEPS, EnvConfig, MetaWorldEnv, Observation, to_policy_batch
 from ceed_vla.sim.metrics import mean, percentile, wilson_interval
-from ceed_vla.sim.seeds import eval_seed
+from ceed_vla.sim.seeds import SPLITS, split_seed
 from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
 from tqdm.auto import tqdm
 
@@ -60,6 +61,8 @@ class EvalConfig:
     """`eval`: the held-out paraphrase; `train`: the first training paraphrase."""
     execute_steps: int | None = None
     """Actions of each chunk executed before planning again (None: the whole chunk)."""
+    split: str = "eval"
+    """`eval`: the held-out evaluation seeds; `validation`: the seeds model selection may look at."""
     output: Path | None = None
     specs: tuple[TaskSpec, ...] = field(init=False, repr=False)
 
@@ -74,6 +77,8 @@ class EvalConfig:
             raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.instructions not in INSTRUCTION_SETS:
             raise ValueError(f"instructions must be one of {INSTRUCTION_SETS}, got {self.instructions!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.execute_steps is not None and self.execute_steps < 1:
             raise ValueError(f"execute_steps must be >= 1 or None, got {self.execute_steps!r}")
         if self.output is not None:
@@ -168,7 +173,9 @@ class EvalRunner:
                 env_cfg = EnvConfig(spec.name, cfg.image_size, cfg.camera, cfg.max_episode_steps)
                 with MetaWorldEnv(env_cfg) as env:
                     for i in range(cfg.episodes_per_task):
-                        episodes.append(self.run_episode(policy, env, spec, eval_seed(cfg.seed, i)))
+                        episodes.append(
+                            self.run_episode(policy, env, spec, split_seed(cfg.split, cfg.seed, i))
+                        )
                         done = [e for e in episodes if e.task == spec.name]
                         bar.set_postfix(task=spec.name, success=f"{sum(e.success for e in done)}/{len(done)}")
                         bar.update(1)
@@ -350,7 +357,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation ({s['clock']} clock)",
         "",
-        f"{s['episodes_per_task']} episodes per task, seed {s['seed']}, {s['image_size']} px, "
+        f"{s['episodes_per_task']} episodes per task, {s.get('split', 'eval')} seeds (run seed {s['seed']}), {s['image_size']} px, "
         f"horizon {s['max_episode_steps']} steps, {s['instructions']} instructions.",
         "",
         "| task | success | 95% CI | episodes | steps to success | policy ms p50 | p95 | actions/s | env steps/s |",
@@ -447,6 +454,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default="mt10", help="comma-separated task names or 'mt10'")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="run seed: selects the evaluation seed range")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="eval",
+        help="episode seeds: held-out evaluation (default) or validation (for model selection)",
+    )
     parser.add_argument("--clock", choices=CLOCKS, default="paused", help="paused (lockstep) or realtime")
     parser.add_argument(
         "--image-size", type=int, default=64, help="camera image size (match the training data)"
@@ -483,6 +496,7 @@ def main(args: argparse.Namespace) -> int:
             clock=args.clock,
             instructions=args.instructions,
             execute_steps=args.execute_steps,
+            split=args.split,
             output=args.output,
         )
         policy = load_policy(args.policy, args.device)

@@ -40,3 +40,57 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pair counts.
+
+    Under the null (both policies equally likely to win a discordant episode) the number of
+    episodes only A solves is Binomial(only_a + only_b, 1/2); the p-value doubles the smaller tail
+    (capped at 1). No discordant pairs give 1.0: nothing distinguishes the two.
+    """
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"discordant counts must be >= 0, got only_a={only_a!r}, only_b={only_b!r}")
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
+
+
+class UnpairedEpisodesError(ValueError):
+    """Two evaluations that were meant to be paired did not run the same episodes."""
+
+
+def paired_outcomes(a: dict, b: dict) -> dict:
+    """Paired comparison of two policies on the same episodes.
+
+    `a` and `b` map an episode key (e.g. `(task, seed)`) to success. Returns the counts of episodes
+    both solve, only A, only B and neither, the two success rates and the exact McNemar p-value.
+    """
+    if set(a) != set(b):
+        missing = sorted(set(a) ^ set(b), key=repr)[:5]
+        raise UnpairedEpisodesError(
+            f"the two evaluations ran different episodes ({len(a)} vs {len(b)}; e.g. {missing}); "
+            "run both modes on the same tasks, seeds and episode counts"
+        )
+    both = sum(1 for k in a if a[k] and b[k])
+    only_a = sum(1 for k in a if a[k] and not b[k])
+    only_b = sum(1 for k in a if b[k] and not a[k])
+    n = len(a)
+    return {
+        "episodes": n,
+        "both": both,
+        "only_a": only_a,
+        "only_b": only_b,
+        "neither": n - both - only_a - only_b,
+        "success_a": (both + only_a) / n if n else None,
+        "success_b": (both + only_b) / n if n else None,
+        "mcnemar_p": mcnemar_exact(only_a, only_b),
+    }
+
+
+def episode_outcomes(report: dict) -> dict:
+    """`{(task, seed): success}` from an evaluation report's `episodes` list."""
+    return {(e["task"], int(e["seed"])): bool(e["success"]) for e in report["episodes"]}
