@@ -7,7 +7,7 @@ YAML (`launch/config/*.yaml`) and this dataclass describe the same thing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
 
@@ -22,8 +22,20 @@ class OutputMode(StrEnum):
 
 
 class HoldMode(StrEnum):
-    LAST = "last"  # repeat the last published command (position interfaces)
-    ZERO = "zero"  # publish zeros (velocity / end-effector delta interfaces)
+    LAST = "last"  # stay at the last published command (position interfaces)
+    ZERO = "zero"  # ramp to zero (velocity / end-effector delta interfaces)
+
+
+# What a hold is for each output, and which hold modes make sense there (docs/robot_bridge.md):
+#   trajectory  JointTrajectoryController, positions: stay at the last published point ("last")
+#   forward     forward command controller: "last" on a position interface, "zero" on a velocity one
+#   twist       MoveIt Servo velocities: a zero twist ("zero"); a repeated twist would keep moving.
+#               The gripper dimensions keep their last value: a zero there would open/close the hand.
+HOLD_MODES = {
+    OutputMode.TRAJECTORY: (HoldMode.LAST,),
+    OutputMode.FORWARD: (HoldMode.LAST, HoldMode.ZERO),
+    OutputMode.TWIST: (HoldMode.ZERO,),
+}
 
 
 DEFAULT_COMMAND_TOPICS = {
@@ -38,7 +50,11 @@ class SafetyConfig:
     """Limits applied to every command before it leaves the bridge.
 
     action_low / action_high: per-dimension bounds, [D]. max_delta: the largest change of one
-    dimension between two consecutive commands, [D] (a single value is broadcast).
+    dimension between two consecutive published commands, [D] (a single value is broadcast).
+    zero_hold: [D] which dimensions a hold brings to zero (the others stay at their last value);
+    empty = every dimension when hold_mode is "zero", none when it is "last".
+    initial_command: [D] the command the actuator is at before the bridge publishes anything; empty =
+    zero for the dimensions held at zero (a velocity interface starts at rest), unknown otherwise.
     """
 
     action_low: list[float]
@@ -46,6 +62,7 @@ class SafetyConfig:
     max_delta: list[float]
     hold_mode: HoldMode = HoldMode.LAST
     initial_command: list[float] = field(default_factory=list)
+    zero_hold: list[bool] = field(default_factory=list)
 
     def __post_init__(self):
         self.hold_mode = parse_enum(HoldMode, self.hold_mode, "hold_mode")
@@ -66,9 +83,39 @@ class SafetyConfig:
         bad = [d for d in self.max_delta if not (math.isfinite(d) and d > 0)]
         if bad:
             raise ConfigError(f"max_delta={self.max_delta} has non-positive or non-finite values {bad}")
-        if self.initial_command and len(self.initial_command) != dim:
+        if self.initial_command:
+            if len(self.initial_command) != dim:
+                raise ConfigError(
+                    f"initial_command has {len(self.initial_command)} values; expected {dim} or none"
+                )
+            outside = [
+                i
+                for i, (v, lo, hi) in enumerate(
+                    zip(self.initial_command, self.action_low, self.action_high, strict=True)
+                )
+                if not (math.isfinite(v) and lo <= v <= hi)
+            ]
+            if outside:
+                raise ConfigError(
+                    f"initial_command={self.initial_command} is non-finite or outside [action_low, action_high] "
+                    f"in dimensions {outside}: give the actuator's current command"
+                )
+        if not self.zero_hold:
+            self.zero_hold = [self.hold_mode is HoldMode.ZERO] * dim
+        if len(self.zero_hold) != dim:
+            raise ConfigError(f"zero_hold has {len(self.zero_hold)} values; expected {dim}")
+        no_zero = [
+            i
+            for i, (z, lo, hi) in enumerate(
+                zip(self.zero_hold, self.action_low, self.action_high, strict=True)
+            )
+            if z and not lo <= 0.0 <= hi
+        ]
+        if no_zero:
             raise ConfigError(
-                f"initial_command has {len(self.initial_command)} values; expected {dim} or none"
+                f"hold_mode=zero but zero is outside [action_low, action_high] in dimensions {no_zero} "
+                f"(action_low={self.action_low}, action_high={self.action_high}): a zero hold would leave the "
+                "limits; widen the limits or use hold_mode: last"
             )
 
     @property
@@ -112,31 +159,64 @@ class BridgeConfig:
     image_width: int = 0  # 0 = accept any width
     image_height: int = 0
     stale_timeout_s: float = 0.0  # 0 = one control period
+    # a header stamp may be this far ahead of the node's clock (clock skew), and no older on arrival
+    # than stale_timeout_s plus this; beyond either the message is refused
+    stamp_tolerance_s: float = 0.1
+    max_instruction_chars: int = 1000  # a longer instruction is refused (hold), not truncated
     blend_steps: int = 2  # ticks over which a new chunk is cross-faded into the old one
     refill_margin_ticks: int = 1  # start inference this many ticks before the queue would run dry
     action_low: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0, -1.0])
     action_high: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     max_delta: list[float] = field(default_factory=lambda: [0.5])
-    hold_mode: HoldMode = HoldMode.LAST
+    hold_mode: str = ""  # "" = the output's natural hold: last (trajectory, forward), zero (twist)
     initial_command: list[float] = field(default_factory=list)
+    stop_ramp_s: float = 0.5  # on deactivate / shutdown: longest ramp to the hold before it jumps
+    inference_failure_limit: int = 3  # consecutive policy failures that stop the node (0 = never)
     autostart: bool = True  # configure and activate on start (no lifecycle manager needed)
 
     def __post_init__(self):
+        require_finite(self)
         self.output_mode = parse_enum(OutputMode, self.output_mode, "output_mode")
+        if self.hold_mode in ("", None):
+            self.hold_mode = HOLD_MODES[self.output_mode][0]
         self.hold_mode = parse_enum(HoldMode, self.hold_mode, "hold_mode")
+        if self.hold_mode not in HOLD_MODES[self.output_mode]:
+            allowed = ", ".join(m.value for m in HOLD_MODES[self.output_mode])
+            why = {
+                OutputMode.TRAJECTORY: "zero positions would drive the arm to its zero pose",
+                OutputMode.TWIST: "repeating the last twist keeps the arm moving",
+            }[self.output_mode]
+            raise ConfigError(
+                f"hold_mode={self.hold_mode.value!r} does not hold with output_mode={self.output_mode.value}: "
+                f"{why}; use {allowed} (or leave hold_mode empty)"
+            )
         if not self.policy:
             raise ConfigError("policy is empty: use 'sine', 'expert' or 'checkpoint:DIR'")
-        require_positive(self.control_rate_hz, "control_rate_hz")
-        require_positive(self.diagnostics_rate_hz, "diagnostics_rate_hz")
+        require_range(self.control_rate_hz, "control_rate_hz", 0.0, 1000.0, low_open=True)
+        require_range(self.diagnostics_rate_hz, "diagnostics_rate_hz", 0.0, 100.0, low_open=True)
         require_positive(self.twist_scale, "twist_scale")
         if self.decoding_mode not in ("", "ar", "jacobi", "early_exit"):
             raise ConfigError(f"decoding_mode={self.decoding_mode!r}: use '', 'ar', 'jacobi' or 'early_exit'")
+        if self.decoding_sigma < 0 or self.decoding_tau < -1:
+            raise ConfigError(
+                f"decoding_sigma={self.decoding_sigma}, decoding_tau={self.decoding_tau}: need sigma >= 0 "
+                "(0 = no cap) and tau >= -1 (-1 = none)"
+            )
         if self.torch_threads < 1:
             raise ConfigError(f"torch_threads={self.torch_threads}: need at least 1")
-        if self.stale_timeout_s < 0:
-            raise ConfigError(f"stale_timeout_s={self.stale_timeout_s}: need >= 0 (0 = one control period)")
+        require_range(
+            self.stale_timeout_s, "stale_timeout_s", 0.0, MAX_STALE_TIMEOUT_S, hint="(0 = one control period)"
+        )
         if self.stale_timeout_s == 0:
             self.stale_timeout_s = self.period_s
+        require_range(self.stamp_tolerance_s, "stamp_tolerance_s", 0.0, 10.0)
+        require_range(self.stop_ramp_s, "stop_ramp_s", 0.0, 10.0)
+        if not 1 <= self.max_instruction_chars <= 100_000:
+            raise ConfigError(f"max_instruction_chars={self.max_instruction_chars}: need 1 to 100000")
+        if self.inference_failure_limit < 0:
+            raise ConfigError(
+                f"inference_failure_limit={self.inference_failure_limit}: need >= 0 (0 = never stop)"
+            )
         if self.image_width < 0 or self.image_height < 0:
             raise ConfigError(f"image size {self.image_width}x{self.image_height}: need >= 0 (0 = any)")
         if self.blend_steps < 0 or self.refill_margin_ticks < 0:
@@ -145,25 +225,31 @@ class BridgeConfig:
             )
         if not self.command_topic:
             self.command_topic = DEFAULT_COMMAND_TOPICS[self.output_mode]
+        dim = len(self.action_low)
+        zero_hold = [self.hold_mode is HoldMode.ZERO] * dim
+        if self.output_mode is OutputMode.TWIST:
+            zero_hold = [i < 3 for i in range(dim)]  # x, y, z stop; the gripper keeps its command
         self.safety = SafetyConfig(
             action_low=list(self.action_low),
             action_high=list(self.action_high),
             max_delta=list(self.max_delta),
             hold_mode=self.hold_mode,
             initial_command=list(self.initial_command),
+            zero_hold=zero_hold,
         )
-        dim = self.safety.dim
         if self.output_mode is OutputMode.TRAJECTORY and len(self.joint_names) != dim:
             raise ConfigError(
                 f"output_mode=trajectory needs one joint name per action dimension: got joint_names="
                 f"{self.joint_names} for {dim} dimensions"
             )
+        require_unique(self.joint_names, "joint_names")
         if self.output_mode is OutputMode.TWIST and dim < 3:
             raise ConfigError(f"output_mode=twist needs at least 3 action dimensions (x, y, z); got {dim}")
         if self.state_type not in ("joint_state", "pose"):
             raise ConfigError(f"state_type={self.state_type!r}: use 'joint_state' or 'pose'")
         if self.state_type == "joint_state" and not self.state_joint_names:
             raise ConfigError("state_joint_names is empty: name the JointState entries that form the state")
+        require_unique(self.state_joint_names, "state_joint_names")
 
     def decode_kwargs(self, n_bins: int) -> dict:
         """Keyword arguments for `predict_action_chunk` selecting the decoding mode (empty: default)."""
@@ -200,6 +286,39 @@ def parse_enum(kind, value, name):
         raise ConfigError(f"{name}={value!r} is not one of: {choices}") from None
 
 
+MAX_STALE_TIMEOUT_S = 2.0  # a watchdog slower than this is no watchdog for an arm
+
+
 def require_positive(value: float, name: str) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{name}={value}: need a finite value > 0")
+
+
+def require_range(
+    value: float, name: str, low: float, high: float, *, low_open: bool = False, hint: str = ""
+) -> None:
+    above = value > low if low_open else value >= low
+    if not (math.isfinite(value) and above and value <= high):
+        bound = "(" if low_open else "["
+        raise ConfigError(f"{name}={value}: need a finite value in {bound}{low}, {high}] {hint}".rstrip())
+
+
+def require_unique(names: list[str], name: str) -> None:
+    seen, dup = set(), []
+    for n in names:
+        if n in seen and n not in dup:
+            dup.append(n)
+        seen.add(n)
+    if dup:
+        raise ConfigError(f"{name}={names} names {dup} more than once: give each entry once")
+
+
+def require_finite(config) -> None:
+    """Every float (and list of floats) of a config dataclass is finite: NaN or inf would silently
+    disable a comparison (a NaN timeout never expires)."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ConfigError(f"{f.name}={value!r} is not finite: give a finite number")

@@ -60,6 +60,12 @@ def joint_state_to_vector(msg: JointState, names: list[str]) -> np.ndarray:
     """Pick `names` (in order) out of a JointState's positions -> float32 [S]."""
     if len(msg.position) != len(msg.name):
         raise MalformedInputError(f"JointState has {len(msg.name)} names but {len(msg.position)} positions")
+    if len(set(msg.name)) != len(msg.name):
+        dup = sorted({n for n in msg.name if list(msg.name).count(n) > 1})
+        raise MalformedInputError(
+            f"JointState names {dup} more than once (names {list(msg.name)}): which copy is the joint is "
+            "ambiguous; publish each joint once"
+        )
     index = {name: i for i, name in enumerate(msg.name)}
     missing = [n for n in names if n not in index]
     if missing:
@@ -91,10 +97,17 @@ def vector_to_joint_state(values: np.ndarray, names: list[str], stamp: Time) -> 
     return msg
 
 
-def parse_instruction(text: str) -> str:
+def parse_instruction(text: str, max_chars: int = 1000) -> str:
+    """The task in words, stripped; refused when empty or longer than `max_chars` (never truncated:
+    half an instruction is another task)."""
     text = text.strip()
     if not text:
         raise MalformedInputError("instruction is empty: publish the task in words on the instruction topic")
+    if len(text) > max_chars:
+        raise MalformedInputError(
+            f"instruction has {len(text)} characters, more than max_instruction_chars={max_chars} "
+            f"(it starts {text[:40]!r}): publish a shorter task or raise max_instruction_chars"
+        )
     return text
 
 
@@ -128,11 +141,16 @@ def from_time(t: Time) -> float:
 
 
 def trajectory(points: np.ndarray, joint_names: list[str], stamp: Time, period_s: float) -> JointTrajectory:
-    """Commands [T, D] for consecutive ticks -> JointTrajectory starting at `stamp`.
+    """Commands [T, D] for consecutive ticks, T >= 2 -> JointTrajectory starting at `stamp`.
 
     Point i is due at stamp + i * period (the first point at the stamp itself, so a controller that
-    receives it late starts from the current command). A single point is a hold: stay there.
+    receives it late starts from the current command). A single command goes out as `hold_trajectory`:
+    a one-point trajectory due at its own stamp already ends in the past when it arrives, and a
+    JointTrajectoryController rejects it.
     """
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 2:
+        return hold_trajectory(points[-1], joint_names, period_s)
     msg = JointTrajectory()
     msg.header.stamp = stamp
     msg.joint_names = list(joint_names)
@@ -142,6 +160,47 @@ def trajectory(points: np.ndarray, joint_names: list[str], stamp: Time, period_s
         point.time_from_start = to_duration(i * period_s)
         msg.points.append(point)
     return msg
+
+
+def hold_trajectory(position: np.ndarray, joint_names: list[str], period_s: float) -> JointTrajectory:
+    """A hold for a JointTrajectoryController: go to `position` [D] and stay. The stamp is zero
+    ("start when received", so it cannot arrive in the past whatever the clocks and the latency),
+    and the point is due one control period later (a smooth stop from the running plan)."""
+    msg = JointTrajectory()
+    msg.joint_names = list(joint_names)
+    point = JointTrajectoryPoint()
+    point.positions = [float(v) for v in position]
+    point.time_from_start = to_duration(period_s)
+    msg.points.append(point)
+    return msg
+
+
+def trajectory_rejection(msg: JointTrajectory, now: float, joints: list[str] | None = None) -> str | None:
+    """Why a ros2_controllers JointTrajectoryController would refuse `msg` arriving at `now` (s, the
+    controller's clock), or None if it takes it. Its checks, as documented by the controller: joint
+    names known and unique, one finite position per joint in every point, time_from_start strictly
+    increasing, and, for a non-zero stamp, an end (stamp + last time_from_start) not in the past."""
+    names = list(msg.joint_names)
+    if not names or len(set(names)) != len(names):
+        return f"joint names {names} are empty or repeated"
+    if joints is not None and set(names) - set(joints):
+        return f"joints {sorted(set(names) - set(joints))} are not the controller's"
+    if not msg.points:
+        return "no points"
+    times = [from_duration(p.time_from_start) for p in msg.points]
+    if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+        return f"time_from_start {times} is not strictly increasing"
+    for p in msg.points:
+        if len(p.positions) != len(names) or not np.all(np.isfinite(p.positions)):
+            return f"a point has positions {list(p.positions)} for joints {names}"
+        if p.velocities and len(p.velocities) != len(names):
+            return "velocities do not match the joints"
+    if msg.points[-1].velocities and any(abs(v) > 0 for v in msg.points[-1].velocities):
+        return "the last point's velocity is not zero"
+    start = from_time(msg.header.stamp)
+    if start != 0.0 and start + times[-1] < now:
+        return f"stamped {start:.3f} with its end {start + times[-1]:.3f} in the past (now {now:.3f})"
+    return None
 
 
 def twist(command: np.ndarray, stamp: Time, frame_id: str, scale: float) -> TwistStamped:

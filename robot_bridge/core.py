@@ -3,9 +3,10 @@
     camera / state / instruction --observe_*--> latest observation --inference_request--> policy
     policy chunk [K, D] --deliver--> ChunkQueue (stitched) --tick--> SafetyFilter --> command
 
-`tick(now)` is called by the control timer at a fixed rate. It holds (publishes the hold command and
-empties the queue) while the e-stop is latched, an input is stale or malformed, or there is no
-instruction; it holds without emptying the queue on underrun. A background worker asks
+`tick(now)` is called by the control timer at a fixed rate. It holds (empties the queue and steps
+toward the hold target through the safety filter) while the e-stop is latched, an input is stale or
+malformed, the policy just failed, or there is no instruction; it holds without emptying the queue
+on underrun. An e-stop jumps to the hold target at once; every other hold ramps there at max_delta. A background worker asks
 `inference_request(now)` for work; a request is handed out once the queue would run dry within the
 expected inference latency plus `refill_margin_ticks`, so a policy that decodes faster than the chunk
 it produces keeps the queue from ever running dry.
@@ -48,6 +49,7 @@ class TickResult:
     reason: str  # "ok" or why the bridge holds
     plan: np.ndarray | None = None  # [T, D] commands from this tick on (a new chunk arrived or a hold began)
     image_stamp: float | None = None  # camera stamp behind the first command of a new chunk
+    jumped: bool = False  # the hold skipped the delta clamp (e-stop)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class BridgeStats:
     )
     dropped_actions: int = 0
     inference_errors: int = 0
+    consecutive_inference_errors: int = 0
     invalid_inputs: int = 0
     latency_ema_s: float = 0.0
     last_latency_s: float = 0.0
@@ -76,7 +79,7 @@ class BridgeCore:
         self.safety = SafetyFilter(config.safety)
         self.estop = EStopLatch()
         required = [CAMERA, STATE] + ([ENV_STATE] if config.environment_state_topic else [])
-        self.watchdog = StaleWatchdog(required, config.stale_timeout_s)
+        self.watchdog = StaleWatchdog(required, config.stale_timeout_s, config.stamp_tolerance_s)
         self.stats = BridgeStats()
         self._lock = threading.Lock()
         self._tick = 0  # the next tick to run
@@ -96,17 +99,29 @@ class BridgeCore:
         self._fresh_chunk_stamp: float | None = None
 
     # ---- inputs -------------------------------------------------------------------------------
-    def observe_image(self, image: np.ndarray, stamp: float, now: float) -> None:
+    def observe_image(
+        self, image: np.ndarray, stamp: float, now: float, stamp_age: float | None = None
+    ) -> str | None:
+        """A camera frame taken at `stamp`, arrived at `now` (monotonic), its stamp `stamp_age` s old
+        on the node's clock at arrival. Returns why it was refused (a stamp in the future or too old),
+        else None."""
         with self._lock:
-            self._image, self._image_stamp = image, stamp
-            self._invalid.pop(CAMERA, None)
-            self.watchdog.feed(CAMERA, now)
+            problem = self._stamp_problem(CAMERA, stamp_age)
+            if problem is None:
+                self._image, self._image_stamp = image, stamp
+                self._invalid.pop(CAMERA, None)
+                self.watchdog.feed(CAMERA, now, stamp_age)
+            return problem
 
-    def observe_state(self, state: np.ndarray, now: float) -> None:
+    def observe_state(self, state: np.ndarray, now: float, stamp_age: float | None = None) -> str | None:
+        """As `observe_image`, for the robot state [S]."""
         with self._lock:
-            self._state = state
-            self._invalid.pop(STATE, None)
-            self.watchdog.feed(STATE, now)
+            problem = self._stamp_problem(STATE, stamp_age)
+            if problem is None:
+                self._state = state
+                self._invalid.pop(STATE, None)
+                self.watchdog.feed(STATE, now, stamp_age)
+            return problem
 
     def observe_environment_state(self, env_state: np.ndarray, now: float) -> None:
         with self._lock:
@@ -136,7 +151,7 @@ class BridgeCore:
     # ---- inference ------------------------------------------------------------------------------
     def inference_request(self, now: float) -> InferenceRequest | None:
         with self._lock:
-            if self._in_flight or self._hold_reason(now) is not None:
+            if self._in_flight or self._hold_reason(now, for_inference=True) is not None:
                 return None
             lead = math.ceil(self.stats.latency_ema_s / self.period) + self.config.refill_margin_ticks
             if len(self.queue.remaining(self._tick)) > lead:
@@ -167,13 +182,19 @@ class BridgeCore:
                 self.stats.late_chunks += 1
                 return False
             self.stats.chunks += 1
+            self.stats.consecutive_inference_errors = 0
             self._fresh_chunk_stamp = request.image_stamp
             return True
 
-    def inference_failed(self) -> None:
+    def inference_failed(self) -> int:
+        """The policy raised or returned an unusable chunk: hold now (the queued actions came from the
+        same policy) until a good chunk arrives. Returns the number of failures in a row."""
         with self._lock:
             self._in_flight = False
             self.stats.inference_errors += 1
+            self.stats.consecutive_inference_errors += 1
+            self._flush()
+            return self.stats.consecutive_inference_errors
 
     # ---- control ------------------------------------------------------------------------------
     def tick(self, now: float) -> TickResult:
@@ -200,6 +221,20 @@ class BridgeCore:
             self._holding, self._reason = False, "ok"
             return TickResult(tick, result.command, False, "ok", plan=plan, image_stamp=stamp)
 
+    def stop_step(self, jump: bool = False) -> TickResult:
+        """One step of the stop on deactivate or shutdown: empty the queue and step toward the hold
+        target (`jump`: go there at once). `at_target` of the filter result tells when it is there."""
+        with self._lock:
+            self._flush()
+            result = self._hold(-1, "stopping", jump=jump, force_plan=True)
+            return result
+
+    def hold_reached(self) -> bool:
+        """Whether the last published command is the hold target (nothing left to ramp)."""
+        with self._lock:
+            target = self.safety.hold_target()
+            return target is None or bool(np.all(target == self.safety.last))
+
     def restart_clock(self) -> None:
         """Start counting control periods afresh (on activation): the next tick is due now."""
         with self._lock:
@@ -214,6 +249,8 @@ class BridgeCore:
                 "state": self._reason,
                 "holding": self._holding,
                 "estop_latched": self.estop.latched,
+                "estop_latches": self.estop.latch_count,
+                "hold_jumps": self.safety.jump_count,
                 "control_hz": float(1.0 / np.mean(periods)) if np.isfinite(periods).all() else 0.0,
                 "period_jitter_p99_ms": float(np.percentile(np.abs(periods - self.period), 99) * 1e3),
                 "inference_latency_ms": self.stats.last_latency_s * 1e3,
@@ -224,6 +261,7 @@ class BridgeCore:
                 "late_chunks": self.stats.late_chunks,
                 "missed_ticks": self.stats.missed_ticks,
                 "inference_errors": self.stats.inference_errors,
+                "consecutive_inference_errors": self.stats.consecutive_inference_errors,
                 "invalid_inputs": self.stats.invalid_inputs,
                 "clamped_commands": self.safety.clamped_count,
                 "rejected_actions": self.safety.rejected_count,
@@ -233,7 +271,7 @@ class BridgeCore:
             }
 
     # ---- internals (lock held) ----------------------------------------------------------------
-    def _hold_reason(self, now: float) -> str | None:
+    def _hold_reason(self, now: float, for_inference: bool = False) -> str | None:
         if self.estop.latched:
             return "estop"
         if self._invalid:
@@ -243,15 +281,26 @@ class BridgeCore:
             return "stale_" + stale[0]
         if not self._instruction:
             return "no_instruction"
+        if self.stats.consecutive_inference_errors and not for_inference:
+            return "inference_error"  # held until a good chunk arrives; inference keeps trying
         return None
 
-    def _hold(self, tick: int, reason: str) -> TickResult:
+    def _stamp_problem(self, name: str, stamp_age: float | None) -> str | None:
+        return None if stamp_age is None else self.watchdog.stamp_problem(name, stamp_age)
+
+    def _hold(self, tick: int, reason: str, jump: bool | None = None, force_plan: bool = False) -> TickResult:
+        """Hold this tick: one step toward the hold target through the filter (an e-stop jumps)."""
+        previous = None if self.safety.last is None else self.safety.last.copy()
         entering = not self._holding or reason != self._reason
         self._holding, self._reason = True, reason
         self.stats.hold_ticks += 1
-        command = self.safety.hold_command()
-        plan = command[None] if (entering and command is not None) else None  # [1, D]
-        return TickResult(tick, command, True, reason, plan=plan)
+        result = self.safety.hold(jump=reason == "estop" if jump is None else jump)
+        if result is None:  # nothing was ever published and there is no reference: publish nothing
+            return TickResult(tick, None, True, reason)
+        command = result.command
+        moved = previous is None or bool(np.any(command != previous))
+        plan = command[None] if (entering or moved or force_plan) else None  # [1, D]
+        return TickResult(tick, command, True, reason, plan=plan, jumped=result.jumped)
 
     def _flush(self) -> None:
         self.queue.clear()

@@ -2,7 +2,9 @@
 
 The YAML is the one the launch files pass to `ros2 launch` (launch/config/*.yaml); its top-level keys
 are node names. Each known node found there is created in this process, rclpy reading the file
-through `--ros-args --params-file FILE`, and all are spun in one multi-threaded executor. Use this
+through `--ros-args --params-file FILE`, and all are spun in one single-threaded executor until
+SIGINT, SIGTERM or `--duration`; the bridge then publishes its hold before the process exits (0 after
+a signal, 1 after a crash). Use this
 where no ROS CLI exists; on a ROS 2 install `ros2 launch` on the launch files does the same.
 """
 
@@ -104,26 +106,24 @@ def ros_args(path: Path) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import rclpy
-
-    from .node import spin
+    from .node import run
 
     try:
         nodes_in_file(args.params)  # explain a bad file before paying for rclpy and the policy
     except LaunchError as exc:
         print(f"ceed bridge: {exc}")
         return 2
-    rclpy.init(args=ros_args(args.params))
-    try:
+
+    def make(stop: threading.Event):
         try:
             nodes = create_nodes(args.params, args.node)
         except (LaunchError, ValueError) as exc:
             print(f"ceed bridge: {exc}")
             return 1
         if args.duration > 0:
-            stop = threading.Timer(args.duration, rclpy.try_shutdown)
-            stop.daemon = True  # Ctrl-C before the deadline must not wait for it
-            stop.start()
-        return spin(nodes)
-    finally:
-        rclpy.try_shutdown()
+            timer = threading.Timer(args.duration, stop.set)  # a stop like Ctrl-C: holds first
+            timer.daemon = True  # Ctrl-C before the deadline must not wait for it
+            timer.start()
+        return nodes
+
+    return run(make, ros_args(args.params))

@@ -1,16 +1,22 @@
 """The policy bridge node: ROS 2 topics in and out around `BridgeCore` (which holds the logic).
 
-Lifecycle (rclpy managed node): configure reads the parameters, loads the policy and creates the
-subscriptions and publishers; activate starts the control timer and the inference worker; deactivate
-stops both after publishing a hold; cleanup releases everything. With `autostart` (the default) the
-node configures and activates itself, so it runs without a lifecycle manager.
+Lifecycle (rclpy managed node): configure reads the parameters (an unknown name or a bad value
+fails it), logs the effective set, loads the policy and creates the subscriptions and publishers;
+activate starts the control timer and the inference worker; deactivate brings the output to its
+hold through the safety filter, then stops both; cleanup releases everything. With `autostart` (the
+default) the node configures and activates itself, so it runs without a lifecycle manager.
+
+Stopping: `main` (and `ceed bridge`) handle SIGINT and SIGTERM themselves, so the context is still
+up when the node stops and the last command it publishes is a hold; the exit status is 0 for a
+signal and 1 for a crash or a policy that keeps failing (`inference_failure_limit`).
 
 Topics (names are parameters):
     in   camera_topic       sensor_msgs/Image         sensor-data QoS (best effort, keep last 5)
     in   state_topic        sensor_msgs/JointState    sensor-data QoS (geometry_msgs/PoseStamped
                                                       with state_type "pose")
     in   instruction_topic  std_msgs/String           reliable, transient local (latched)
-    in   estop_topic        std_msgs/Bool             reliable, transient local (latched)
+    in   estop_topic        std_msgs/Bool             reliable, transient local, keep last 1000: no
+                                                      pulse is overwritten before it is read
     in   estop_reset_topic  std_msgs/Empty            reliable: releases a latched e-stop
     out  command_topic      JointTrajectory | Float64MultiArray | TwistStamped, reliable
     out  diagnostics_topic  diagnostic_msgs/DiagnosticArray
@@ -18,7 +24,9 @@ Topics (names are parameters):
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections import deque
 
@@ -28,10 +36,12 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Empty, Float32MultiArray, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
@@ -47,6 +57,11 @@ LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Every e-stop message is read, in order: a `true` followed at once by a `false` must still latch.
+ESTOP = QoSProfile(
+    depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+ESTOP_RESET = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 NODE_NAME = "policy_bridge"
 
 
@@ -54,8 +69,12 @@ class PolicyBridgeNode(LifecycleNode):
     """`policy`: an object with the policy API to use instead of the `policy` parameter (tests)."""
 
     def __init__(self, node_name: str = NODE_NAME, *, policy=None, **kwargs):
+        # every parameter given to the node is declared, so a misspelt one can be refused
+        kwargs.setdefault("automatically_declare_parameters_from_overrides", True)
         super().__init__(node_name, **kwargs)
         ros_params.declare(self, BridgeConfig)
+        self.fatal: BaseException | None = None  # set when the node must stop (exit status 1)
+        self._active = False
         self._given_policy = policy
         self._predict_kwargs: dict = {}
         self.config: BridgeConfig | None = None
@@ -63,6 +82,7 @@ class PolicyBridgeNode(LifecycleNode):
         self.policy = None
         self.worker: InferenceWorker | None = None
         self._subs, self._pubs, self._timers = [], {}, []
+        self._pending: list = []  # subscriptions whose waiting messages a tick takes first
         self._inputs = MutuallyExclusiveCallbackGroup()
         self._control = MutuallyExclusiveCallbackGroup()
         # one value per chunk, the newest kept: camera stamp -> first command computed from that frame
@@ -80,6 +100,7 @@ class PolicyBridgeNode(LifecycleNode):
         except (ValueError, OSError, ImportError) as exc:  # ConfigError, PolicySpecError, a bad checkpoint
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(f"parameters: {ros_params.describe(self.config)}")
         self.core = BridgeCore(self.config)
         self._create_subscriptions()
         self._create_publishers()
@@ -92,6 +113,7 @@ class PolicyBridgeNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # activates the lifecycle publishers
+        self._active = True
         self.core.restart_clock()
         self.worker = InferenceWorker(
             self.policy,
@@ -110,24 +132,57 @@ class PolicyBridgeNode(LifecycleNode):
         return result
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self._stop_control()
-        if self.core is not None:
-            self.core.queue.clear()
-            self._publish_hold()
+        self.halt()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        # only reachable from inactive: deactivate already held the output and the publishers are off
+        self.halt()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        self._stop_control()
+        self.halt()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self):
-        self._stop_control()  # the inference thread must not outlive the node
+        self.halt()  # the last command is a hold, and the inference thread must not outlive the node
         return super().destroy_node()
+
+    def halt(self) -> None:
+        """Stop control and bring the output to its hold through the safety filter: ramp at
+        max_delta for at most `stop_ramp_s` (an e-stop or the deadline jumps), then stop inference.
+        Idempotent; publishes nothing when the node is not active."""
+        for timer in self._timers:
+            self.destroy_timer(timer)
+        self._timers = []
+        core, active = self.core, self._active
+        self._active = False
+        if core is not None and active and self._pubs:
+            try:
+                self._ramp_to_hold(core)
+            except Exception as exc:  # a context already shut down: nothing can be published any more
+                self.get_logger().error(f"could not publish the hold while stopping: {exc}")
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+    def _ramp_to_hold(self, core: BridgeCore) -> None:
+        c = self.config
+        deadline = time.monotonic() + c.stop_ramp_s
+        jump = core.estop.latched
+        while True:
+            jump = jump or time.monotonic() >= deadline
+            result = core.stop_step(jump=jump)
+            if result.command is None:
+                return  # nothing was ever published: nothing to hold
+            self._publish(result)
+            if result.jumped:
+                self.get_logger().warning("stop: jumped to the hold (e-stop or stop_ramp_s reached)")
+            if core.hold_reached():
+                return
+            time.sleep(c.period_s)
 
     def start(self) -> bool:
         """Configure and activate (what `autostart` does); returns whether the node is active."""
@@ -138,25 +193,31 @@ class PolicyBridgeNode(LifecycleNode):
     # ---- ROS entities ----------------------------------------------------------------------------
     def _create_subscriptions(self) -> None:
         c, g = self.config, self._inputs
+        # the e-stop first: the executor serves a node's subscriptions in creation order
+        estop = self.create_subscription(Bool, c.estop_topic, self._on_estop, ESTOP, callback_group=g)
+        reset = self.create_subscription(
+            Empty, c.estop_reset_topic, self._on_estop_reset, ESTOP_RESET, callback_group=g
+        )
+        camera = self.create_subscription(
+            Image, c.camera_topic, self._on_image, qos_profile_sensor_data, callback_group=g
+        )
+        state = self.create_subscription(
+            PoseStamped if c.state_type == "pose" else JointState,
+            c.state_topic,
+            self._on_state,
+            qos_profile_sensor_data,
+            callback_group=g,
+        )
         self._subs = [
-            self.create_subscription(
-                Image, c.camera_topic, self._on_image, qos_profile_sensor_data, callback_group=g
-            ),
-            self.create_subscription(
-                PoseStamped if c.state_type == "pose" else JointState,
-                c.state_topic,
-                self._on_state,
-                qos_profile_sensor_data,
-                callback_group=g,
-            ),
+            estop,
+            reset,
+            camera,
+            state,
             self.create_subscription(
                 String, c.instruction_topic, self._on_instruction, LATCHED, callback_group=g
             ),
-            self.create_subscription(Bool, c.estop_topic, self._on_estop, LATCHED, callback_group=g),
-            self.create_subscription(
-                Empty, c.estop_reset_topic, self._on_estop_reset, RELIABLE, callback_group=g
-            ),
         ]
+        self._pending = [(estop, ESTOP.depth), (camera, 5), (state, 5)]
         if c.environment_state_topic:
             self._subs.append(
                 self.create_subscription(
@@ -191,24 +252,40 @@ class PolicyBridgeNode(LifecycleNode):
             self.destroy_subscription(sub)
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
-        self._subs, self._pubs = [], {}
+        self._subs, self._pubs, self._pending = [], {}, []
         self.policy, self.core = None, None
 
-    def _stop_control(self) -> None:
-        for timer in self._timers:
-            self.destroy_timer(timer)
-        self._timers = []
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
+    def _take_pending(self) -> None:
+        """Run the callbacks of e-stop, camera and state messages that have arrived but were not yet
+        dispatched. rclpy's executor runs due timers before subscriptions, so a loaded executor would
+        otherwise tick on inputs one message late (spurious stale holds) or act on an e-stop a tick
+        late."""
+        for sub, depth in self._pending:
+            for _ in range(depth):
+                try:
+                    with sub.handle:
+                        taken = sub.handle.take_message(sub.msg_type, sub.raw)
+                except InvalidHandle:
+                    break
+                if taken is None:
+                    break
+                sub.callback(taken[0])
 
     # ---- callbacks -------------------------------------------------------------------------------
+    def _stamp_age(self, stamp) -> float:
+        """Age (s) of a header stamp on this node's clock."""
+        return self.get_clock().now().nanoseconds * 1e-9 - conv.from_time(stamp)
+
     def _on_image(self, msg: Image) -> None:
         try:
             image = conv.image_to_array(msg, self.config.image_width, self.config.image_height)
         except conv.MalformedInputError as exc:
             return self._reject("camera", exc)
-        self.core.observe_image(image, conv.from_time(msg.header.stamp), time.monotonic())
+        problem = self.core.observe_image(
+            image, conv.from_time(msg.header.stamp), time.monotonic(), self._stamp_age(msg.header.stamp)
+        )
+        if problem:
+            self.get_logger().warning(f"ignoring a camera frame: {problem}", throttle_duration_sec=2.0)
 
     def _on_state(self, msg: JointState | PoseStamped) -> None:
         try:
@@ -218,14 +295,16 @@ class PolicyBridgeNode(LifecycleNode):
                 state = conv.joint_state_to_vector(msg, self.config.state_joint_names)
         except conv.MalformedInputError as exc:
             return self._reject("state", exc)
-        self.core.observe_state(state, time.monotonic())
+        problem = self.core.observe_state(state, time.monotonic(), self._stamp_age(msg.header.stamp))
+        if problem:
+            self.get_logger().warning(f"ignoring a state message: {problem}", throttle_duration_sec=2.0)
 
     def _on_env_state(self, msg: Float32MultiArray) -> None:
         self.core.observe_environment_state(np.asarray(msg.data, dtype=np.float32), time.monotonic())
 
     def _on_instruction(self, msg: String) -> None:
         try:
-            text = conv.parse_instruction(msg.data)
+            text = conv.parse_instruction(msg.data, self.config.max_instruction_chars)
         except conv.MalformedInputError as exc:
             return self._reject("instruction", exc)
         self.core.set_instruction(text)
@@ -247,15 +326,27 @@ class PolicyBridgeNode(LifecycleNode):
         self.get_logger().warning(f"holding: bad {kind} message: {exc}", throttle_duration_sec=2.0)
 
     def _inference_error(self, exc: Exception) -> None:
+        core, limit = self.core, self.config.inference_failure_limit
+        failures = core.stats.consecutive_inference_errors if core is not None else 0
         self.get_logger().error(
-            f"inference failed ({type(exc).__name__}: {exc}); holding", throttle_duration_sec=2.0
+            f"inference failed ({type(exc).__name__}: {exc}); holding ({failures} in a row)",
+            throttle_duration_sec=2.0,
         )
+        if limit and failures >= limit and self.fatal is None:
+            self.get_logger().fatal(
+                f"the policy failed {failures} times in a row (inference_failure_limit={limit}): stopping"
+            )
+            self.fatal = exc
 
     def _on_tick(self) -> None:
         core, worker = self.core, self.worker  # deactivate may clear them while a tick is running
         if core is None or worker is None:
             return
-        self._publish(core.tick(time.monotonic()))
+        self._take_pending()
+        result = core.tick(time.monotonic())
+        if result.jumped:
+            self.get_logger().warning(f"{result.reason}: jumped to the hold without the delta clamp")
+        self._publish(result)
         worker.wake()
 
     def _on_diagnostics(self) -> None:
@@ -284,9 +375,11 @@ class PolicyBridgeNode(LifecycleNode):
             self.camera_to_command_s.append(stamp.nanoseconds * 1e-9 - result.image_stamp)
         if c.output_mode is OutputMode.TRAJECTORY:
             if result.plan is not None and len(result.plan):
-                self._pubs["command"].publish(
-                    conv.trajectory(result.plan, c.joint_names, stamp.to_msg(), c.period_s)
-                )
+                if result.holding:
+                    msg = conv.hold_trajectory(result.plan[0], c.joint_names, c.period_s)
+                else:
+                    msg = conv.trajectory(result.plan, c.joint_names, stamp.to_msg(), c.period_s)
+                self._pubs["command"].publish(msg)
             return
         if result.command is None:
             return
@@ -299,26 +392,29 @@ class PolicyBridgeNode(LifecycleNode):
         if "gripper" in self._pubs:
             self._pubs["gripper"].publish(conv.float_array(result.command[3:], label="gripper"))
 
-    def _publish_hold(self) -> None:
-        command = self.core.safety.hold_command()
-        if command is not None and self._pubs:
-            self._publish(TickResult(-1, command, True, "inactive", plan=command[None]))
 
-
-def spin(nodes: list, executor=None) -> int:
-    """Spin nodes until shutdown; the standard handling of Ctrl-C and external shutdown."""
+def spin(nodes: list, executor=None, stop: threading.Event | None = None) -> int:
+    """Spin nodes until `stop` is set (a signal), the context shuts down, or a node reports a fatal
+    fault; then destroy them (a bridge publishes its hold first). Returns 0, or 1 after a fatal
+    fault; an exception from a callback (a crash) propagates after the nodes are stopped."""
     # One thread: callbacks here are short (inference has its own worker thread), and rclpy's
     # MultiThreadedExecutor spins hot on few cores, starving timers (measured: 7 of 60 ticks in 3 s).
-    executor = executor or SingleThreadedExecutor()
+    executor = executor or SingleThreadedExecutor(context=nodes[0].context)
+    stop = stop or threading.Event()
     for node in nodes:
         executor.add_node(node)
+    code = 0
     try:
-        executor.spin()
+        while not stop.is_set() and executor.context.ok():
+            executor.spin_once(timeout_sec=0.1)
+            if any(getattr(node, "fatal", None) is not None for node in nodes):
+                code = 1
+                break
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
-        # Ctrl-C/SIGTERM shuts the context down first (rclpy's signal handler); a timer that was
-        # already due then publishes on the invalid context and raises. That is shutdown, not a fault.
+        # With rclpy's own signal handlers (a caller that did not opt out), Ctrl-C shuts the context
+        # down first; a timer that was already due then publishes on it and raises: not a fault.
         if all(node.context.ok() for node in nodes):
             raise
     finally:
@@ -326,21 +422,56 @@ def spin(nodes: list, executor=None) -> int:
             executor.remove_node(node)
             node.destroy_node()
         executor.shutdown()
-    return 0
+    return code
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set `stop` instead of shutting rclpy down, so the nodes can still publish
+    their holds. Use with `rclpy.init(signal_handler_options=SignalHandlerOptions.NO)`."""
+
+    def handler(signum, frame):
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def run(make_nodes, args: list[str] | None = None) -> int:
+    """The main of a process of nodes: init rclpy without its signal handlers, create the nodes
+    (`make_nodes(stop)` returns them, or an int exit status when they could not be made), spin them
+    until a signal or a fault. Exit status: 0 after a signal or shutdown, 1 after a crash or a
+    fatal fault; the nodes are stopped safely in every case."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    try:
+        nodes = make_nodes(stop)
+        if isinstance(nodes, int):
+            return nodes
+        try:
+            return spin(nodes, stop=stop)
+        except Exception as exc:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"crashed: {type(exc).__name__}: {exc}")
+            import traceback
+
+            traceback.print_exc()
+            return 1
+    finally:
+        rclpy.try_shutdown()
 
 
 def main(args: list[str] | None = None) -> int:
     """Console script `ceed-policy-bridge`: `ceed-policy-bridge --ros-args --params-file FILE`."""
-    rclpy.init(args=sys.argv if args is None else args)
-    node = PolicyBridgeNode()
-    try:
+
+    def make(stop):
+        node = PolicyBridgeNode()
         if node.config is None and node.get_parameter("autostart").value and not node.start():
             node.get_logger().fatal("could not configure the policy bridge; see the error above")
             node.destroy_node()
             return 1
-        return spin([node])
-    finally:
-        rclpy.try_shutdown()
+        return [node]
+
+    return run(make, sys.argv if args is None else args)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,17 @@
 Parameters are declared with dynamic typing so YAML written by hand works: `control_rate_hz: 20`
 (an integer) is accepted for a float, `[0, 1]` for a list of floats. Values are coerced to the
 field's type here and the dataclass validates them.
+
+A parameter the node does not know is an error, not a silent default: `dryrun: true` written for
+`dry_run` would otherwise leave the live command topic on. Nodes are created with
+`automatically_declare_parameters_from_overrides` so every name given to them can be checked.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 from enum import StrEnum
 
 from rcl_interfaces.msg import ParameterDescriptor
@@ -15,6 +21,8 @@ from rcl_interfaces.msg import ParameterDescriptor
 from .config import ConfigError
 
 _DYNAMIC = ParameterDescriptor(dynamic_typing=True)
+# parameters every rclpy node has; qos_overrides.* are rclpy's QoS override parameters
+ROS_OWN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
 
 def defaults(config_cls) -> dict[str, object]:
@@ -37,7 +45,14 @@ def declare(node, config_cls) -> None:
 
 
 def read(node, config_cls):
-    """Build `config_cls` from the node's parameters (raises ConfigError on a bad value)."""
+    """Build `config_cls` from the node's parameters (raises ConfigError on a bad value or a name
+    the config does not have)."""
+    names = node.list_parameters([], 0).names
+    refuse_unknown(
+        [n for n in names if n not in ROS_OWN_PARAMETERS and not n.startswith("qos_overrides.")],
+        config_cls,
+        node.get_name(),
+    )
     types = {f.name: str(f.type) for f in dataclasses.fields(config_cls)}
     values = {}
     for name, default in defaults(config_cls).items():
@@ -48,21 +63,50 @@ def read(node, config_cls):
 
 def from_dict(config_cls, params: dict):
     """Build `config_cls` from a plain mapping (a node's `ros__parameters` in a YAML file)."""
-    unknown = sorted(set(params) - set(defaults(config_cls)))
-    if unknown:
-        raise ConfigError(f"{config_cls.__name__} has no parameters {unknown}")
+    refuse_unknown(list(params), config_cls, config_cls.__name__)
     types = {f.name: str(f.type) for f in dataclasses.fields(config_cls)}
     return config_cls(**{k: coerce(k, types[k], v) for k, v in params.items()})
+
+
+def refuse_unknown(names: list[str], config_cls, owner: str) -> None:
+    """ConfigError naming every unknown parameter and the closest valid name for each."""
+    valid = list(defaults(config_cls))
+    unknown = sorted(set(names) - set(valid))
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+    raise ConfigError(
+        f"{owner} has no parameter {', '.join(parts)}: fix the name in the parameter file; "
+        f"valid names: {', '.join(sorted(valid))}"
+    )
+
+
+def describe(config) -> str:
+    """The effective parameters of a config, one `name=value` each, for one log line at configure."""
+    out = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out.append(f"{f.name}={value.value if isinstance(value, StrEnum) else value!r}")
+    return ", ".join(out)
 
 
 def coerce(name: str, type_name: str, value):
     try:
         if type_name == "list[float]":
-            return [float(v) for v in value]
+            out = [float(v) for v in value]
+            if not all(math.isfinite(v) for v in out):
+                raise ConfigError(f"parameter {name}={out} has non-finite values: give finite numbers")
+            return out
         if type_name == "list[str]":
             return [str(v) for v in value]
         if type_name == "float":
-            return float(value)
+            out = float(value)
+            if not math.isfinite(out):
+                raise ConfigError(f"parameter {name}={out} is not finite: give a finite number")
+            return out
         if type_name == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -72,5 +116,7 @@ def coerce(name: str, type_name: str, value):
                 raise ValueError
             return value
         return value if not isinstance(value, bytes) else value.decode()
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"parameter {name}={value!r} is not a valid {type_name}") from None

@@ -1,7 +1,10 @@
-"""Safety pieces of the bridge, free of ROS: the command filter, the e-stop latch and the watchdog.
+"""Safety pieces of the bridge, free of ROS: the output filter, the e-stop latch and the watchdog.
 
-Nothing leaves the bridge without passing `SafetyFilter`: a command is finite, inside the
-per-dimension limits, and at most `max_delta` away from the previous published command.
+Nothing leaves the bridge without passing `SafetyFilter`: policy actions, holds, ramps and the
+stop on shutdown alike. In that order a command is checked finite, clipped to the per-dimension
+limits, and moved at most `max_delta` from the last command actually published. A hold is a target
+like any other: it ramps there at `max_delta`, except where it must not wait (an e-stop), where it
+jumps and counts the jump.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import HoldMode, SafetyConfig
+from .config import SafetyConfig
 
 
 @dataclass
@@ -18,25 +21,40 @@ class FilterResult:
     command: np.ndarray | None  # [D] float64, None when the action was rejected
     clamped: bool  # a limit or the delta clamp changed the action
     rejected_reason: str = ""  # "non_finite" or "wrong_dim" when command is None
+    jumped: bool = False  # a hold skipped the delta clamp (an e-stop)
+    at_target: bool = True  # the command is the target itself (a ramp has arrived)
 
 
 class SafetyFilter:
-    """Limits, per-step delta clamp and a non-finite guard, chained over published commands."""
+    """Finite check, limits and per-step delta clamp, chained over the published commands.
+
+    `last` is the last command published ([D]); None until one is, unless `initial_command` or the
+    zero-held dimensions say where the actuator starts.
+    """
 
     def __init__(self, config: SafetyConfig):
         self.config = config
         self.low = np.asarray(config.action_low, dtype=np.float64)  # [D]
         self.high = np.asarray(config.action_high, dtype=np.float64)  # [D]
         self.max_delta = np.asarray(config.max_delta, dtype=np.float64)  # [D]
+        self.zero_hold = np.asarray(config.zero_hold, dtype=bool)  # [D]
         self.last: np.ndarray | None = None  # [D] the last command that was published
         self.clamped_count = 0
         self.rejected_count = 0
+        self.jump_count = 0
         self.reset()
 
     def reset(self) -> None:
-        """Forget the last command; the next one is clamped against `initial_command` if given."""
+        """Back to the start reference: `initial_command`, else zero when every dimension is zero-held
+        (a velocity interface at rest), else unknown (the first command is only clipped)."""
         init = self.config.initial_command
-        self.last = np.clip(np.asarray(init, dtype=np.float64), self.low, self.high) if init else None
+        if init:
+            self.last = np.clip(np.asarray(init, dtype=np.float64), self.low, self.high)
+        elif self.zero_hold.any():
+            # velocities start at rest; in twist mode the gripper starts from zero too (no better guess)
+            self.last = np.clip(np.zeros_like(self.low), self.low, self.high)
+        else:
+            self.last = None
 
     def check(self, action: np.ndarray, previous: np.ndarray | None) -> FilterResult:
         """Filter one action against `previous` without changing any state."""
@@ -49,7 +67,7 @@ class SafetyFilter:
         if previous is not None:
             out = previous + np.clip(out - previous, -self.max_delta, self.max_delta)
             out = np.clip(out, self.low, self.high)
-        return FilterResult(out, bool(np.any(out != action)))
+        return FilterResult(out, bool(np.any(out != action)), at_target=bool(np.all(out == action)))
 
     def apply(self, action: np.ndarray) -> FilterResult:
         """Filter one action and, when it passes, make it the new previous command."""
@@ -72,11 +90,28 @@ class SafetyFilter:
             previous = result.command
         return np.stack(out) if out else np.zeros((0, self.low.shape[0]))
 
-    def hold_command(self) -> np.ndarray | None:
-        """What to publish while holding: zeros, or the last command (None if there never was one)."""
-        if self.config.hold_mode is HoldMode.ZERO:
-            return np.zeros_like(self.low)
-        return None if self.last is None else self.last.copy()
+    def hold_target(self) -> np.ndarray | None:
+        """Where a hold goes, [D]: zero on the zero-held dimensions, the last command elsewhere
+        (inside the limits); None when nothing was ever published and there is no reference."""
+        if self.last is None:
+            return None
+        target = np.where(self.zero_hold, 0.0, self.last)
+        return np.clip(target, self.low, self.high)
+
+    def hold(self, jump: bool = False) -> FilterResult | None:
+        """One step of a hold, committed: toward the hold target at `max_delta`, or straight to it with
+        `jump` (counted when the step exceeds `max_delta`). None when there is nothing to hold."""
+        target = self.hold_target()
+        if target is None:
+            return None
+        if jump:
+            jumped = bool(np.any(np.abs(target - self.last) > self.max_delta + 1e-12))
+            self.jump_count += int(jumped)
+            self.last = target
+            return FilterResult(target.copy(), False, jumped=jumped)
+        result = self.check(target, self.last)  # a ramp step is not counted as a clamped action
+        self.last = result.command
+        return result
 
     def _count(self, result: FilterResult) -> None:
         if result.command is None:
@@ -86,15 +121,21 @@ class SafetyFilter:
 
 
 class EStopLatch:
-    """Once the e-stop input is asserted the latch stays set until `reset()` while the input is clear."""
+    """Once the e-stop input is asserted the latch stays set until `reset()` while the input is clear.
+
+    Every `true` latches, however quickly a `false` follows it: the subscription keeps every message
+    (reliable, deep queue) and each one passes through `update` in order.
+    """
 
     def __init__(self):
         self.input_asserted = False
         self.latched = False
+        self.latch_count = 0  # times the latch went from released to set
 
     def update(self, asserted: bool) -> None:
         self.input_asserted = bool(asserted)
         if self.input_asserted:
+            self.latch_count += int(not self.latched)
             self.latched = True
 
     def reset(self) -> bool:
@@ -106,27 +147,60 @@ class EStopLatch:
 
 
 class StaleWatchdog:
-    """Tracks when each required input last arrived; stale if any is missing or older than timeout."""
+    """Tracks when each required input last arrived and how old its header stamp was then.
 
-    def __init__(self, required: list[str], timeout_s: float):
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s={timeout_s}: need > 0")
+    An input is stale if it never arrived, arrived longer than `timeout_s` ago, or its stamp is older
+    than `timeout_s + stamp_tolerance_s` (a camera re-publishing an old frame is stale however often
+    it publishes). `stamp_tolerance_s` absorbs transport latency and clock skew between machines.
+    """
+
+    def __init__(self, required: list[str], timeout_s: float, stamp_tolerance_s: float = 0.1):
+        if not (timeout_s > 0 and np.isfinite(timeout_s)):
+            raise ValueError(f"timeout_s={timeout_s}: need a finite value > 0")
+        if not (stamp_tolerance_s >= 0 and np.isfinite(stamp_tolerance_s)):
+            raise ValueError(f"stamp_tolerance_s={stamp_tolerance_s}: need a finite value >= 0")
         self.required = list(required)
         self.timeout_s = timeout_s
+        self.stamp_tolerance_s = stamp_tolerance_s
         self.last_seen: dict[str, float] = {}
+        self.stamp_age: dict[str, float] = {}  # header age at arrival (s); absent for unstamped inputs
 
-    def feed(self, name: str, now: float) -> None:
+    def stamp_problem(self, name: str, stamp_age: float) -> str | None:
+        """Why a message whose header stamp was `stamp_age` s old on arrival cannot count as fresh."""
+        if stamp_age < -self.stamp_tolerance_s:
+            return (
+                f"{name} stamp is {-stamp_age:.3f} s in the future (more than stamp_tolerance_s="
+                f"{self.stamp_tolerance_s}): synchronise the clocks of the sender and this machine"
+            )
+        if stamp_age > self.timeout_s + self.stamp_tolerance_s:
+            zero = " (a zero stamp: stamp messages when they are captured)" if stamp_age > 1e8 else ""
+            return (
+                f"{name} stamp is {stamp_age:.3f} s old on arrival (more than stale_timeout_s + "
+                f"stamp_tolerance_s = {self.timeout_s + self.stamp_tolerance_s:.3f} s){zero}: a re-sent old "
+                "message or a sender clock behind this one; treated as stale"
+            )
+        return None
+
+    def feed(self, name: str, now: float, stamp_age: float | None = None) -> None:
         self.last_seen[name] = now
+        if stamp_age is None:
+            self.stamp_age.pop(name, None)
+        else:
+            self.stamp_age[name] = stamp_age
 
     def clear(self) -> None:
         self.last_seen.clear()
+        self.stamp_age.clear()
 
     def stale_inputs(self, now: float) -> list[str]:
-        """Names of the required inputs that never arrived or are older than the timeout."""
+        """Names of the required inputs that never arrived, or whose arrival or stamp is too old."""
+        limit = self.timeout_s + self.stamp_tolerance_s
         return [
             name
             for name in self.required
-            if name not in self.last_seen or now - self.last_seen[name] > self.timeout_s
+            if name not in self.last_seen
+            or now - self.last_seen[name] > self.timeout_s
+            or self.stamp_age.get(name, -np.inf) + (now - self.last_seen[name]) > limit
         ]
 
     def oldest_age(self, now: float) -> float:

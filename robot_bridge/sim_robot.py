@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -35,8 +34,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from . import conversions as conv
 from . import ros_params
-from .config import DEFAULT_COMMAND_TOPICS, OutputMode, parse_enum, require_positive
-from .node import LATCHED, RELIABLE, spin
+from .config import DEFAULT_COMMAND_TOPICS, OutputMode, parse_enum, require_finite, require_positive
+from .node import LATCHED, RELIABLE, run
 
 NODE_NAME = "sim_robot"
 STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper"]
@@ -65,6 +64,7 @@ class SimRobotConfig:
     success_topic: str = "/sim/success"
 
     def __post_init__(self):
+        require_finite(self)
         self.command_mode = parse_enum(OutputMode, self.command_mode, "command_mode")
         for name in ("step_rate_hz", "camera_rate_hz", "twist_scale", "command_timeout_s"):
             require_positive(getattr(self, name), name)
@@ -114,6 +114,7 @@ class SimRobotNode(Node):
     it, so stepping and rendering cannot move between executor threads."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        kwargs.setdefault("automatically_declare_parameters_from_overrides", True)  # refuse misspelt names
         super().__init__(node_name, **kwargs)
         ros_params.declare(self, SimRobotConfig)
         self.config = ros_params.read(self, SimRobotConfig)
@@ -257,16 +258,15 @@ class SimRobotNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script `ceed-sim-robot`: `ceed-sim-robot --ros-args --params-file FILE`."""
-    rclpy.init(args=sys.argv if args is None else args)
-    try:
+
+    def make(stop):
         try:
-            node = SimRobotNode()
+            return [SimRobotNode()]
         except ValueError as exc:  # ConfigError, an unknown task or camera
             print(f"sim robot: {exc}", file=sys.stderr)
             return 1
-        return spin([node])
-    finally:
-        rclpy.try_shutdown()
+
+    return run(make, sys.argv if args is None else args)
 
 
 if __name__ == "__main__":

@@ -82,12 +82,13 @@ def test_safety_plan_chains_the_clamp_and_stops_at_the_first_bad_action():
     np.testing.assert_allclose(f.last, [0.0, 0.0])  # planning does not commit
 
 
-def test_hold_command_follows_hold_mode():
+def test_hold_target_follows_hold_mode():
     last = _safety(hold_mode=HoldMode.LAST)
-    assert last.hold_command() is None
+    assert last.hold_target() is None and last.hold() is None  # nothing published: nothing to hold
     last.apply(np.array([0.2, 0.1]))
-    np.testing.assert_allclose(last.hold_command(), [0.2, 0.1])
-    np.testing.assert_allclose(_safety(hold_mode="zero").hold_command(), [0.0, 0.0])
+    np.testing.assert_allclose(last.hold_target(), [0.2, 0.1])
+    zero = _safety(hold_mode="zero")
+    np.testing.assert_allclose(zero.hold_target(), [0.0, 0.0])  # a velocity interface starts at rest
 
 
 def test_estop_latches_until_reset_with_the_input_clear():
