@@ -24,6 +24,7 @@ and every episode uses the task's held-out instruction by default.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -41,7 +42,7 @@ from ceed_vla.sim.seeds import SPLITS, split_seed
 from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
 from tqdm.auto import tqdm
 
-from ceed_vla.atomic import atomic_savefig, atomic_write_text
+from ceed_vla.atomic import atomic_savefig, atomic_write_bytes, atomic_write_text
 
 Clock = Literal["paused", "realtime"]
 CLOCKS = ("paused", "realtime")
@@ -63,6 +64,8 @@ class EvalConfig:
     """Actions of each chunk executed before planning again (None: the whole chunk)."""
     split: str = "eval"
     """`eval`: the held-out evaluation seeds; `validation`: the seeds model selection may look at."""
+    save_rollouts: int = 0
+    """Episodes per task saved as a GIF and a frame strip under `<output>/rollouts/` (the first ones)."""
     output: Path | None = None
     specs: tuple[TaskSpec, ...] = field(init=False, repr=False)
 
@@ -77,6 +80,8 @@ class EvalConfig:
             raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.instructions not in INSTRUCTION_SETS:
             raise ValueError(f"instructions must be one of {INSTRUCTION_SETS}, got {self.instructions!r}")
+        if self.save_rollouts < 0:
+            raise ValueError(f"save_rollouts must be >= 0, got {self.save_rollouts!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.execute_steps is not None and self.execute_steps < 1:
@@ -106,6 +111,7 @@ class EpisodeResult:
     decode_ms: list[float] = field(default_factory=list)
     decode_iterations: list[float] = field(default_factory=list)
     decode_tokens: list[float] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list, repr=False)  # [H, W, 3] uint8 at each plan
 
 
 class _Episode:
@@ -162,6 +168,7 @@ class EvalRunner:
         """Evaluate `policy`; returns the report dict (also written to `config.output` if set)."""
         cfg = self.config
         episodes: list[EpisodeResult] = []
+        saved: list[str] = []
         bar = tqdm(
             total=len(cfg.specs) * cfg.episodes_per_task,
             desc=f"eval ({cfg.clock})",
@@ -173,20 +180,30 @@ class EvalRunner:
                 env_cfg = EnvConfig(spec.name, cfg.image_size, cfg.camera, cfg.max_episode_steps)
                 with MetaWorldEnv(env_cfg) as env:
                     for i in range(cfg.episodes_per_task):
-                        episodes.append(
-                            self.run_episode(policy, env, spec, split_seed(cfg.split, cfg.seed, i))
-                        )
+                        keep = cfg.output is not None and i < cfg.save_rollouts
+                        seed = split_seed(cfg.split, cfg.seed, i)
+                        result = self.run_episode(policy, env, spec, seed, keep_frames=keep)
+                        if keep and result.frames:
+                            frames = [*result.frames, env.observe().image]
+                            path = save_rollout(result, frames, cfg.output / "rollouts")
+                            saved.append(str(path.relative_to(cfg.output)))
+                            result.frames = []
+                        episodes.append(result)
                         done = [e for e in episodes if e.task == spec.name]
                         bar.set_postfix(task=spec.name, success=f"{sum(e.success for e in done)}/{len(done)}")
                         bar.update(1)
         finally:
             bar.close()
         report = build_report(cfg, episodes, self.predict_kwargs)
+        if saved:
+            report["rollouts"] = saved  # frame strips (.png) beside GIFs of the same name
         if cfg.output is not None:
             write_report(report, cfg.output)
         return report
 
-    def run_episode(self, policy, env: MetaWorldEnv, spec: TaskSpec, seed: int) -> EpisodeResult:
+    def run_episode(
+        self, policy, env: MetaWorldEnv, spec: TaskSpec, seed: int, keep_frames: bool = False
+    ) -> EpisodeResult:
         policy.reset()
         ep = _Episode(env, spec, seed, self.config.instruction(spec))
         ep.execute_steps = self.config.execute_steps or _policy_action_steps(policy)
@@ -194,6 +211,8 @@ class EvalRunner:
         while not ep.done:
             if self._must_plan(ep):
                 self._plan(policy, ep)
+                if keep_frames:
+                    ep.result.frames.append(ep.obs.image.copy())
                 continue
             action = ep.queue.popleft()
             ep.since_plan += 1
@@ -244,6 +263,24 @@ class EvalRunner:
         result.decode_ms.append(float(stats.wall_ms))
         result.decode_iterations.append(_mean_of(stats.iterations))
         result.decode_tokens.append(float(stats.tokens))
+
+
+def save_rollout(result: EpisodeResult, frames: list[np.ndarray], directory: Path, strip: int = 8) -> Path:
+    """`<task>_<seed>_<success|failure>.gif` (every planning frame) and `.png` (`strip` of them)."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{result.task}_{result.seed}_{'success' if result.success else 'failure'}"
+    images = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
+    atomic_write_bytes(directory / f"{stem}.gif", buf.getvalue())
+    picks = np.linspace(0, len(frames) - 1, num=min(strip, len(frames))).round().astype(int)
+    row = np.concatenate([frames[i] for i in picks], axis=1)  # [H, strip * W, 3]
+    buf = io.BytesIO()
+    Image.fromarray(row).save(buf, format="PNG")
+    atomic_write_bytes(directory / f"{stem}.png", buf.getvalue())
+    return directory / f"{stem}.png"
 
 
 def _policy_action_steps(policy) -> int | None:
@@ -482,6 +519,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=int, default=None, help="early exit: bin-distance tolerance")
     parser.add_argument("--device", default=None, help="torch device for a VLA checkpoint")
     parser.add_argument("--output", type=Path, default=Path("outputs/eval"), help="report directory")
+    parser.add_argument(
+        "--save-rollouts",
+        type=int,
+        default=2,
+        help="episodes per task saved as GIF + frame strip under <output>/rollouts/ (0 = none)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -497,6 +540,7 @@ def main(args: argparse.Namespace) -> int:
             instructions=args.instructions,
             execute_steps=args.execute_steps,
             split=args.split,
+            save_rollouts=args.save_rollouts,
             output=args.output,
         )
         policy = load_policy(args.policy, args.device)

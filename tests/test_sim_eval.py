@@ -76,6 +76,26 @@ def test_runner_on_the_expert_writes_reports(tmp_path):
     assert (tmp_path / "success.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_runner_saves_rollout_gifs_and_frame_strips(tmp_path):
+    from PIL import Image
+
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+    from ceed_vla.sim.experts import ScriptedExpert
+
+    config = EvalConfig(
+        tasks=("reach",), episodes_per_task=2, image_size=16, save_rollouts=1, output=tmp_path
+    )
+    report = EvalRunner(config, progress=False).run(ScriptedExpert())
+    first = report["episodes"][0]
+    stem = f"rollouts/reach_{first['seed']}_success"
+    assert report["rollouts"] == [f"{stem}.png"]  # only the first episode of the task
+    strip = Image.open(tmp_path / f"{stem}.png")
+    assert strip.size == (8 * 16, 16)  # eight frames side by side
+    gif = Image.open(tmp_path / f"{stem}.gif")
+    assert gif.n_frames > 8  # every planning frame (the expert plans each step) and the last one
+    assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == [f"{stem[9:]}.gif", f"{stem[9:]}.png"]
+
+
 class FakeClock:
     """A timer the slow policy advances: latency without sleeping, identical on any machine."""
 
