@@ -36,6 +36,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
@@ -63,6 +64,7 @@ ESTOP = QoSProfile(
 )
 ESTOP_RESET = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 NODE_NAME = "policy_bridge"
+STOP_ACK_TIMEOUT_S = 0.5  # how long a stop waits for subscribers to acknowledge the hold
 
 
 class PolicyBridgeNode(LifecycleNode):
@@ -176,13 +178,16 @@ class PolicyBridgeNode(LifecycleNode):
             jump = jump or time.monotonic() >= deadline
             result = core.stop_step(jump=jump)
             if result.command is None:
-                return  # nothing was ever published: nothing to hold
+                break  # nothing was ever published: nothing to hold
             self._publish(result)
             if result.jumped:
                 self.get_logger().warning("stop: jumped to the hold (e-stop or stop_ramp_s reached)")
             if core.hold_reached():
-                return
+                break
             time.sleep(c.period_s)
+        # the node may be destroyed next: a reliable sample still unacknowledged then is lost
+        for pub in self._pubs.values():
+            pub.wait_for_all_acked(Duration(seconds=STOP_ACK_TIMEOUT_S))
 
     def start(self) -> bool:
         """Configure and activate (what `autostart` does); returns whether the node is active."""

@@ -65,7 +65,9 @@ class SafetyFilter:
             return FilterResult(None, False, "non_finite")
         out = np.clip(action, self.low, self.high)
         if previous is not None:
-            out = previous + np.clip(out - previous, -self.max_delta, self.max_delta)
+            step = out - previous
+            within = np.abs(step) <= self.max_delta + 1e-9  # reachable this step: land on it exactly
+            out = np.where(within, out, previous + np.clip(step, -self.max_delta, self.max_delta))
             out = np.clip(out, self.low, self.high)
         return FilterResult(out, bool(np.any(out != action)), at_target=bool(np.all(out == action)))
 
