@@ -32,6 +32,7 @@ from typing import Any
 
 from ceed_vla.atomic import atomic_write_json, atomic_write_text
 from ceed_vla.pipeline import Pipeline, Stage, StageError
+from ceed_vla.sim.metrics import episode_outcomes, paired_outcomes
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,7 @@ REPORT_KEYS = (
     "tokens_per_chunk",
     "actions_per_s",
     "speedup_vs_ar",
+    "paired_vs_teacher_ar",
 )
 
 
@@ -394,19 +396,24 @@ def mode_row(eval_report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _eval_report(paths: DemoPaths, mode: str) -> dict[str, Any]:
+    return json.loads((paths.eval_dir(mode) / "report.json").read_text())
+
+
 def build_report(
     profile: DemoProfile, paths: DemoPaths, summary: dict[str, dict], commit: str | None = None
 ) -> dict[str, Any]:
     """commit: the code the stages ran with (taken when the run started); default: HEAD now."""
     modes: dict[str, Any] = {}
     for mode in profile.modes():
-        report_path = paths.eval_dir(mode.name) / "report.json"
-        eval_report = json.loads(report_path.read_text())
-        modes[mode.name] = {**mode_row(eval_report), "mode": asdict(mode)}
+        modes[mode.name] = {**mode_row(_eval_report(paths, mode.name)), "mode": asdict(mode)}
     ar_ms = modes["teacher_ar"]["ms_per_chunk_p50"]
-    for row in modes.values():
+    reference = episode_outcomes(_eval_report(paths, "teacher_ar"))
+    for name, row in modes.items():
         ms = row["ms_per_chunk_p50"]
         row["speedup_vs_ar"] = (ar_ms / ms) if (ar_ms and ms) else None
+        # a = teacher AR, b = this mode, on the same (task, seed) episodes
+        row["paired_vs_teacher_ar"] = paired_outcomes(reference, episode_outcomes(_eval_report(paths, name)))
     missing = [(n, k) for n, r in modes.items() for k in REPORT_KEYS if k not in r]
     if missing:
         raise RuntimeError(f"report rows lack keys: {missing}")
@@ -491,6 +498,16 @@ def mode_order(report: dict[str, Any]) -> list[str]:
     return [n for n in order if n in report["modes"]] + sorted(set(report["modes"]) - set(order))
 
 
+def _paired_cells(paired: dict[str, Any] | None) -> str:
+    """`both / only AR / only this / neither | p` (dashes for reports written before pairing)."""
+    if not paired:
+        return "- | -"
+    return (
+        f"{paired['both']} / {paired['only_a']} / {paired['only_b']} / {paired['neither']} "
+        f"| {paired['mcnemar_p']:.3g}"
+    )
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# ceed demo — profile `{report['profile']}`",
@@ -508,8 +525,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         + ". The paused clock waits for the policy (as papers report); the real-time clock keeps the "
         "simulation moving while the policy computes.",
         "",
-        "| mode | clock | success (95% CI) | episodes | ms/chunk p50 | p95 | iterations/chunk | actions/s | speedup vs AR |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | clock | success (95% CI) | episodes | ms/chunk p50 | p95 | iterations/chunk | actions/s "
+        "| speedup vs AR | vs teacher AR: both / only AR / only this / neither | McNemar p |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in mode_order(report):
         r = report["modes"][name]
@@ -518,7 +536,7 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {r['mode']['clock']} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "
             f"| {_fmt(r['ms_per_chunk_p50'], '.1f')} | {_fmt(r['ms_per_chunk_p95'], '.1f')} "
             f"| {_fmt(r['iterations_per_chunk'], '.2f')} | {_fmt(r['actions_per_s'], '.0f')} "
-            f"| {_fmt(r['speedup_vs_ar'], '.2f')}x |"
+            f"| {_fmt(r['speedup_vs_ar'], '.2f')}x | {_paired_cells(r.get('paired_vs_teacher_ar'))} |"
         )
     this_run_s, all_s = stage_minutes(report)
     lines += [

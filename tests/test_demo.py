@@ -79,7 +79,7 @@ def test_invalid_profile_is_refused_with_the_value():
         replace(PROFILE, teacher_steps=0)
 
 
-def _eval_report(success, ms, iters):
+def _eval_report(success, ms, iters, wins=(True, True, False, False)):
     overall = {
         "episodes": 4,
         "success_rate": success,
@@ -91,7 +91,15 @@ def _eval_report(success, ms, iters):
         "actions_per_s": 8000.0 / ms,
     }
     per_task = {"reach": {"success_rate": success}, "push": {"success_rate": 0.0}}
-    episodes = [{"iterations_per_chunk": [iters, iters + 1.0]}]
+    episodes = [
+        {
+            "task": "reach",
+            "seed": 100 + i,
+            "success": w,
+            "iterations_per_chunk": [iters, iters + 1.0][: 2 * (i == 0)],
+        }
+        for i, w in enumerate(wins)
+    ]
     return {"overall": overall, "per_task": per_task, "episodes": episodes}
 
 
@@ -102,8 +110,13 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
         out = paths.eval_dir(mode.name)
         out.mkdir(parents=True)
         ms = timings.get(mode.name, 20.0)
-        (out / "report.json").write_text(json.dumps(_eval_report(0.5, ms, 4.0)))
+        wins = (False, True, True, True) if mode.name == "student_jacobi" else (True, True, False, False)
+        (out / "report.json").write_text(json.dumps(_eval_report(0.5, ms, 4.0, wins)))
     report = demo.build_report(PROFILE, paths, summary={"record": {"seconds": 1.0, "skipped": False}})
+    paired = report["modes"]["student_jacobi"]["paired_vs_teacher_ar"]
+    assert (paired["both"], paired["only_a"], paired["only_b"], paired["neither"]) == (1, 1, 2, 0)
+    assert paired["mcnemar_p"] == pytest.approx(1.0)  # 1 vs 2 discordant: no evidence either way
+    assert report["modes"]["teacher_ar"]["paired_vs_teacher_ar"]["only_b"] == 0
     for row in report["modes"].values():
         assert set(demo.REPORT_KEYS) <= set(row)
     assert report["modes"]["teacher_ar"]["speedup_vs_ar"] == pytest.approx(1.0)
@@ -118,7 +131,7 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert demo.mode_order(on_disk) == [m.name for m in PROFILE.modes()]
     md = demo.report_markdown(report)
     assert "| student_early_exit | paused | 0.50" in md
-    assert "2.67x" in md  # student_jacobi: 80 / 30
+    assert "2.67x | 1 / 1 / 2 / 0 | 1 |" in md  # student_jacobi: 80 / 30, then the paired cells
 
 
 def test_report_only_redraws_from_report_json_without_running_a_stage(tmp_path, monkeypatch):
