@@ -35,7 +35,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--policy", default="sine", help="sine[:AMPLITUDE] or checkpoint:DIR")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the policy")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="instead: replay fault attacks against the node in every output mode (robot_bridge/faults.py)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="trajectory,forward,twist",
+        help="--faults: output modes to attack (comma separated)",
+    )
 
 
 def _percentiles(values_ms: list[float]) -> dict[str, float]:
@@ -141,6 +151,12 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.faults:
+        from . import faults
+
+        args.out = args.out or faults.DEFAULT_OUT
+        return faults.main(args)
+    args.out = args.out or DEFAULT_OUT
     import rclpy
     import torch
     from rclpy.context import Context

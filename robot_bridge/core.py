@@ -97,6 +97,7 @@ class BridgeCore:
         self._generation = 0
         self._reset_policy = True
         self._fresh_chunk_stamp: float | None = None
+        self._failure_unheld = False  # an inference failure that no tick has held for yet
 
     # ---- inputs -------------------------------------------------------------------------------
     def observe_image(
@@ -193,6 +194,7 @@ class BridgeCore:
             self._in_flight = False
             self.stats.inference_errors += 1
             self.stats.consecutive_inference_errors += 1
+            self._failure_unheld = True
             self._flush()
             return self.stats.consecutive_inference_errors
 
@@ -205,6 +207,8 @@ class BridgeCore:
             reason = self._hold_reason(now)
             if reason is not None:
                 self._flush()
+                if reason == "inference_error":
+                    self._failure_unheld = False  # held once; a good chunk resumes from here
                 return self._hold(tick, reason)
             plan = None
             stamp = self._fresh_chunk_stamp
@@ -281,8 +285,9 @@ class BridgeCore:
             return "stale_" + stale[0]
         if not self._instruction:
             return "no_instruction"
-        if self.stats.consecutive_inference_errors and not for_inference:
-            return "inference_error"  # held until a good chunk arrives; inference keeps trying
+        if (self.stats.consecutive_inference_errors or self._failure_unheld) and not for_inference:
+            # held for at least one tick, then until a good chunk arrives; inference keeps trying
+            return "inference_error"
         return None
 
     def _stamp_problem(self, name: str, stamp_age: float | None) -> str | None:

@@ -311,7 +311,7 @@ class PolicyBridgeNode(LifecycleNode):
         try:
             text = conv.parse_instruction(msg.data, self.config.max_instruction_chars)
         except conv.MalformedInputError as exc:
-            return self._reject("instruction", exc)
+            return self._reject("instruction", exc, throttle=False)  # rare: one line per message
         self.core.set_instruction(text)
         self.get_logger().info(f"instruction: {text!r}")
 
@@ -326,9 +326,15 @@ class PolicyBridgeNode(LifecycleNode):
         else:
             self.get_logger().warning("e-stop reset refused: the e-stop input is still asserted")
 
-    def _reject(self, kind: str, exc: Exception) -> None:
+    def _reject(self, kind: str, exc: Exception, throttle: bool = True) -> None:
         self.core.invalid_input(kind, str(exc))
-        self.get_logger().warning(f"holding: bad {kind} message: {exc}", throttle_duration_sec=2.0)
+        message = f"holding: bad {kind} message: {exc}"
+        if not throttle:
+            self.get_logger().warning(message)
+        elif kind == "camera":  # one throttle per input: a flood of one must not hide another
+            self.get_logger().warning(message, throttle_duration_sec=2.0)
+        else:
+            self.get_logger().warning(message, throttle_duration_sec=2.0)  # (rclpy throttles per call site)
 
     def _inference_error(self, exc: Exception) -> None:
         core, limit = self.core, self.config.inference_failure_limit
