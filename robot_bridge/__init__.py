@@ -3,7 +3,8 @@
 ROS-free logic, unit-tested without DDS:
     config      BridgeConfig / SafetyConfig (validated; every field is a ROS parameter)
     chunking    ChunkQueue: tick-indexed action queue, stitching of overlapping chunks
-    safety      SafetyFilter (limits, delta clamp, non-finite guard), EStopLatch, StaleWatchdog
+    safety      SafetyFilter (the one output filter: finite, limits, delta clamp; holds ramp),
+                EStopLatch, StaleWatchdog (arrival and header stamps)
     core        BridgeCore: observations in, one safe command per control tick out
     inference   InferenceWorker: background refills of the queue from any policy
     policies    load_policy: "checkpoint:DIR", "expert", "sine[:AMPLITUDE]"
@@ -12,4 +13,5 @@ Thin ROS layer:
     node        PolicyBridgeNode (lifecycle) and `ceed-policy-bridge`
     sim_robot   SimRobotNode: a MetaWorld task behind robot topics, `ceed-sim-robot`
     launcher    `ceed bridge --params FILE`; bench: `ceed bench bridge`
+    faults      `ceed bench bridge --faults`: attacks replayed against the node over DDS
 """
