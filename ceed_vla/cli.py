@@ -43,6 +43,9 @@ JOBS: dict[str | None, list[Job]] = {
         Job("collect", "ceed_vla.distill.collect", "collect the teacher's Jacobi trajectories into zarr"),
         Job("train", "ceed_vla.distill.train", "consistency-distil a student from the teacher"),
     ],
+    "checkpoint": [
+        Job("convert", "ceed_vla.policy.convert", "rewrite a first-layout checkpoint in LeRobot's layout"),
+    ],
     "bench": [
         Job("env", "ceed_vla.sim.bench", "env steps/s with rendering, ours vs LeRobot's MetaWorld env"),
         Job("decode", "ceed_vla.decoding.bench", "ms per chunk and iterations for every decoding mode"),
@@ -54,6 +57,7 @@ JOBS: dict[str | None, list[Job]] = {
 GROUP_HELP = {
     "distill": "consistency distillation: trajectory collection and student training",
     "bench": "benchmarks writing JSON",
+    "checkpoint": "checkpoint maintenance",
 }
 
 

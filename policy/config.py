@@ -112,6 +112,13 @@ class VLAConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     lm_path: str | None = None  # local pretrained causal LM directory (its tokenizer is used)
     dropout: float = 0.0
+    # The data contract, from the dataset: camera feature keys (each camera is encoded to its own
+    # tokens, in this order), the names of the state and action dimensions, and the recording rate.
+    image_keys: tuple[str, ...] = ("observation.image",)
+    image_shapes: tuple[tuple[int, int, int], ...] | None = None  # [C, H, W] per camera as recorded
+    state_names: tuple[str, ...] | None = None
+    action_names: tuple[str, ...] | None = None
+    fps: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.lm, dict):
@@ -132,6 +139,28 @@ class VLAConfig:
             raise ConfigError(f"VLAConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.lm_path is not None and not isinstance(self.lm_path, str):
             raise ConfigError(f"VLAConfig.lm_path must be a str path or None, got {self.lm_path!r}")
+        self._check_contract()
+
+    def _check_contract(self) -> None:
+        self.image_keys = tuple(self.image_keys)
+        if not self.image_keys or len(set(self.image_keys)) != len(self.image_keys):
+            raise ConfigError(f"VLAConfig.image_keys must be distinct camera keys, got {self.image_keys!r}")
+        if self.image_shapes is not None:
+            self.image_shapes = tuple(tuple(int(v) for v in s) for s in self.image_shapes)
+            if len(self.image_shapes) != len(self.image_keys):
+                raise ConfigError(
+                    f"VLAConfig.image_shapes has {len(self.image_shapes)} entries for "
+                    f"{len(self.image_keys)} image_keys {self.image_keys!r}"
+                )
+        for name, dim in (("state_names", self.state_dim), ("action_names", self.action_dim)):
+            names = getattr(self, name)
+            if names is not None:
+                names = tuple(str(n) for n in names)
+                setattr(self, name, names)
+                if len(names) != dim:
+                    raise ConfigError(f"VLAConfig.{name} has {len(names)} names for {dim} dims: {names!r}")
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(f"VLAConfig.fps must be positive or None, got {self.fps!r}")
 
     @property
     def chunk_tokens(self) -> int:

@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrain
 from .action_tokenizer import ActionTokenizer, StateNormalizer
 from .checkpoint_io import CheckpointError, atomic_directory, atomic_write_text, read_json, require_file
 from .config import ConfigError, VLAConfig
+from . import lerobot_layout as layout
 from .text_tokenizer import load_tokenizer
 from .vision import build_vision_encoder
 
@@ -35,7 +36,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.json"
 TOKENIZER_FILE = "tokenizer.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = layout.FORMAT_VERSION
 
 IMAGE_KEY = "observation.image"
 STATE_KEY = "observation.state"
@@ -91,6 +92,7 @@ class VLAPolicy(nn.Module):
         action_tokenizer: ActionTokenizer,
         state_normalizer: StateNormalizer,
         action_token_start: int,
+        normalize_inside: bool = True,
     ):
         super().__init__()
         if action_tokenizer.action_dim != config.action_dim:
@@ -109,6 +111,12 @@ class VLAPolicy(nn.Module):
         self.proprio = nn.Sequential(
             nn.Linear(config.state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden)
         )
+        if len(config.image_keys) > 1:  # tells the LM which camera a token came from
+            self.camera_embed = nn.Parameter(torch.zeros(len(config.image_keys), hidden))
+            nn.init.normal_(self.camera_embed, std=0.02)
+        # False when LeRobot's processors normalise the inputs and unnormalise the outputs; the
+        # normalisers inside are then identities and the statistics stay in the processor files.
+        self.normalize_inside = bool(normalize_inside)
         self.tokenizer = tokenizer
         self.action_tokenizer = action_tokenizer
         self.state_normalizer = state_normalizer
@@ -126,6 +134,7 @@ class VLAPolicy(nn.Module):
         tokenizer: PreTrainedTokenizerBase,
         action_tokenizer: ActionTokenizer,
         state_normalizer: StateNormalizer,
+        normalize_inside: bool = True,
     ) -> VLAPolicy:
         """A fresh policy: LM from scratch (or from `config.lm_path`), vision encoder, projections."""
         if config.lm_path:
@@ -134,7 +143,7 @@ class VLAPolicy(nn.Module):
             start = len(tokenizer)
             lm = _scratch_lm(config, start + config.n_bins, tokenizer.pad_token_id)
         vision = build_vision_encoder(config.vision)
-        return cls(config, lm, vision, tokenizer, action_tokenizer, state_normalizer, start)
+        return cls(config, lm, vision, tokenizer, action_tokenizer, state_normalizer, start, normalize_inside)
 
     # -------------------------------------------------------------------------------- building blocks
 
@@ -174,9 +183,12 @@ class VLAPolicy(nn.Module):
         return self.lm.get_input_embeddings()(ids), mask
 
     def check_observation(self, obs: dict[str, Any]) -> None:
-        missing = [k for k in (IMAGE_KEY, STATE_KEY, TASK_KEY) if k not in obs]
+        missing = [k for k in (*self.config.image_keys, STATE_KEY, TASK_KEY) if k not in obs]
         if missing:
-            raise KeyError(f"observation is missing {missing}; it has {sorted(obs)}")
+            raise KeyError(
+                f"observation is missing {missing}; it has {sorted(obs)} (this policy's cameras are "
+                f"{list(self.config.image_keys)})"
+            )
         state_dim = obs[STATE_KEY].shape[-1]
         if state_dim != self.config.state_dim:
             raise ActionDimMismatchError(
@@ -194,16 +206,19 @@ class VLAPolicy(nn.Module):
     def prefix_embeddings(self, obs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Observation -> (embeds [B, P, H], mask [B, P] bool, True = real), padding on the LEFT."""
         self.check_observation(obs)
-        images = obs[IMAGE_KEY].to(self.device, torch.float32)  # [B, 3, H, W]
         state = self.state_normalizer(obs[STATE_KEY].to(self.device, torch.float32))  # [B, S]
+        cams = []
+        for c, key in enumerate(self.config.image_keys):
+            tokens = self.projector(self.vision(obs[key].to(self.device, torch.float32)))  # [B, T, H]
+            cams.append(tokens + self.camera_embed[c] if len(self.config.image_keys) > 1 else tokens)
+        img = torch.cat(cams, dim=1)  # [B, C*T, H]: every camera's tokens, in image_keys order
         tasks = obs[TASK_KEY]
-        tasks = [tasks] * images.shape[0] if isinstance(tasks, str) else list(tasks)
-        img = self.projector(self.vision(images))  # [B, T, H]
+        tasks = [tasks] * img.shape[0] if isinstance(tasks, str) else list(tasks)
         txt, txt_mask = self._text_embeddings(tasks)  # [B, L, H], [B, L]
         prop = self.proprio(state).unsqueeze(1)  # [B, 1, H]
         dtype = txt.dtype
         embeds = torch.cat([img.to(dtype), txt, prop.to(dtype)], dim=1)  # [B, P, H]
-        ones = torch.ones(images.shape[0], 1, dtype=torch.bool, device=self.device)
+        ones = torch.ones(img.shape[0], 1, dtype=torch.bool, device=self.device)
         mask = torch.cat([ones.expand(-1, img.shape[1]), txt_mask, ones], dim=1)  # [B, P]
         # The text padding sits between image and text: move every row's padding to the far left.
         order = torch.sort(mask.to(torch.int8), dim=1, stable=True).indices  # [B, P]
@@ -333,21 +348,30 @@ class VLAPolicy(nn.Module):
         return directory
 
     def save_to(self, directory: Path, extra_files: dict[str, str] | None = None) -> None:
-        """Write the checkpoint files into an existing directory (no atomicity of its own)."""
+        """Write the checkpoint files into an existing directory (no atomicity of its own), in LeRobot's
+        layout (see `lerobot_layout`): config.json, weights, processors with the statistics, tokenizer."""
+        if not self.normalize_inside:
+            raise CheckpointError(
+                "this policy runs on LeRobot-normalised data and holds no statistics; save it with "
+                "CeedPolicy.save_pretrained plus the processors (LeRobot's training script does both)"
+            )
+        atomic_write_text(directory / CONFIG_FILE, _dumps(layout.config_json(self.config)))
+        layout.save_processors(directory, self.config, layout.stats_dict(self.action_tokenizer, self.state_normalizer))
+        self.save_model_files(directory)
+        for name, text in (extra_files or {}).items():
+            atomic_write_text(directory / name, text)
+
+    def save_model_files(self, directory: Path) -> None:
+        """The files besides config.json and the processors: network shell, tokenizer, weights."""
         meta = {
             "format_version": FORMAT_VERSION,
-            "policy": self.config.to_dict(),
             "backbone": self.lm.config.to_dict(),
             "vision_tower": self.vision.model.config.to_dict() if hasattr(self.vision, "model") else None,
             "action_token_start": self.action_token_start,
         }
-        atomic_write_text(directory / CONFIG_FILE, _dumps(meta))
-        norm = {"action": self.action_tokenizer.to_dict(), "state": self.state_normalizer.to_dict()}
-        atomic_write_text(directory / NORMALIZER_FILE, _dumps(norm))
+        atomic_write_text(Path(directory) / layout.MODEL_FILE, _dumps(meta))
         self.tokenizer.save_pretrained(str(directory))
-        save_model(self, str(directory / WEIGHTS_FILE))
-        for name, text in (extra_files or {}).items():
-            atomic_write_text(directory / name, text)
+        save_model(self, str(Path(directory) / WEIGHTS_FILE))
 
     @classmethod
     def from_pretrained(
@@ -355,12 +379,51 @@ class VLAPolicy(nn.Module):
         directory: str | Path,
         device: str | torch.device | None = None,
         expected_action_dim: int | None = None,
+        normalize_inside: bool = True,
     ) -> VLAPolicy:
-        """Load a checkpoint directory; names any missing or corrupt file, refuses a wrong action dim."""
+        """Load a checkpoint directory; names any missing or corrupt file, refuses a wrong action dim.
+
+        `normalize_inside=False` loads the network for LeRobot's processors (identity normalisers).
+        The first ceed layout (config.json without `type`) still loads here, in raw units.
+        """
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint directory {directory} does not exist")
         meta = read_json(require_file(directory, CONFIG_FILE))
+        if layout.is_legacy(meta):
+            if not normalize_inside:
+                raise CheckpointError(
+                    f"{directory} is in the first ceed layout (no 'type' in config.json), which LeRobot "
+                    f"cannot read; convert it with `ceed checkpoint convert {directory} NEW_DIR`"
+                )
+            return cls._from_legacy(directory, meta, device, expected_action_dim)
+        if meta.get("type") != layout.POLICY_TYPE:
+            raise CheckpointError(
+                f"{directory / CONFIG_FILE} has type {meta.get('type')!r}; a ceed checkpoint has type "
+                f"{layout.POLICY_TYPE!r}"
+            )
+        shell = read_json(require_file(directory, layout.MODEL_FILE))
+        weights = require_file(directory, WEIGHTS_FILE)
+        require_file(directory, TOKENIZER_FILE)
+        try:
+            config = layout.vla_config_from_json(meta)
+            backbone = dict(shell["backbone"])
+            lm_cfg = AutoConfig.for_model(backbone.pop("model_type"), **backbone)
+            start = int(shell["action_token_start"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{directory / CONFIG_FILE} or {layout.MODEL_FILE} is corrupt: {e!r}") from e
+        if normalize_inside:
+            action_tok, state_norm = layout.read_stats(directory)
+        else:
+            action_tok, state_norm = layout.identity_normalizers(config)
+        action_tok.n_bins = config.n_bins
+        return cls._assemble(
+            directory, config, lm_cfg, shell.get("vision_tower"), action_tok, state_norm, start,
+            weights, device, expected_action_dim, normalize_inside,
+        )
+
+    @classmethod
+    def _from_legacy(cls, directory: Path, meta: dict, device, expected_action_dim) -> VLAPolicy:
         norm = read_json(require_file(directory, NORMALIZER_FILE))
         weights = require_file(directory, WEIGHTS_FILE)
         require_file(directory, TOKENIZER_FILE)
@@ -372,6 +435,16 @@ class VLAPolicy(nn.Module):
             lm_cfg = AutoConfig.for_model(backbone.pop("model_type"), **backbone)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{directory / CONFIG_FILE} or {NORMALIZER_FILE} is corrupt: {e!r}") from e
+        return cls._assemble(
+            directory, config, lm_cfg, meta.get("vision_tower"), action_tok, state_norm,
+            meta["action_token_start"], weights, device, expected_action_dim, True,
+        )
+
+    @classmethod
+    def _assemble(
+        cls, directory, config, lm_cfg, tower_cfg, action_tok, state_norm, start, weights, device,
+        expected_action_dim, normalize_inside,
+    ) -> VLAPolicy:
         if expected_action_dim is not None and expected_action_dim != config.action_dim:
             raise ActionDimMismatchError(
                 f"checkpoint {directory} outputs {config.action_dim}-dim actions but the environment "
@@ -382,8 +455,8 @@ class VLAPolicy(nn.Module):
         except Exception as e:  # tokenizers raises plain Exception subclasses for broken files
             raise CheckpointError(f"{directory / TOKENIZER_FILE} cannot be loaded: {e}") from e
         lm = AutoModelForCausalLM.from_config(lm_cfg)
-        vision = build_vision_encoder(config.vision, weights=False, tower_config=meta.get("vision_tower"))
-        policy = cls(config, lm, vision, tokenizer, action_tok, state_norm, meta["action_token_start"])
+        vision = build_vision_encoder(config.vision, weights=False, tower_config=tower_cfg)
+        policy = cls(config, lm, vision, tokenizer, action_tok, state_norm, start, normalize_inside)
         try:
             missing, unexpected = load_model(policy, str(weights), strict=False)
         except (SafetensorError, OSError, RuntimeError) as e:

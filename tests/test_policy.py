@@ -186,7 +186,15 @@ def test_save_load_gives_identical_logits_and_actions(make_policy, tmp_path):
     batch = random_batch()
     policy.save_pretrained(tmp_path / "ckpt")
     names = {p.name for p in (tmp_path / "ckpt").iterdir()}
-    assert {"config.json", "model.safetensors", "normalizer.json", "tokenizer.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "policy_preprocessor.json",
+        "policy_postprocessor.json",
+        "ceed_model.json",
+        "tokenizer.json",
+    } <= names
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["type"] == "ceed"
     loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
     bins = torch.randint(0, 256, (3, policy.chunk_tokens))
     with torch.no_grad():
@@ -198,7 +206,9 @@ def test_save_load_gives_identical_logits_and_actions(make_policy, tmp_path):
     assert loaded.action_tokenizer.to_dict() == policy.action_tokenizer.to_dict()
 
 
-@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "normalizer.json", "tokenizer.json"])
+@pytest.mark.parametrize(
+    "name", ["config.json", "model.safetensors", "policy_preprocessor.json", "ceed_model.json", "tokenizer.json"]
+)
 def test_missing_checkpoint_file_is_named(make_policy, tmp_path, name):
     make_policy().save_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / name).unlink()
@@ -206,13 +216,56 @@ def test_missing_checkpoint_file_is_named(make_policy, tmp_path, name):
         VLAPolicy.from_pretrained(tmp_path / "ckpt")
 
 
-@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "normalizer.json"])
+@pytest.mark.parametrize(
+    "name", ["config.json", "model.safetensors", "policy_preprocessor.json", "ceed_model.json"]
+)
 def test_corrupt_checkpoint_file_is_named(make_policy, tmp_path, name):
     make_policy().save_pretrained(tmp_path / "ckpt")
     path = tmp_path / "ckpt" / name
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
         VLAPolicy.from_pretrained(tmp_path / "ckpt")
+
+
+def _write_first_layout(policy, directory):
+    """A checkpoint as the first ceed layout wrote it: config.json without `type`, normalizer.json."""
+    from safetensors.torch import save_model
+
+    directory.mkdir(parents=True)
+    meta = {
+        "format_version": 1,
+        "policy": {k: v for k, v in policy.config.to_dict().items() if k in LEGACY_FIELDS},
+        "backbone": policy.lm.config.to_dict(),
+        "vision_tower": None,
+        "action_token_start": policy.action_token_start,
+    }
+    (directory / "config.json").write_text(json.dumps(meta, default=str))
+    norm = {"action": policy.action_tokenizer.to_dict(), "state": policy.state_normalizer.to_dict()}
+    (directory / "normalizer.json").write_text(json.dumps(norm))
+    policy.tokenizer.save_pretrained(str(directory))
+    save_model(policy, str(directory / "model.safetensors"))
+
+
+LEGACY_FIELDS = (
+    "chunk_size n_action_steps action_dim state_dim n_bins max_text_tokens text_vocab_size lm vision "
+    "lm_path dropout"
+).split()
+
+
+def test_first_layout_checkpoint_loads_and_converts(make_policy, tmp_path):
+    from ceed_vla.cli import main as ceed
+
+    policy = make_policy(seed=2)
+    _write_first_layout(policy, tmp_path / "old")
+    batch = random_batch()
+    old = VLAPolicy.from_pretrained(tmp_path / "old")
+    assert torch.equal(old.predict_action_chunk(batch), policy.predict_action_chunk(batch))
+    with pytest.raises(CheckpointError, match=r"ceed checkpoint convert"):
+        VLAPolicy.from_pretrained(tmp_path / "old", normalize_inside=False)
+    assert ceed(["checkpoint", "convert", str(tmp_path / "old"), str(tmp_path / "new")]) == 0
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["type"] == "ceed"
+    new = VLAPolicy.from_pretrained(tmp_path / "new")
+    assert torch.equal(new.predict_action_chunk(batch), policy.predict_action_chunk(batch))
 
 
 def test_checkpoint_with_other_action_dim_is_refused(make_policy, tmp_path):
