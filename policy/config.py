@@ -53,7 +53,7 @@ class LMConfig:
 VISION_KINDS = ("spatial", "conv", "pretrained")
 
 
-def spatial_vision(**overrides: Any) -> "VisionConfig":
+def spatial_vision(**overrides: Any) -> VisionConfig:
     """The spatial-softmax encoder's defaults: three residual stages, 32 keypoints, a 4 x 4 grid."""
     return VisionConfig(
         **{"kind": "spatial", "channels": (32, 64, 128), "keypoints": 32, "grid": 4, **overrides}

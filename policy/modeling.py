@@ -25,10 +25,10 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerBase
 
+from . import lerobot_layout as layout
 from .action_tokenizer import ActionTokenizer, StateNormalizer
 from .checkpoint_io import CheckpointError, atomic_directory, atomic_write_text, read_json, require_file
 from .config import ConfigError, VLAConfig
-from . import lerobot_layout as layout
 from .text_tokenizer import load_tokenizer
 from .vision import build_vision_encoder
 
@@ -356,7 +356,9 @@ class VLAPolicy(nn.Module):
                 "CeedPolicy.save_pretrained plus the processors (LeRobot's training script does both)"
             )
         atomic_write_text(directory / CONFIG_FILE, _dumps(layout.config_json(self.config)))
-        layout.save_processors(directory, self.config, layout.stats_dict(self.action_tokenizer, self.state_normalizer))
+        layout.save_processors(
+            directory, self.config, layout.stats_dict(self.action_tokenizer, self.state_normalizer)
+        )
         self.save_model_files(directory)
         for name, text in (extra_files or {}).items():
             atomic_write_text(directory / name, text)
@@ -411,15 +413,26 @@ class VLAPolicy(nn.Module):
             lm_cfg = AutoConfig.for_model(backbone.pop("model_type"), **backbone)
             start = int(shell["action_token_start"])
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{directory / CONFIG_FILE} or {layout.MODEL_FILE} is corrupt: {e!r}") from e
+            raise CheckpointError(
+                f"{directory / CONFIG_FILE} or {layout.MODEL_FILE} is corrupt: {e!r}"
+            ) from e
         if normalize_inside:
             action_tok, state_norm = layout.read_stats(directory)
         else:
             action_tok, state_norm = layout.identity_normalizers(config)
         action_tok.n_bins = config.n_bins
         return cls._assemble(
-            directory, config, lm_cfg, shell.get("vision_tower"), action_tok, state_norm, start,
-            weights, device, expected_action_dim, normalize_inside,
+            directory,
+            config,
+            lm_cfg,
+            shell.get("vision_tower"),
+            action_tok,
+            state_norm,
+            start,
+            weights,
+            device,
+            expected_action_dim,
+            normalize_inside,
         )
 
     @classmethod
@@ -436,14 +449,33 @@ class VLAPolicy(nn.Module):
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{directory / CONFIG_FILE} or {NORMALIZER_FILE} is corrupt: {e!r}") from e
         return cls._assemble(
-            directory, config, lm_cfg, meta.get("vision_tower"), action_tok, state_norm,
-            meta["action_token_start"], weights, device, expected_action_dim, True,
+            directory,
+            config,
+            lm_cfg,
+            meta.get("vision_tower"),
+            action_tok,
+            state_norm,
+            meta["action_token_start"],
+            weights,
+            device,
+            expected_action_dim,
+            True,
         )
 
     @classmethod
     def _assemble(
-        cls, directory, config, lm_cfg, tower_cfg, action_tok, state_norm, start, weights, device,
-        expected_action_dim, normalize_inside,
+        cls,
+        directory,
+        config,
+        lm_cfg,
+        tower_cfg,
+        action_tok,
+        state_norm,
+        start,
+        weights,
+        device,
+        expected_action_dim,
+        normalize_inside,
     ) -> VLAPolicy:
         if expected_action_dim is not None and expected_action_dim != config.action_dim:
             raise ActionDimMismatchError(

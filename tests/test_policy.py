@@ -207,7 +207,8 @@ def test_save_load_gives_identical_logits_and_actions(make_policy, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["config.json", "model.safetensors", "policy_preprocessor.json", "ceed_model.json", "tokenizer.json"]
+    "name",
+    ["config.json", "model.safetensors", "policy_preprocessor.json", "ceed_model.json", "tokenizer.json"],
 )
 def test_missing_checkpoint_file_is_named(make_policy, tmp_path, name):
     make_policy().save_pretrained(tmp_path / "ckpt")
