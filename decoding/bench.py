@@ -223,7 +223,7 @@ def dataset_observations(root: str, repo_id: str | None, count: int, stride: int
         item = ds[(i * stride) % len(ds)]
         observations.append(
             {
-                "observation.image": item["observation.image"][None].float(),
+                **{k: item[k][None].float() for k in ds.meta.camera_keys},  # every camera
                 "observation.state": item["observation.state"][None].float(),
                 "task": [item["task"]],
             }

@@ -317,7 +317,13 @@ def main(args: argparse.Namespace) -> int:
     teacher = load_policy(args.teacher, device=args.device).eval()
     root = Path(args.dataset_root)
     repo_id = args.repo_id or f"local/{root.name}"
-    frames = load_frames(repo_id, root, teacher.config.chunk_size)
+    frames = load_frames(
+        repo_id,
+        root,
+        teacher.config.chunk_size,
+        image_keys=list(teacher.config.image_keys),
+        image_size=teacher.config.vision.image_size,
+    )
     dataset = ChunkDataset(frames, sorted(set(frames.episode.tolist())))
     meta = {
         "teacher": str(Path(args.teacher).resolve()),

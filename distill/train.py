@@ -86,7 +86,13 @@ def build_datasets(args, student, store: TrajectoryStore):
     if root is None:
         raise SystemExit("the store records no dataset root: pass --dataset-root")
     repo_id = args.repo_id or meta.get("repo_id") or f"local/{Path(root).name}"
-    frames = load_frames(repo_id, root, student.config.chunk_size)
+    frames = load_frames(
+        repo_id,
+        root,
+        student.config.chunk_size,
+        image_keys=list(student.config.image_keys),
+        image_size=student.config.vision.image_size,
+    )
     frame_set = ChunkDataset(frames, sorted(set(frames.episode.tolist())))
     traj = store.read()
     if args.max_trajectories is not None:

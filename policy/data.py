@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .modeling import ACTION_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
 
-REQUIRED_FEATURES = (IMAGE_KEY, STATE_KEY, ACTION_KEY)
+REQUIRED_FEATURES = (STATE_KEY, ACTION_KEY)  # plus at least one camera
 
 
 class DatasetFeatureError(ValueError):
@@ -38,6 +38,8 @@ class DataConfig:
     val_fraction: float = 0.1  # share of episodes held out for validation (whole episodes)
     shift: int = 4  # random-shift augmentation in pixels (0 = off)
     max_episodes: int | None = None  # use only the first N episodes (quick runs)
+    image_keys: list[str] | None = None  # cameras to use, by feature key (default: every camera)
+    image_size: int | None = None  # resize frames to this square size as they load (bounded memory)
 
     def __post_init__(self) -> None:
         self.roots = [str(r) for r in ([self.roots] if isinstance(self.roots, str | Path) else self.roots)]
@@ -75,28 +77,63 @@ class Frames:
     tasks: list[str]  # [N]
     delta: list[int]  # action offsets resolved from delta timestamps, length K
     fps: float
+    cameras: dict[str, torch.Tensor] | None = None  # key -> [N, 3, H, W] uint8; None = {IMAGE_KEY: images}
+    image_shapes: dict[str, tuple[int, int, int]] | None = None  # key -> [C, H, W] as recorded
+    state_names: list[str] | None = None
+    action_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cameras is None:
+            self.cameras = {IMAGE_KEY: self.images}
+        if self.image_shapes is None:
+            self.image_shapes = {k: tuple(v.shape[1:]) for k, v in self.cameras.items()}
+
+    @property
+    def image_keys(self) -> list[str]:
+        return list(self.cameras)
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
 
 
-def check_features(features: dict, root: str | Path) -> None:
+def camera_keys(features: dict) -> list[str]:
+    return [k for k, ft in features.items() if ft.get("dtype") in ("image", "video")]
+
+
+def check_features(features: dict, root: str | Path, image_keys: list[str] | None = None) -> list[str]:
+    """The camera keys to use (`image_keys`, default every camera), after checking the features."""
     missing = [k for k in REQUIRED_FEATURES if k not in features]
-    if missing:
+    cams = camera_keys(features)
+    if missing or not cams:
         raise DatasetFeatureError(
-            f"dataset at {root} is missing feature(s) {missing} (has {sorted(features)}); "
-            f"the policy needs {list(REQUIRED_FEATURES)} — see docs/interfaces.md"
+            f"dataset at {root} is missing feature(s) {missing or ['a camera']} (has {sorted(features)}); "
+            f"the policy needs {list(REQUIRED_FEATURES)} and at least one camera — see docs/interfaces.md"
         )
+    keys = list(image_keys) if image_keys else cams
+    unknown = [k for k in keys if k not in cams]
+    if unknown:
+        raise DatasetFeatureError(
+            f"--image-keys {unknown} are not cameras of the dataset at {root}; its cameras are {cams}"
+        )
+    return keys
 
 
-def open_dataset(repo_id: str, root: str | Path, chunk_size: int):
+def open_dataset(repo_id: str, root: str | Path, chunk_size: int, image_keys: list[str] | None = None):
     """The LeRobotDataset with the action-chunk delta timestamps, after checking its features."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
     meta = LeRobotDatasetMetadata(repo_id, root=root)
-    check_features(meta.features, root)
+    check_features(meta.features, root, image_keys)
     delta = {ACTION_KEY: [i / meta.fps for i in range(chunk_size)]}
     return LeRobotDataset(repo_id, root=root, delta_timestamps=delta)
+
+
+def _resize_uint8(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """[N, 3, H, W] uint8 -> [N, 3, size, size] uint8 (antialiased), or unchanged when size is None."""
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)
 
 
 def _to_uint8_chw(images: torch.Tensor) -> torch.Tensor:
@@ -109,27 +146,42 @@ def _to_uint8_chw(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous()
 
 
-def load_frames(repo_id: str, root: str | Path, chunk_size: int, block: int = 2000) -> Frames:
-    """Decode the whole dataset into memory (images as uint8), with LeRobot's delta indices."""
-    ds = open_dataset(repo_id, root, chunk_size)
+def load_frames(
+    repo_id: str,
+    root: str | Path,
+    chunk_size: int,
+    block: int = 2000,
+    image_keys: list[str] | None = None,
+    image_size: int | None = None,
+) -> Frames:
+    """Decode the dataset into memory (images as uint8, resized to `image_size` as each block or
+    frame is read, so memory is bounded by the model's size, not the camera's), with LeRobot's
+    delta indices. `image_keys` picks cameras by feature key (default: every camera)."""
+    ds = open_dataset(repo_id, root, chunk_size, image_keys)
+    keys = check_features(ds.meta.features, root, image_keys)
     reader = ds._ensure_reader()
     if reader.hf_dataset is None:
         reader.load_and_activate()
     delta = list(reader.delta_indices[ACTION_KEY])
     hf = ds.hf_dataset.with_format("torch")
     n = len(hf)
-    video = IMAGE_KEY in ds.meta.video_keys
-    columns = [STATE_KEY, ACTION_KEY, "episode_index", "task_index"] + ([] if video else [IMAGE_KEY])
-    parts: dict[str, list[torch.Tensor]] = {c: [] for c in columns}
+    video = [k for k in keys if k in ds.meta.video_keys]
+    stored = [k for k in keys if k not in video]
+    columns = [STATE_KEY, ACTION_KEY, "episode_index", "task_index"]
+    parts: dict[str, list[torch.Tensor]] = {c: [] for c in columns + stored}
     for lo in tqdm(range(0, n, block), desc="loading frames", unit="block", leave=False):
-        rows = hf.select_columns(columns)[lo : lo + block]
+        rows = hf.select_columns(columns + stored)[lo : lo + block]
         for c in columns:
             parts[c].append(torch.as_tensor(rows[c]))
-    if video:  # decode frame by frame through LeRobot (slow path, once)
-        parts[IMAGE_KEY] = [
-            (ds[i][IMAGE_KEY] * 255).round().to(torch.uint8)[None]
-            for i in tqdm(range(n), desc="decoding video frames", leave=False)
-        ]
+        for c in stored:
+            parts[c].append(_resize_uint8(_to_uint8_chw(torch.as_tensor(rows[c])), image_size))
+    if video:  # decoded through LeRobot frame by frame; each frame is resized before the next
+        for i in tqdm(range(n), desc="decoding video frames", leave=False):
+            item = ds[i]
+            for k in video:
+                parts.setdefault(k, []).append(
+                    _resize_uint8((item[k] * 255).round().to(torch.uint8)[None], image_size)
+                )
     cols = {c: torch.cat(v) for c, v in parts.items()}
     task_names = {
         int(row): str(name)
@@ -137,8 +189,10 @@ def load_frames(repo_id: str, root: str | Path, chunk_size: int, block: int = 20
     }
     episode = cols["episode_index"].long()
     starts, ends = _episode_bounds(episode)
+    cameras = {k: cols[k].contiguous() for k in keys}
+    feats = ds.meta.features
     return Frames(
-        images=_to_uint8_chw(cols[IMAGE_KEY]),
+        images=cameras[keys[0]],
         states=cols[STATE_KEY].float(),
         actions=cols[ACTION_KEY].float(),
         episode=episode,
@@ -147,7 +201,24 @@ def load_frames(repo_id: str, root: str | Path, chunk_size: int, block: int = 20
         tasks=[task_names[int(t)] for t in cols["task_index"]],
         delta=delta,
         fps=float(ds.fps),
+        cameras=cameras,
+        image_shapes={k: _chw(feats[k]) for k in keys},
+        state_names=_names(feats[STATE_KEY]),
+        action_names=_names(feats[ACTION_KEY]),
     )
+
+
+def _chw(feature: dict) -> tuple[int, int, int]:
+    shape = tuple(int(v) for v in feature["shape"])
+    names = feature.get("names") or []
+    return shape if list(names)[:1] == ["channels"] or shape[0] == 3 else (shape[2], shape[0], shape[1])
+
+
+def _names(feature: dict) -> list[str] | None:
+    names = feature.get("names")
+    if isinstance(names, dict):
+        names = next(iter(names.values()), None)
+    return [str(n) for n in names] if names else None
 
 
 def _episode_bounds(episode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,11 +270,12 @@ class ChunkDataset(Dataset):
         start, end = int(f.ep_start[idx]), int(f.ep_end[idx])
         pad = (target < start) | (target >= end)  # [K]
         action = f.actions[target.clamp(start, end - 1)]  # [K, D]
-        image = f.images[idx].float() / 255.0  # [3, H, W]
-        if self.shift:
-            image = self._shift(image, idx)
+        sample = {}
+        for c, (key, images) in enumerate(f.cameras.items()):
+            image = images[idx].float() / 255.0  # [3, H, W]
+            sample[key] = self._shift(image, idx * 31 + c if c else idx) if self.shift else image
         return {
-            IMAGE_KEY: image,
+            **sample,
             STATE_KEY: f.states[idx],
             ACTION_KEY: action,
             f"{ACTION_KEY}_is_pad": pad,
@@ -224,6 +296,10 @@ def concat_frames(parts: list[Frames]) -> Frames:
         return parts[0]
     first = parts[0]
     for p in parts[1:]:
+        if p.image_keys != first.image_keys:
+            raise DatasetFeatureError(
+                f"datasets have different cameras: {p.image_keys} vs {first.image_keys}; pass --image-keys"
+            )
         if p.images.shape[1:] != first.images.shape[1:] or p.delta != first.delta:
             raise DatasetFeatureError(
                 f"datasets differ: images {tuple(p.images.shape[1:])} vs {tuple(first.images.shape[1:])}, "
@@ -234,8 +310,9 @@ def concat_frames(parts: list[Frames]) -> Frames:
     for p in parts[:-1]:
         offsets.append(offsets[-1] + len(p))
         ep_offsets.append(ep_offsets[-1] + int(p.episode.max()) + 1)
+    cameras = {k: torch.cat([p.cameras[k] for p in parts]) for k in first.image_keys}
     return Frames(
-        images=torch.cat([p.images for p in parts]),
+        images=cameras[first.image_keys[0]],
         states=torch.cat([p.states for p in parts]),
         actions=torch.cat([p.actions for p in parts]),
         episode=torch.cat([p.episode + e for p, e in zip(parts, ep_offsets, strict=True)]),
@@ -244,12 +321,17 @@ def concat_frames(parts: list[Frames]) -> Frames:
         tasks=[t for p in parts for t in p.tasks],
         delta=first.delta,
         fps=first.fps,
+        cameras=cameras,
+        image_shapes=first.image_shapes,
+        state_names=first.state_names,
+        action_names=first.action_names,
     )
 
 
 def build_datasets(config: DataConfig, seed: int = 0) -> tuple[Frames, ChunkDataset, ChunkDataset | None]:
     parts = [
-        load_frames(r, root, config.chunk_size) for r, root in zip(config.repo_ids, config.roots, strict=True)
+        load_frames(r, root, config.chunk_size, image_keys=config.image_keys, image_size=config.image_size)
+        for r, root in zip(config.repo_ids, config.roots, strict=True)
     ]
     frames = concat_frames(parts)
     episodes = sorted(set(frames.episode.tolist()))

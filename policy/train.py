@@ -36,6 +36,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--val-fraction", type=float, default=0.1, help="share of episodes held out")
     data.add_argument("--shift", type=int, default=4, help="random-shift augmentation in pixels (0 = off)")
     data.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes")
+    data.add_argument(
+        "--image-keys",
+        nargs="+",
+        default=None,
+        help="camera feature keys to use, each encoded to its own tokens (default: every camera)",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=["tiny", "small", "pretrained"], default="tiny")
@@ -81,12 +87,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last")
 
 
-def model_config(args: argparse.Namespace, action_dim: int, state_dim: int) -> VLAConfig:
+def model_config(args: argparse.Namespace, action_dim: int, state_dim: int, contract=None) -> VLAConfig:
     common = dict(
         chunk_size=args.chunk_size,
         n_action_steps=args.n_action_steps,
         action_dim=action_dim,
         state_dim=state_dim,
+        **(contract or {}),
     )
     if args.preset == "pretrained":
         if not args.lm_path:
@@ -105,7 +112,14 @@ def model_config(args: argparse.Namespace, action_dim: int, state_dim: int) -> V
 
 def build_policy(args: argparse.Namespace, frames, train_set) -> VLAPolicy:
     actions, states = train_statistics(frames, train_set)
-    config = model_config(args, actions.shape[-1], states.shape[-1])
+    contract = dict(
+        image_keys=tuple(frames.image_keys),
+        image_shapes=tuple(frames.image_shapes[k] for k in frames.image_keys),
+        state_names=frames.state_names,
+        action_names=frames.action_names,
+        fps=frames.fps,
+    )
+    config = model_config(args, actions.shape[-1], states.shape[-1], contract)
     if config.lm_path:
         tokenizer = load_tokenizer(config.lm_path)
     else:
@@ -144,6 +158,8 @@ def main(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         shift=args.shift,
         max_episodes=args.max_episodes,
+        image_keys=args.image_keys,
+        image_size=args.image_size,
     )
     frames, train_set, val_set = build_datasets(data_cfg, seed=args.seed)
     cfg = train_config(args)
