@@ -46,7 +46,9 @@ class CollectConfig:
     trajectories: int | None = None
     batch_size: int = 32
     warm_start: float = 0.5
-    delta: float = 0.1  # only for the summary's "share within delta"; training picks its own
+    delta: float = (
+        0.05  # fraction of the q01..q99 range; only for the summary's share, training picks its own
+    )
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,7 +59,7 @@ class CollectConfig:
         if not 0.0 <= self.warm_start <= 1.0:
             raise ValueError(f"warm_start is a probability in [0, 1], got {self.warm_start}")
         if self.delta < 0:
-            raise ValueError(f"delta must be >= 0 (action units), got {self.delta}")
+            raise ValueError(f"delta must be >= 0 (a fraction of the q01..q99 range), got {self.delta}")
 
 
 def teacher_fingerprint(policy) -> str:
@@ -172,7 +174,12 @@ class Collector:
         trajectories = [trim_trajectory(states[k], fixed[k].numpy()) for k in range(len(ids))]
         gt_actions = batch["action"].float()  # [B, K, D]
         gt_bins = self.teacher.actions_to_bins(gt_actions)  # [B, n]
-        l1 = chunk_l1(self.teacher.tokens_to_actions(fixed), gt_actions, batch.get("action_is_pad"))
+        l1 = range_fraction_l1(
+            self.teacher.action_tokenizer,
+            self.teacher.tokens_to_actions(fixed),
+            gt_actions,
+            batch.get("action_is_pad"),
+        )
         return TrajectoryBatch(
             sample_id=ids,
             dataset_index=np.asarray(indices, dtype=np.int64),
@@ -191,6 +198,12 @@ def chunk_l1(teacher: torch.Tensor, gt: torch.Tensor, is_pad: torch.Tensor | Non
     err = (teacher.float() - gt.float()).abs().mean(dim=-1)  # [B, K]
     valid = torch.ones_like(err) if is_pad is None else (~is_pad.bool()).float()
     return (err * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
+
+
+def range_fraction_l1(tokenizer, teacher: torch.Tensor, gt: torch.Tensor, is_pad=None) -> torch.Tensor:
+    """`chunk_l1` in normalised units: each dimension's error as a fraction of its q01..q99 range, so
+    one delta means the same on joints in degrees, metres or MetaWorld's [-1, 1]. [B, K, D] -> [B]."""
+    return chunk_l1(tokenizer.normalize(teacher.float()) / 2.0, tokenizer.normalize(gt.float()) / 2.0, is_pad)
 
 
 def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int) -> dict[str, Any]:
@@ -262,7 +275,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warm-start", type=float, default=0.5, help="share of samples with a warm-start guess"
     )
-    parser.add_argument("--delta", type=float, default=0.1, help="L1 threshold reported in the summary")
+    parser.add_argument(
+        "--delta",
+        type=float,
+        default=0.05,
+        help="L1 threshold (fraction of the q01..q99 range) for the summary",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
     parser.add_argument(

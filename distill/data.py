@@ -6,7 +6,7 @@ Each item is the frame's observation (what the policy's `prefix_embeddings` read
     distill.target          [n] long   the fixed point (global) or the next state (local)
     distill.teacher_tokens  [n] long
     distill.gt_tokens       [n] long
-    distill.l1              []  float  mean |teacher - ground truth| of the chunk, action units
+    distill.l1              []  float  mean |teacher - ground truth| of the chunk, fraction of the q01..q99 range
 
 The state is drawn per (seed, epoch, item): the same item gives the same state in every process and
 after a resume, which the shared trainer's reproducibility relies on.

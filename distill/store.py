@@ -11,7 +11,7 @@ Layout (asserted when a store is opened)::
         fixed_point     int16 [N, n]   converged block (== the teacher's greedy AR tokens)
         teacher_tokens  int16 [N, n]   the teacher's tokens used as labels
         gt_tokens       int16 [N, n]   the ground-truth action chunk, tokenised
-        l1              float32 [N]    mean |teacher action - ground-truth action|, action units
+        l1              float32 [N]    mean |teacher - ground truth| as a fraction of the q01..q99 range
         iterations      int32 [N]      Jacobi iterations the teacher needed
         warm_start      bool [N]       whether the initial guess was a warm start
 

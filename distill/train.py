@@ -43,7 +43,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     loss = parser.add_argument_group("loss: L = L_consistency + w_ar * L_AR")
     loss.add_argument("--w-ar", type=float, default=DistillLossConfig.w_ar)
     loss.add_argument(
-        "--delta", type=float, default=DistillLossConfig.delta, help="teacher-label L1 threshold"
+        "--delta",
+        type=float,
+        default=DistillLossConfig.delta,
+        help="teacher-label L1 threshold, a fraction of the q01..q99 range",
     )
     loss.add_argument("--labels", choices=["mixed", "teacher", "gt"], default="mixed")
     loss.add_argument("--consistency", choices=["global", "local", "none"], default="global")

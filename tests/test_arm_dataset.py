@@ -71,3 +71,16 @@ def test_train_distill_and_bench_on_two_cameras(arm_dataset, tmp_path):
     assert ceed([*bench, "--samples", "2", "--repeats", "1", "--warmup", "0", "--sigmas", "1",
                  "--taus", "0", "--threads", "1", "--out", str(report), "--no-plot"]) == 0  # fmt: skip
     assert report.is_file() and json.loads(report.read_text())
+
+
+def test_label_delta_is_a_fraction_of_the_range():
+    """Joints in degrees: an error of 10% of every joint's q01..q99 range reads 0.1, whatever the unit."""
+    from ceed_vla.distill.collect import range_fraction_l1
+    from ceed_vla.policy import ActionTokenizer
+
+    tok = ActionTokenizer(q01=torch.tensor([-90.0, 0.0]), q99=torch.tensor([90.0, 2.0]))
+    gt = torch.zeros(1, 3, 2)
+    teacher = gt + torch.tensor([18.0, 0.2])  # 10% of 180 degrees and of 2 units
+    assert torch.allclose(range_fraction_l1(tok, teacher, gt), torch.tensor([0.1]))
+    pad = torch.tensor([[False, False, True]])
+    assert torch.allclose(range_fraction_l1(tok, teacher, gt, pad), torch.tensor([0.1]))
