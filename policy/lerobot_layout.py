@@ -72,7 +72,9 @@ def vla_config_from_json(data: dict[str, Any]) -> VLAConfig:
     cams = [(k, v) for k, v in inputs.items() if v.get("type") == "VISUAL"]
     if cams:
         vla["image_keys"] = [k for k, _ in cams]
-        vla["image_shapes"] = [v["shape"] for _, v in cams]
+        shapes = [v["shape"] for _, v in cams]
+        # (3, 0, 0) marks a size the policy was not told (built without a dataset's features)
+        vla["image_shapes"] = shapes if all(min(s) > 0 for s in shapes) else None
     if STATE_KEY in inputs:
         vla["state_dim"] = int(inputs[STATE_KEY]["shape"][0])
     if ACTION_KEY in outputs:

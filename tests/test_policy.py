@@ -202,6 +202,7 @@ def test_save_load_gives_identical_logits_and_actions(make_policy, tmp_path):
         b = loaded.action_logits(*loaded.prefix_embeddings(batch), bins)
     assert torch.equal(a, b)
     assert torch.equal(policy.predict_action_chunk(batch), loaded.predict_action_chunk(batch))
+    assert loaded.config == policy.config  # the config survives the LeRobot layout unchanged
     assert loaded.action_token_start == policy.action_token_start
     assert loaded.action_tokenizer.to_dict() == policy.action_tokenizer.to_dict()
 
