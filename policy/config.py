@@ -112,6 +112,10 @@ class VLAConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     lm_path: str | None = None  # local pretrained causal LM directory (its tokenizer is used)
     dropout: float = 0.0
+    # Weight of an auxiliary loss: predict the episode's final state (where the demonstration ends:
+    # the reach goal, the button, the handle) from the image tokens alone. 0 = off. It gives the
+    # encoder a direct, dense signal to localise what the task is about; only training uses it.
+    aux_final_state_weight: float = 0.0
     # The data contract, from the dataset: camera feature keys (each camera is encoded to its own
     # tokens, in this order), the names of the state and action dimensions, and the recording rate.
     image_keys: tuple[str, ...] = ("observation.image",)
@@ -134,6 +138,10 @@ class VLAConfig:
         if self.n_action_steps is not None and not 1 <= self.n_action_steps <= self.chunk_size:
             raise ConfigError(
                 f"VLAConfig.n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps!r}"
+            )
+        if not (isinstance(self.aux_final_state_weight, int | float) and self.aux_final_state_weight >= 0):
+            raise ConfigError(
+                f"VLAConfig.aux_final_state_weight must be a number >= 0, got {self.aux_final_state_weight!r}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"VLAConfig.dropout must be in [0, 1), got {self.dropout!r}")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .modeling import ACTION_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
+from .modeling import ACTION_KEY, FINAL_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
 
 REQUIRED_FEATURES = (STATE_KEY, ACTION_KEY)  # plus at least one camera
 
@@ -280,6 +280,7 @@ class ChunkDataset(Dataset):
             ACTION_KEY: action,
             f"{ACTION_KEY}_is_pad": pad,
             TASK_KEY: f.tasks[idx],
+            FINAL_STATE_KEY: f.states[end - 1],  # [S]: where the demonstration ends
         }
 
     def _shift(self, image: torch.Tensor, idx: int) -> torch.Tensor:

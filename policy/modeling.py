@@ -42,6 +42,7 @@ IMAGE_KEY = "observation.image"
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 TASK_KEY = "task"
+FINAL_STATE_KEY = "episode.final_state"  # training-only: the state at the sample's episode end
 
 
 class ActionDimMismatchError(ValueError):
@@ -111,6 +112,10 @@ class VLAPolicy(nn.Module):
         self.proprio = nn.Sequential(
             nn.Linear(config.state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden)
         )
+        if config.aux_final_state_weight > 0:
+            # [B, C*T*V] flattened raw vision tokens -> [B, S] normalised final state
+            width = len(config.image_keys) * vision.num_tokens * vision.out_dim
+            self.aux_head = nn.Sequential(nn.Linear(width, 128), nn.GELU(), nn.Linear(128, config.state_dim))
         if len(config.image_keys) > 1:  # tells the LM which camera a token came from
             self.camera_embed = nn.Parameter(torch.zeros(len(config.image_keys), hidden))
             nn.init.normal_(self.camera_embed, std=0.02)
@@ -207,11 +212,14 @@ class VLAPolicy(nn.Module):
         """Observation -> (embeds [B, P, H], mask [B, P] bool, True = real), padding on the LEFT."""
         self.check_observation(obs)
         state = self.state_normalizer(obs[STATE_KEY].to(self.device, torch.float32))  # [B, S]
-        cams = []
+        cams, raw = [], []
         for c, key in enumerate(self.config.image_keys):
-            tokens = self.projector(self.vision(obs[key].to(self.device, torch.float32)))  # [B, T, H]
+            feats = self.vision(obs[key].to(self.device, torch.float32))  # [B, T, V]
+            raw.append(feats)
+            tokens = self.projector(feats)  # [B, T, H]
             cams.append(tokens + self.camera_embed[c] if len(self.config.image_keys) > 1 else tokens)
         img = torch.cat(cams, dim=1)  # [B, C*T, H]: every camera's tokens, in image_keys order
+        self._vision_tokens = torch.cat(raw, dim=1)  # [B, C*T, V], for the auxiliary loss
         tasks = obs[TASK_KEY]
         tasks = [tasks] * img.shape[0] if isinstance(tasks, str) else list(tasks)
         txt, txt_mask = self._text_embeddings(tasks)  # [B, L, H], [B, L]
@@ -277,6 +285,9 @@ class VLAPolicy(nn.Module):
             valid[:, : self.config.action_dim] *= first_step_weight
         per_sample = (ce * valid).sum(1) / valid.sum(1).clamp_min(1)  # [B]
         loss = per_sample.mean()
+        aux = self._aux_final_state_loss(batch)
+        if aux is not None:
+            loss = loss + self.config.aux_final_state_weight * aux
         with torch.no_grad():
             pred = logits.argmax(-1)
             hit = (pred == bins).float()
@@ -289,7 +300,22 @@ class VLAPolicy(nn.Module):
             "action_l1": float(err.mean()),
             "first_step_l1": float(err[:, 0].mean()),
         }
+        if aux is not None:
+            info["aux_final_state_mse"] = float(aux.detach())
         return loss, info
+
+    def _aux_final_state_loss(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """MSE of the predicted normalised final state of the sample's episode; None when off."""
+        if self.config.aux_final_state_weight <= 0:
+            return None
+        if FINAL_STATE_KEY not in batch:
+            raise KeyError(
+                f"aux_final_state_weight > 0 needs {FINAL_STATE_KEY!r} in the batch "
+                "(ChunkDataset provides it); the batch has " + repr(sorted(batch))
+            )
+        target = self.state_normalizer(batch[FINAL_STATE_KEY].to(self.device, torch.float32))  # [B, S]
+        pred = self.aux_head(self._vision_tokens.flatten(1).float())  # [B, S]
+        return F.mse_loss(pred, target)
 
     def _valid_tokens(self, batch: dict[str, Any], bins: torch.Tensor) -> torch.Tensor:
         pad = batch.get(f"{ACTION_KEY}_is_pad")  # [B, K] True where the chunk ran past the episode end

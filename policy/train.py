@@ -59,6 +59,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--keypoints", type=int, default=None, help="spatial encoder: keypoint tokens")
     model.add_argument("--grid", type=int, default=None, help="encoder grid tokens per side")
     model.add_argument(
+        "--aux-final-state",
+        type=float,
+        default=0.0,
+        help="weight of the auxiliary loss predicting the episode's final state from the image (0 = off)",
+    )
+    model.add_argument(
         "--lm-path", default=None, help="local pretrained causal LM directory (preset pretrained)"
     )
     model.add_argument("--vision-tower-path", default=None, help="local pretrained vision model directory")
@@ -93,6 +99,7 @@ def model_config(args: argparse.Namespace, action_dim: int, state_dim: int, cont
         n_action_steps=args.n_action_steps,
         action_dim=action_dim,
         state_dim=state_dim,
+        aux_final_state_weight=getattr(args, "aux_final_state", 0.0),
         **(contract or {}),
     )
     if args.preset == "pretrained":

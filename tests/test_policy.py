@@ -379,3 +379,35 @@ def test_first_step_weight_scales_only_the_first_steps_tokens(make_policy):
         loss, info = policy(batch, first_step_weight=5.0)
     assert torch.allclose(loss, expected, atol=1e-5)
     assert 0.0 <= info["first_step_acc"] <= 1.0 and info["first_step_l1"] >= 0.0
+
+
+def test_aux_final_state_loss_adds_to_the_loss_and_trains_the_encoder(make_policy):
+    from ceed_vla.policy.modeling import FINAL_STATE_KEY
+
+    batch = random_batch(batch=4, chunk=4)
+    plain = make_policy(seed=0)
+    with_aux = make_policy(seed=0, aux_final_state_weight=2.0)
+    batch[FINAL_STATE_KEY] = torch.randn(4, 4)
+    loss0, info0 = plain(batch)
+    loss1, info1 = with_aux(batch)
+    assert "aux_final_state_mse" not in info0 and info1["aux_final_state_mse"] > 0
+    # same initial weights for everything the two share: the difference is exactly w * mse
+    assert loss1.item() == pytest.approx(loss0.item() + 2.0 * info1["aux_final_state_mse"], rel=1e-5)
+    with_aux.zero_grad()
+    with_aux.aux_head(with_aux._vision_tokens.flatten(1)).square().mean().backward()
+    assert with_aux.vision.net[0].weight.grad.abs().sum() > 0  # the signal reaches the encoder
+    del batch[FINAL_STATE_KEY]
+    with pytest.raises(KeyError, match="episode.final_state"):
+        with_aux(batch)
+
+
+def test_chunk_samples_carry_their_episode_final_state(policy_dataset):
+    from ceed_vla.policy.data import DataConfig, build_datasets
+    from ceed_vla.policy.modeling import FINAL_STATE_KEY
+
+    repo_id, root = policy_dataset
+    frames, train, _ = build_datasets(DataConfig(roots=[str(root)], repo_ids=[repo_id], chunk_size=4))
+    for i in (0, 5, len(train) - 1):
+        row = int(train.rows[i])
+        end = int(frames.ep_end[row])
+        assert torch.equal(train[i][FINAL_STATE_KEY], frames.states[end - 1])

@@ -1,0 +1,145 @@
+"""Teacher levers, measured by closed-loop success: train a teacher variant, roll it out on validation
+seeds, append one record to benchmarks/results/teacher_levers.json.
+
+Validation loss does not track closed-loop success in imitation learning, so every lever is judged
+by rollouts, and on the validation seed range only (`ceed eval --split validation`): the seeds of
+the demo's reported evaluation stay unseen while the recipe is chosen.
+
+    python benchmarks/bench_teacher.py --name spatial96 --dataset-root DATA --work runs/levers \
+        --execute-steps 8,4 -- --vision spatial --image-size 96 --steps 1500
+
+Everything after `--` goes to `ceed train` as it is (the shared defaults below come first, so a
+lever can override them). A run whose `final/` exists is not trained again, so an interrupted
+benchmark resumes at its evaluations. `--checkpoints step_000750,final` evaluates more than the
+final weights (the training-length lever without retraining). Each evaluation is its own
+`ceed eval` process, with its report kept under the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_TRAIN_ARGS = ["--precision", "bf16", "--first-step-weight", "8", "--save-every", "500"]
+TASKS = "reach,push,drawer-open,button-press-topdown,door-open"
+
+
+def _ceed(argv: list[str], log: Path) -> float:
+    print("$ ceed " + shlex.join(argv), file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ceed_vla.cli", *argv], stdout=f, stderr=subprocess.STDOUT
+        )
+    if proc.returncode != 0:
+        raise SystemExit(f"`ceed {shlex.join(argv)}` failed with status {proc.returncode}; see {log}")
+    return time.perf_counter() - t0
+
+
+def _checkpoint(run: Path, name: str) -> Path:
+    return run / "final" if name == "final" else run / "checkpoints" / name
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--name", required=True, help="lever name (the record's key)")
+    parser.add_argument("--dataset-root", required=True, nargs="+")
+    parser.add_argument("--work", type=Path, default=Path("outputs/teacher_levers"), help="run directories")
+    parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument("--eval-episodes", type=int, default=10, help="validation episodes per task")
+    parser.add_argument("--eval-seed", type=int, default=0, help="run seed within the validation range")
+    parser.add_argument("--image-size", type=int, default=128, help="rendered size (the recording's)")
+    parser.add_argument("--execute-steps", default="8", help="comma-separated actions per chunk to evaluate")
+    parser.add_argument("--checkpoints", default="final", help="comma-separated checkpoint names")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--note", default="", help="what the lever is, in words")
+    parser.add_argument("--output", type=Path, default=RESULTS / "teacher_levers.json")
+    args = parser.parse_args(own)
+
+    run = args.work / args.name / "train"
+    run.parent.mkdir(parents=True, exist_ok=True)
+    train_cmd = ["train", "--dataset-root", *args.dataset_root, "--output", str(run)]
+    train_cmd += ["--threads", str(args.threads), *DEFAULT_TRAIN_ARGS, *train_args]
+    if not (run / "final" / "config.json").is_file():
+        _ceed(
+            train_cmd + (["--resume"] if (run / "checkpoints" / "last").is_file() else []),
+            run.parent / "train.log",
+        )
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+
+    evals = {}
+    for ckpt in args.checkpoints.split(","):
+        for steps in (int(s) for s in args.execute_steps.split(",")):
+            out = run.parent / f"eval_{ckpt}_exec{steps}"
+            cmd = ["eval", "--policy", str(_checkpoint(run, ckpt)), "--tasks", args.tasks]
+            cmd += [
+                "--episodes",
+                str(args.eval_episodes),
+                "--seed",
+                str(args.eval_seed),
+                "--split",
+                "validation",
+            ]
+            cmd += ["--image-size", str(args.image_size), "--instructions", "train", "--decoding", "ar"]
+            cmd += ["--execute-steps", str(steps), "--output", str(out)]
+            if not (out / "report.json").is_file():
+                env_threads = os.environ.get("OMP_NUM_THREADS")
+                os.environ["OMP_NUM_THREADS"] = str(args.threads)
+                seconds = _ceed(cmd, run.parent / f"eval_{ckpt}_exec{steps}.log")
+                if env_threads is None:
+                    os.environ.pop("OMP_NUM_THREADS")
+            else:
+                seconds = None
+            report = json.loads((out / "report.json").read_text())
+            o = report["overall"]
+            evals[f"{ckpt}/exec{steps}"] = {
+                "checkpoint": ckpt,
+                "execute_steps": steps,
+                "success_rate": o["success_rate"],
+                "success_ci95": o["success_ci95"],
+                "episodes": o["episodes"],
+                "per_task": {t: r["success_rate"] for t, r in report["per_task"].items()},
+                "chunk_ms_p50": o.get("chunk_ms_p50"),
+                "mean_steps_to_success": o.get("mean_steps_to_success"),
+                "outcomes": [[e["task"], e["seed"], e["success"]] for e in report["episodes"]],
+                "eval_seconds": seconds,
+                "command": "ceed " + shlex.join(cmd),
+            }
+            print(
+                f"{args.name} {ckpt} exec{steps}: {o['success_rate']:.2f} "
+                + " ".join(f"{t}={r['success_rate']:.1f}" for t, r in report["per_task"].items())
+            )
+
+    record = {
+        "name": args.name,
+        "note": args.note,
+        "train_command": "ceed " + shlex.join(train_cmd),
+        "train_seconds": summary.get("train_seconds") or summary.get("seconds"),
+        "train_summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
+        "evaluations": evals,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpu_count": os.cpu_count(), "threads": args.threads},
+    }
+    from ceed_vla.atomic import atomic_write_json
+
+    results = json.loads(args.output.read_text()) if args.output.is_file() else {"levers": {}}
+    results["levers"][args.name] = record
+    atomic_write_json(args.output, results)
+    print(f"wrote {args.output} ({len(results['levers'])} levers)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
