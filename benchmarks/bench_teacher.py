@@ -11,7 +11,12 @@ the demo's reported evaluation stay unseen while the recipe is chosen.
 Everything after `--` goes to `ceed train` as it is (the shared defaults below come first, so a
 lever can override them). A run whose `final/` exists is not trained again, so an interrupted
 benchmark resumes at its evaluations. `--checkpoints step_000750,final` evaluates more than the
-final weights (the training-length lever without retraining). Each evaluation is its own
+final weights (the training-length lever without retraining).
+
+    python benchmarks/bench_teacher.py compare sp96/final/exec8:sp96/final/exec4
+
+pairs two recorded evaluations on their common episodes (both / only A / only B / neither and the
+exact McNemar p) and stores the result under "comparisons". Each evaluation is its own
 `ceed eval` process, with its report kept under the run directory.
 """
 
@@ -47,8 +52,36 @@ def _checkpoint(run: Path, name: str) -> Path:
     return run / "final" if name == "final" else run / "checkpoints" / name
 
 
+def compare(results_path: Path, pairs: list[str]) -> int:
+    """`lever/checkpoint/execN` pairs -> paired outcomes (both / only one / neither, McNemar p)."""
+    from ceed_vla.atomic import atomic_write_json
+    from ceed_vla.sim.metrics import paired_outcomes
+
+    results = json.loads(results_path.read_text())
+
+    def outcomes(ref: str) -> dict:
+        lever, key = ref.split("/", 1)
+        ev = results["levers"][lever]["evaluations"][key]
+        return {(t, int(seed)): bool(ok) for t, seed, ok in ev["outcomes"]}
+
+    comparisons = results.setdefault("comparisons", {})
+    for pair in pairs:
+        a, b = pair.split(":")
+        out = paired_outcomes(outcomes(a), outcomes(b))
+        comparisons[f"{a} vs {b}"] = out
+        print(
+            f"{a} vs {b}: {out['success_a']:.2f} vs {out['success_b']:.2f}; both {out['both']}, "
+            f"only A {out['only_a']}, only B {out['only_b']}, neither {out['neither']}; "
+            f"McNemar p = {out['mcnemar_p']:.3g}"
+        )
+    atomic_write_json(results_path, results)
+    return 0
+
+
 def main() -> int:
     argv = sys.argv[1:]
+    if argv[:1] == ["compare"]:
+        return compare(RESULTS / "teacher_levers.json", argv[1:])
     train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(

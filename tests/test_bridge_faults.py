@@ -340,8 +340,14 @@ def _drive_then_signal(
             moving = len(commands) > 10 and np.abs(commands[-1]).max() > 0.25
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
-        for _ in range(20):
-            executor.spin_once(timeout_sec=0.02)
+        # take every command still queued for the peer (one callback per spin): until none has come
+        # for half a second, so a slow machine does not cut the stop's last messages off
+        quiet_until, deadline = time.monotonic() + 0.5, time.monotonic() + 10
+        while time.monotonic() < min(quiet_until, deadline):
+            seen = len(commands)
+            executor.spin_once(timeout_sec=0.05)
+            if len(commands) != seen:
+                quiet_until = time.monotonic() + 0.5
     finally:
         executor.shutdown()
         peer.destroy_node()
