@@ -54,8 +54,9 @@ def _checkpoint(run: Path, name: str) -> Path:
 
 def compare(results_path: Path, pairs: list[str]) -> int:
     """`lever/checkpoint/execN` pairs -> paired outcomes (both / only one / neither, McNemar p)."""
-    from ceed_vla.atomic import atomic_write_json
     from ceed_vla.sim.metrics import paired_outcomes
+
+    from ceed_vla.atomic import atomic_write_json
 
     results = json.loads(results_path.read_text())
 
@@ -78,10 +79,97 @@ def compare(results_path: Path, pairs: list[str]) -> int:
     return 0
 
 
+def first_step(
+    results_path: Path, dataset_root: str, levers: list[str], work: Path, episodes: int = 30
+) -> int:
+    """Does the first action of an episode use the image? Per task, the mean |error| of the first
+    step's translation (x, y, z) on episode starts, next to the spread (std) of the ground truth
+    across those starts. The arm always starts in the same pose, so only the image says where the
+    goal is: an error as large as the spread means the image is ignored. Training episodes
+    (fitting) and validation episodes (every 10th, held out by `ceed train`) apart."""
+    import torch
+    from ceed_vla.policy import VLAPolicy
+    from ceed_vla.policy.data import load_frames
+    from ceed_vla.sim.tasks import task_for_instruction
+
+    from ceed_vla.atomic import atomic_write_json
+
+    frames = load_frames(f"local/{Path(dataset_root).name}", dataset_root, 8)
+    starts = torch.nonzero(frames.ep_start == torch.arange(len(frames))).flatten()  # [E]
+    results = json.loads(results_path.read_text())
+    for lever in levers:
+        policy = VLAPolicy.from_pretrained(work / lever / "train" / "final").eval()
+        table: dict[str, dict] = {}
+        by_task: dict[str, list[int]] = {}
+        for i in starts.tolist():
+            by_task.setdefault(task_for_instruction(frames.tasks[i]).name, []).append(i)
+        for task, rows in by_task.items():
+            eps = [(int(frames.episode[i]), i) for i in rows]
+            for split, pick in (
+                ("train", [i for e, i in eps if e % 10 != 9]),
+                ("val", [i for e, i in eps if e % 10 == 9]),
+            ):
+                pick = pick[:episodes]
+                obs = {key: imgs[pick].float() / 255.0 for key, imgs in frames.cameras.items()}
+                obs.update(
+                    {"observation.state": frames.states[pick], "task": [frames.tasks[i] for i in pick]}
+                )
+                with torch.no_grad():
+                    pred = policy.predict_action_chunk(obs)[:, 0, :3]  # [N, 3]
+                gt = frames.actions[pick][:, :3]
+                table.setdefault(task, {})[split] = {
+                    "episodes": len(pick),
+                    "abs_error_xyz": (pred - gt).abs().mean(0).tolist(),
+                    "gt_std_xyz": gt.std(0).tolist(),
+                }
+        results["levers"][lever]["first_step"] = table
+        for task, r in table.items():
+            print(
+                lever,
+                task,
+                {k: [round(x, 3) for x in v["abs_error_xyz"]] for k, v in r.items()},
+                "spread",
+                [round(x, 3) for x in r["train"]["gt_std_xyz"]],
+            )
+    atomic_write_json(results_path, results)
+    return 0
+
+
+TASK_ORDER = TASKS.split(",")
+
+
+def table(results_path: Path) -> int:
+    """The levers and comparisons as Markdown rows (what docs/policy.md shows)."""
+    results = json.loads(results_path.read_text())
+    for name, lever in results["levers"].items():
+        for key, ev in lever["evaluations"].items():
+            lo, hi = ev["success_ci95"]
+            tasks = " | ".join(f"{ev['per_task'].get(t, float('nan')):.1f}" for t in TASK_ORDER)
+            summary = lever.get("train_summary", {})
+            speed = f"{summary.get('train_seconds', 0):.0f} ({summary.get('samples_per_s', 0):.0f})"
+            print(f"| {name} {key} | {ev['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {tasks} | {speed} |")
+    print()
+    for pair, c in results.get("comparisons", {}).items():
+        print(
+            f"- {pair}: {c['success_a']:.2f} vs {c['success_b']:.2f}; {c['both']} / {c['only_a']} / "
+            f"{c['only_b']} / {c['neither']}, p = {c['mcnemar_p']:.3g}"
+        )
+    return 0
+
+
 def main() -> int:
     argv = sys.argv[1:]
+    if argv[:1] == ["table"]:
+        return table(RESULTS / "teacher_levers.json")
     if argv[:1] == ["compare"]:
         return compare(RESULTS / "teacher_levers.json", argv[1:])
+    if argv[:1] == ["first-step"]:
+        p = argparse.ArgumentParser(prog="bench_teacher.py first-step")
+        p.add_argument("--dataset-root", required=True)
+        p.add_argument("--work", type=Path, default=Path("outputs/teacher_levers"))
+        p.add_argument("levers", nargs="+")
+        a = p.parse_args(argv[1:])
+        return first_step(RESULTS / "teacher_levers.json", a.dataset_root, a.levers, a.work)
     train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
