@@ -527,22 +527,30 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
+    """An `EvalConfig` from parsed `ceed eval`-style arguments; a job that lacks an option (or fixes
+    it, as `ceed select` fixes the split) passes it in `fixed` or gets the config's default."""
+    names = {
+        "episodes_per_task": "episodes",
+        "seed": "seed",
+        "image_size": "image_size",
+        "camera": "camera",
+        "max_episode_steps": "max_steps",
+        "clock": "clock",
+        "instructions": "instructions",
+        "execute_steps": "execute_steps",
+        "split": "split",
+        "save_rollouts": "save_rollouts",
+        "output": "output",
+    }
+    values = {field: getattr(args, arg) for field, arg in names.items() if hasattr(args, arg)}
+    values["tasks"] = tuple(t for t in args.tasks.split(",") if t.strip())
+    return EvalConfig(**{**values, **fixed})
+
+
 def main(args: argparse.Namespace) -> int:
     try:
-        config = EvalConfig(
-            tasks=tuple(t for t in args.tasks.split(",") if t.strip()),
-            episodes_per_task=args.episodes,
-            seed=args.seed,
-            image_size=args.image_size,
-            camera=args.camera,
-            max_episode_steps=args.max_steps,
-            clock=args.clock,
-            instructions=args.instructions,
-            execute_steps=args.execute_steps,
-            split=args.split,
-            save_rollouts=args.save_rollouts,
-            output=args.output,
-        )
+        config = config_from_args(args)
         policy = load_policy(args.policy, args.device)
         predict_kwargs = decoding_kwargs(policy, args.decoding, args.sigma, args.tau)
     except (UnknownTaskError, FileNotFoundError, ValueError) as err:

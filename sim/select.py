@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ceed_vla.sim.evaluate import EvalConfig, EvalRunner, decoding_kwargs, load_policy
+from ceed_vla.sim.evaluate import EvalConfig, EvalRunner, config_from_args, decoding_kwargs, load_policy
 from ceed_vla.sim.seeds import is_validation_seed
 from ceed_vla.sim.tasks import UnknownTaskError
 
@@ -154,15 +154,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        config = EvalConfig(
-            tasks=tuple(t for t in args.tasks.split(",") if t.strip()),
-            episodes_per_task=args.episodes,
-            seed=args.seed,
-            image_size=args.image_size,
-            instructions=args.instructions,
-            execute_steps=args.execute_steps,
-            split="validation",
-        )
+        config = config_from_args(args, split="validation", output=None)  # --output is the checkpoint copy
         if args.every < 1:
             raise ValueError(f"--every must be >= 1, got {args.every!r}")
         candidates(args.run)

@@ -99,3 +99,27 @@ def test_select_rolls_out_a_real_checkpoint_on_validation_seeds(make_policy, tmp
     (only,) = sel["candidates"]
     assert only["seeds"] == [split_seed("validation", 3, 0), split_seed("validation", 3, 1)]
     assert sel["selected"] == "step_000010" and only["episodes"] == 2
+
+
+def test_select_cli_evaluates_on_validation_seeds_and_keeps_output_for_the_copy(tmp_path, monkeypatch):
+    import argparse
+
+    from ceed_vla.sim import select
+
+    run = _fake_run(tmp_path)
+    seen = {}
+
+    def fake_select(run_dir, config, evaluate, every=1):
+        seen["config"] = config
+        return {"selected": "step_000750", "selected_success_rate": 1.0, "candidates": [{"episodes": 3}]}
+
+    monkeypatch.setattr(select, "select_checkpoint", fake_select)
+    monkeypatch.setattr(select, "write_selected", lambda sel, out: seen.setdefault("out", out))
+    parser = argparse.ArgumentParser()
+    select.configure_parser(parser)
+    argv = ["--run", str(run), "--output", str(tmp_path / "sel"), "--tasks", "reach,push", "--episodes", "3"]
+    assert select.main(parser.parse_args(argv)) == 0
+    config = seen["config"]
+    assert config.split == "validation" and config.output is None  # reports are not written into the copy
+    assert config.tasks == ("reach", "push") and config.episodes_per_task == 3
+    assert seen["out"] == tmp_path / "sel"
