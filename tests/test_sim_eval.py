@@ -77,10 +77,9 @@ def test_runner_on_the_expert_writes_reports(tmp_path):
 
 
 def test_runner_saves_rollout_gifs_and_frame_strips(tmp_path):
-    from PIL import Image
-
     from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
     from ceed_vla.sim.experts import ScriptedExpert
+    from PIL import Image
 
     config = EvalConfig(
         tasks=("reach",), episodes_per_task=2, image_size=16, save_rollouts=1, output=tmp_path
