@@ -210,9 +210,11 @@ class EvalRunner:
         start = time.perf_counter()
         while not ep.done:
             if self._must_plan(ep):
-                self._plan(policy, ep)
-                if keep_frames:
+                if keep_frames:  # the frame the policy plans from (the real-time clock moves on after)
+                    if ep.obs is None:
+                        ep.obs = ep.env.observe()
                     ep.result.frames.append(ep.obs.image.copy())
+                self._plan(policy, ep)
                 continue
             action = ep.queue.popleft()
             ep.since_plan += 1

@@ -95,6 +95,26 @@ def test_runner_saves_rollout_gifs_and_frame_strips(tmp_path):
     assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == [f"{stem[9:]}.gif", f"{stem[9:]}.png"]
 
 
+def test_rollouts_are_saved_under_the_realtime_clock_too(tmp_path):
+    """A real-time call lets ticks pass unrendered; the strip shows the frames the policy planned from."""
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+
+    clock = FakeClock()
+    config = EvalConfig(
+        tasks=("reach",),
+        episodes_per_task=1,
+        image_size=16,
+        max_episode_steps=40,
+        clock="realtime",
+        save_rollouts=1,
+        output=tmp_path,
+    )
+    report = EvalRunner(config, timer=clock, progress=False).run(SlowPolicy(clock, seconds=0.05))
+    (strip,) = report["rollouts"]
+    assert (tmp_path / strip).is_file() and (tmp_path / strip).with_suffix(".gif").is_file()
+    assert report["overall"]["held_steps"] > 0  # ticks did pass unrendered while it "computed"
+
+
 class FakeClock:
     """A timer the slow policy advances: latency without sleeping, identical on any machine."""
 
