@@ -316,7 +316,7 @@ def open_store_for_rank(
 
 def main(args: argparse.Namespace) -> int:
     from ceed_vla.policy import load_policy
-    from ceed_vla.policy.data import ChunkDataset, load_frames
+    from ceed_vla.policy.data import ChunkDataset, load_policy_frames
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -335,13 +335,7 @@ def main(args: argparse.Namespace) -> int:
     teacher = load_policy(args.teacher, device=args.device).eval()
     root = Path(args.dataset_root)
     repo_id = args.repo_id or f"local/{root.name}"
-    frames = load_frames(
-        repo_id,
-        root,
-        teacher.config.chunk_size,
-        image_keys=list(teacher.config.image_keys),
-        image_size=teacher.config.vision.image_size,
-    )
+    frames = load_policy_frames(teacher, root, repo_id)
     dataset = ChunkDataset(frames, sorted(set(frames.episode.tolist())))
     meta = {
         "teacher": str(Path(args.teacher).resolve()),

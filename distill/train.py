@@ -82,20 +82,14 @@ def split_rows(traj, episodes: np.ndarray, val_fraction: float) -> tuple[np.ndar
 
 
 def build_datasets(args, student, store: TrajectoryStore):
-    from ceed_vla.policy.data import ChunkDataset, load_frames
+    from ceed_vla.policy.data import ChunkDataset, load_policy_frames
 
     meta = store.attrs.get("meta", {})
     root = args.dataset_root or meta.get("dataset_root")
     if root is None:
         raise SystemExit("the store records no dataset root: pass --dataset-root")
     repo_id = args.repo_id or meta.get("repo_id") or f"local/{Path(root).name}"
-    frames = load_frames(
-        repo_id,
-        root,
-        student.config.chunk_size,
-        image_keys=list(student.config.image_keys),
-        image_size=student.config.vision.image_size,
-    )
+    frames = load_policy_frames(student, root, repo_id)
     frame_set = ChunkDataset(frames, sorted(set(frames.episode.tolist())))
     traj = store.read()
     if args.max_trajectories is not None:

@@ -221,6 +221,17 @@ def _names(feature: dict) -> list[str] | None:
     return [str(n) for n in names] if names else None
 
 
+def load_policy_frames(policy, root: str | Path, repo_id: str | None = None) -> Frames:
+    """The dataset's frames in the shape a trained policy reads: its chunk size, cameras and image size."""
+    return load_frames(
+        repo_id or f"local/{Path(root).name}",
+        root,
+        policy.config.chunk_size,
+        image_keys=list(policy.config.image_keys),
+        image_size=policy.config.vision.image_size,
+    )
+
+
 def _episode_bounds(episode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the [start, end) index range of its episode (episodes are contiguous on disk)."""
     n = episode.numel()

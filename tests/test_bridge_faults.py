@@ -27,9 +27,12 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Empty, Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
-from tests.test_bridge_ros import FORWARD, PERIOD, RATE_HZ, STATE_NAMES, Rig, _wait
+from tests import test_bridge_ros
+from tests.test_bridge_ros import PERIOD, RATE_HZ, STATE_NAMES, _wait
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
+
+rig = test_bridge_ros.rig  # the same rig fixture, over this module's own DDS domain (`context`)
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +41,6 @@ def context():
     rclpy.init(context=ctx, domain_id=120 + os.getpid() % 100)
     yield ctx
     rclpy.shutdown(context=ctx)
-
-
-@pytest.fixture
-def rig(context):
-    made = []
-
-    def make(given=None, topics=(FORWARD,), kind=Float64MultiArray, **params):
-        given = given or SinePolicy(4, chunk_size=8, amplitude=0.5, control_rate_hz=RATE_HZ)
-        r = Rig(context, given, **params)
-        for topic in topics:
-            r.listen(kind, topic)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
 
 
 def _values(messages) -> np.ndarray:
