@@ -82,6 +82,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="loss weight of the chunk's first step (default 1)",
     )
     train.add_argument("--warmup-steps", type=int, default=50)
+    train.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="exponential moving average of the weights, saved as the policy (0 = off; 0.999 is typical)",
+    )
     train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     train.add_argument("--save-every", type=int, default=500)
     train.add_argument("--val-every", type=int, default=100)
@@ -144,6 +150,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
+        ema_decay=args.ema_decay,
         precision=args.precision,
         save_every=args.save_every,
         val_every=args.val_every,

@@ -12,7 +12,8 @@ Semantics the trainer promises (and the tests check):
   gradients, so W processes compute the same update as one process (up to float rounding).
 - The loss is a mean over samples, so that average is exact.
 - A run resumed from the checkpoint at step s continues with the same batches, learning rate and
-  RNG streams as the uninterrupted run: the same weights at every later step.
+  RNG streams as the uninterrupted run: the same weights at every later step (and the same EMA of
+  them, when `ema_decay` is on).
 
 Launch several processes with `torchrun --nproc_per_node N` or `accelerate launch --num_processes N`
 (both set RANK / WORLD_SIZE / MASTER_ADDR); backend NCCL on CUDA, gloo on CPU.
@@ -20,6 +21,7 @@ Launch several processes with `torchrun --nproc_per_node N` or `accelerate launc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -88,6 +90,12 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     find_unused_parameters: bool = False
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights (0 = off). With it on, validation, `best/`, every
+    checkpoint's model file and the model after `fit()` are the averaged weights; the raw weights
+    live on in each checkpoint's training state so that a resumed run continues exactly. The decay
+    warms up as min(ema_decay, (1 + step) / (10 + step)), so early averages do not remember the
+    random initialisation."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "save_every", "val_every", "val_batches", "log_every"):
@@ -106,6 +114,10 @@ class TrainConfig:
             )
         if self.num_workers < 0:
             raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers!r}")
+        if not (isinstance(self.ema_decay, int | float) and 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(
+                f"TrainConfig.ema_decay must be in [0, 1) (0 = off; 0.999 is typical), got {self.ema_decay!r}"
+            )
 
 
 def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -226,6 +238,14 @@ class Trainer:
         self.step = 0
         self.best_val = math.inf
         self.steps_per_epoch = len(train_set) // config.batch_size
+        # fp32 copies of every floating parameter, averaged after each optimizer step (None = off).
+        self.ema: dict[str, torch.Tensor] | None = None
+        if config.ema_decay > 0:
+            self.ema = {
+                n: p.detach().float().clone()
+                for n, p in self.model.named_parameters()
+                if p.is_floating_point()
+            }
         self.wrapped: nn.Module = self.loss_module
         if self.info.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -324,6 +344,11 @@ class Trainer:
         finally:
             bar.close()
         elapsed = time.perf_counter() - t_start
+        if self.ema is not None and self.step == self.config.steps:
+            with torch.no_grad():  # training is over: the model keeps the averaged weights
+                params = dict(self.model.named_parameters())
+                for n, v in self.ema.items():
+                    params[n].copy_(v)
         summary = {
             "steps": self.step,
             "train_seconds": elapsed,
@@ -343,7 +368,34 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self._update_ema()
         return {**info, "loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for name, p in self.model.named_parameters():
+            if name in self.ema:
+                self.ema[name].lerp_(p.detach().float(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Within the block the model holds the EMA weights (a no-op without EMA); restored after."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(self.model.named_parameters())
+        raw = {n: params[n].detach().clone() for n in self.ema}
+        with torch.no_grad():
+            for n, v in self.ema.items():
+                params[n].copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, v in raw.items():
+                    params[n].copy_(v)
 
     def _mean_across(self, rows: list[dict[str, float]]) -> dict[str, float]:
         keys = sorted(rows[0])
@@ -395,15 +447,17 @@ class Trainer:
         return torch.utils.data.default_collate(samples)
 
     def _validate(self) -> None:
-        row = self.evaluate(self.val_set)
+        with self.averaged_weights():
+            row = self.evaluate(self.val_set)
         row.update(split="val", step=self.step)
         self._append_metrics(row)
         if row["loss"] < self.best_val:
             self.best_val = row["loss"]
             if self.info.main:
-                self._save_model(
-                    self.out / "best", {"best_step.json": json.dumps({"step": self.step, **row})}
-                )
+                with self.averaged_weights():
+                    self._save_model(
+                        self.out / "best", {"best_step.json": json.dumps({"step": self.step, **row})}
+                    )
         self._barrier()
 
     # ------------------------------------------------------------------------------- checkpoints
@@ -434,7 +488,10 @@ class Trainer:
                 "rng": _rng_state(),
                 "world_size": self.info.world,
             }
-            with atomic_directory(path) as tmp:
+            if self.ema is not None:
+                state["ema"] = {n: v.clone() for n, v in self.ema.items()}
+                state["raw_weights"] = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+            with atomic_directory(path) as tmp, self.averaged_weights():
                 self.model.save_to(
                     tmp,
                     {
@@ -461,6 +518,18 @@ class Trainer:
         except Exception as e:  # torch raises several unrelated types for a truncated file
             raise CheckpointError(f"{state_file} is corrupt: {e}") from e
         load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
+        if (self.ema is None) != ("ema" not in state):
+            want = f"ema_decay {self.config.ema_decay}" if self.ema is not None else "no EMA"
+            raise CheckpointError(
+                f"{path} was {'saved without' if 'ema' not in state else 'saved with'} an EMA of the weights "
+                f"but this run asks for {want}: resume with the run's own --ema-decay"
+            )
+        if self.ema is not None:
+            # The model file holds the averaged weights; training continues from the raw ones.
+            with torch.no_grad():
+                for n, p in self.model.named_parameters():
+                    p.copy_(state["raw_weights"][n].to(p.device))
+            self.ema = {n: v.to(self.device) for n, v in state["ema"].items()}
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from ceed_vla.policy import NextTokenLoss, TrainConfig, Trainer, VLAPolicy
+from ceed_vla.policy.checkpoint_io import CheckpointError
 from ceed_vla.policy.data import (
     ChunkDataset,
     DatasetFeatureError,
@@ -77,14 +78,14 @@ def test_learning_rate_warms_up_then_decays_by_cosine():
 # ------------------------------------------------------------------------------ trainer and resume
 
 
-def _trainer(make_policy, frames, out: Path, steps: int = 12) -> Trainer:
+def _trainer(make_policy, frames, out: Path, steps: int = 12, ema_decay: float = 0.0) -> Trainer:
     episodes = sorted(set(frames.episode.tolist()))
     train_eps, val_eps = split_episodes(episodes, 0.2)
     train = ChunkDataset(frames, train_eps, shift=2, seed=0)
     val = ChunkDataset(frames, val_eps)
     config = TrainConfig(
         output_dir=str(out), steps=steps, batch_size=8, lr=1e-3, warmup_steps=3,
-        save_every=4, val_every=4, val_batches=2, log_every=2, seed=0,
+        save_every=4, val_every=4, val_batches=2, log_every=2, seed=0, ema_decay=ema_decay,
     )  # fmt: skip
     return Trainer(make_policy(seed=0).train(), NextTokenLoss(), train, config, val_set=val)
 
@@ -113,6 +114,56 @@ def test_resumed_run_equals_uninterrupted_run(make_policy, policy_dataset, tmp_p
     for ra, rb in zip(rows_a, rows_b, strict=True):
         if ra["split"] == "val" or ra["step"] > 8:
             assert ra["loss"] == rb["loss"], ra
+
+
+def test_ema_run_resumes_exactly_and_saves_the_averaged_weights(make_policy, policy_dataset, tmp_path):
+    frames = load_frames(*policy_dataset, chunk_size=4)
+    straight = _trainer(make_policy, frames, tmp_path / "a", ema_decay=0.9)
+    raw_at_end: dict[str, torch.Tensor] = {}
+    fit_steps = straight._train_step
+
+    def spy(batch):  # the raw weights after the last optimizer step, before fit() swaps in the EMA
+        info = fit_steps(batch)
+        raw_at_end.update({n: p.detach().clone() for n, p in straight.model.named_parameters()})
+        return info
+
+    straight._train_step = spy
+    straight.fit()
+    averaged = {n: p.detach().clone() for n, p in straight.model.named_parameters()}
+    assert averaged.keys() == straight.ema.keys()
+    assert all(torch.equal(averaged[n], straight.ema[n]) for n in averaged)
+    assert any(not torch.equal(averaged[n], raw_at_end[n]) for n in averaged)  # it is not the raw model
+
+    # the checkpoint's model file is the average; its training state keeps the raw weights
+    saved = load_file(str(tmp_path / "a/checkpoints/step_000012/model.safetensors"))
+    for n, v in averaged.items():
+        assert torch.equal(saved[n], v), n
+    state = torch.load(tmp_path / "a/checkpoints/step_000012/training_state.pt", weights_only=False)
+    assert all(torch.equal(state["raw_weights"][n], raw_at_end[n]) for n in raw_at_end)
+
+    first = _trainer(make_policy, frames, tmp_path / "b", ema_decay=0.9)
+    first.fit(until_step=7)
+    resumed = _trainer(make_policy, frames, tmp_path / "b", ema_decay=0.9)
+    resumed.fit(resume=True)
+    for n, p in resumed.model.named_parameters():
+        assert torch.equal(p, averaged[n]), n
+
+    plain = _trainer(make_policy, frames, tmp_path / "b")  # resuming it without EMA is refused
+    with pytest.raises(CheckpointError, match="--ema-decay"):
+        plain.fit(resume=True)
+
+
+def test_ema_follows_its_warmed_up_decay(make_policy, policy_dataset, tmp_path):
+    frames = load_frames(*policy_dataset, chunk_size=4)
+    trainer = _trainer(make_policy, frames, tmp_path, steps=2, ema_decay=0.99)
+    name, param = next(iter(trainer.model.named_parameters()))
+    before = trainer.ema[name].clone()
+    batches = trainer._batches()
+    trainer._train_step(next(batches))  # step 0: decay min(0.99, 1/10) = 0.1
+    expected = 0.1 * before + 0.9 * param.detach()
+    assert torch.allclose(trainer.ema[name], expected, atol=1e-7)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(output_dir="x", ema_decay=1.0)
 
 
 def test_training_writes_metrics_curve_and_loadable_checkpoints(make_policy, policy_dataset, tmp_path):
