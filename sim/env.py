@@ -31,7 +31,27 @@ DEFAULT_MAX_EPISODE_STEPS = 250
 experts on MT10 succeed in 46-114 steps on average and at most 249 (peg-insert-side) over 30 seeds
 per task (docs/sim.md), so 250 keeps every expert success while a failure costs half the CPU."""
 
+DEFAULT_GOAL_MARKER_RADIUS = 0.03
+"""Radius (m) of the rendered goal sphere of tasks whose goal is a free point (MetaWorld draws 2 cm)."""
+
 _CORNER_CAMERAS = ("corner", "corner2", "corner3", "corner4")
+
+
+@dataclass(frozen=True)
+class FreeCamera:
+    """A camera defined by what it looks at rather than by the scene file (MuJoCo's free camera)."""
+
+    lookat: tuple[float, float, float]  # m, world frame
+    distance: float  # m from `lookat`
+    azimuth: float  # degrees
+    elevation: float  # degrees, negative looks down
+
+
+FREE_CAMERAS = {
+    # The work area framed from the table's far side, 50 degrees down: every task's object, goal and
+    # the gripper's path fill the frame, where corner2 spends most pixels on the arm and the room.
+    "workspace": FreeCamera(lookat=(0.0, 0.75, 0.1), distance=1.0, azimuth=180.0, elevation=-50.0),
+}
 _CAMERA_POSITIONS = {"corner2": (0.75, 0.075, 0.7)}  # closer framing of the work area, as LeRobot uses
 _GOAL_MARKER_RGBA = {
     "reach": (0.9, 0.05, 0.05, 1.0),
@@ -48,8 +68,8 @@ class EnvConfig:
     image_size: int = 64
     camera: str = "corner2"
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
-    goal_marker_radius: float = 0.03
-    """Radius (m) of the rendered goal sphere for tasks whose goal is a free point (MetaWorld's is 2 cm)."""
+    goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
+    """Radius (m) of the rendered goal sphere for tasks whose goal is a free point (a site: no contact)."""
     spec: TaskSpec = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -114,12 +134,22 @@ class MetaWorldEnv:
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
         model.vis.global_.offheight = max(model.vis.global_.offheight, size)
         camera = self.config.camera
-        cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
-        if cam_id < 0:
-            names = [model.camera(i).name for i in range(model.ncam)]
-            raise ValueError(f"camera {camera!r} is not in the {self.spec.name} scene; cameras: {names}")
-        if camera in _CAMERA_POSITIONS:
-            model.cam_pos[cam_id] = _CAMERA_POSITIONS[camera]
+        if camera in FREE_CAMERAS:
+            free = FREE_CAMERAS[camera]
+            self._camera: str | mujoco.MjvCamera = mujoco.MjvCamera()
+            self._camera.type = mujoco.mjtCamera.mjCAMERA_FREE
+            self._camera.lookat[:] = free.lookat
+            self._camera.distance = free.distance
+            self._camera.azimuth = free.azimuth
+            self._camera.elevation = free.elevation
+        else:
+            cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+            if cam_id < 0:
+                names = [model.camera(i).name for i in range(model.ncam)] + sorted(FREE_CAMERAS)
+                raise ValueError(f"camera {camera!r} is not in the {self.spec.name} scene; cameras: {names}")
+            if camera in _CAMERA_POSITIONS:
+                model.cam_pos[cam_id] = _CAMERA_POSITIONS[camera]
+            self._camera = camera
         if self.spec.show_goal:
             goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
             if goal >= 0:
@@ -173,7 +203,7 @@ class MetaWorldEnv:
 
     def render(self) -> np.ndarray:
         """Camera image [H, W, 3] uint8, upright."""
-        self._renderer.update_scene(self._env.data, camera=self.config.camera)
+        self._renderer.update_scene(self._env.data, camera=self._camera)
         image = self._renderer.render()
         if self._flip:
             image = image[::-1, ::-1]

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ceed_vla.sim.env import CONTROL_HZ, DEFAULT_MAX_EPISODE_STEPS, EnvConfig, MetaWorldEnv
+from ceed_vla.sim.env import (
+    CONTROL_HZ,
+    DEFAULT_GOAL_MARKER_RADIUS,
+    DEFAULT_MAX_EPISODE_STEPS,
+    EnvConfig,
+    MetaWorldEnv,
+)
 from ceed_vla.sim.experts import ScriptedExpert
 from ceed_vla.sim.seeds import record_seed
 from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
@@ -74,6 +80,7 @@ class RecordConfig:
     image_size: int = 64
     camera: str = "corner2"
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
+    goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
     seed: int = 0
     noise_std: float = 0.0
     """DART-style: std of Gaussian noise added to the *executed* translation (the label stays clean)."""
@@ -100,7 +107,12 @@ class RecordConfig:
         if "/" not in self.repo_id:
             raise ValueError(f"repo_id must look like 'owner/name', got {self.repo_id!r}")
         # Validates image size, camera-independent limits and the horizon early.
-        EnvConfig(self.specs[0].name, self.image_size, self.camera, self.max_episode_steps)
+        self.env_config(self.specs[0])
+
+    def env_config(self, spec: TaskSpec) -> EnvConfig:
+        return EnvConfig(
+            spec.name, self.image_size, self.camera, self.max_episode_steps, self.goal_marker_radius
+        )
 
     def settings(self) -> dict[str, Any]:
         """What must stay the same for a recording to be resumed."""
@@ -109,6 +121,7 @@ class RecordConfig:
             "image_size": self.image_size,
             "camera": self.camera,
             "max_episode_steps": self.max_episode_steps,
+            "goal_marker_radius": self.goal_marker_radius,
             "seed": self.seed,
             "noise_std": self.noise_std,
             "fps": CONTROL_HZ,
@@ -257,7 +270,12 @@ def _resume_dataset(repo_id: str, root: Path):
         raise ResumeMismatchError(f"{killed} LeRobot said: {err!r}") from err
 
 
+# Settings added after recordings existed, with the value those recordings were made with.
+_SETTINGS_BEFORE_THEY_WERE_RECORDED = {"goal_marker_radius": 0.03}
+
+
 def _check_same_settings(saved: dict[str, Any], asked: dict[str, Any], root: Path) -> None:
+    saved = {**_SETTINGS_BEFORE_THEY_WERE_RECORDED, **saved}
     diffs = {k: (saved.get(k), v) for k, v in asked.items() if saved.get(k) != v}
     if diffs:
         detail = "; ".join(f"{k}: recorded with {a!r}, asked {b!r}" for k, (a, b) in diffs.items())
@@ -330,7 +348,7 @@ class _Recorder:
             return
         attempt = self.log.next_attempt(spec.name)
         budget = cfg.episodes_per_task * cfg.max_attempts_per_episode
-        with MetaWorldEnv(EnvConfig(spec.name, cfg.image_size, cfg.camera, cfg.max_episode_steps)) as env:
+        with MetaWorldEnv(cfg.env_config(spec)) as env:
             while done < cfg.episodes_per_task:
                 if attempt >= budget:
                     raise RecordingError(
@@ -421,6 +439,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=64, help="square camera image size in pixels")
     parser.add_argument("--camera", default="corner2", help="MetaWorld camera name (default: corner2)")
     parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_EPISODE_STEPS, help="episode horizon")
+    parser.add_argument(
+        "--goal-marker-radius",
+        type=float,
+        default=DEFAULT_GOAL_MARKER_RADIUS,
+        help=f"radius (m) of the rendered goal sphere of reach and push (default {DEFAULT_GOAL_MARKER_RADIUS})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="run seed: selects the recording seed range")
     parser.add_argument("--noise", type=float, default=0.0, help="DART noise std on the executed translation")
     mode = parser.add_mutually_exclusive_group()
@@ -458,6 +482,7 @@ def _config_from_args(args: argparse.Namespace) -> RecordConfig:
         image_size=args.image_size,
         camera=args.camera,
         max_episode_steps=args.max_steps,
+        goal_marker_radius=args.goal_marker_radius,
         seed=args.seed,
         noise_std=args.noise,
         resume=args.resume,

@@ -77,6 +77,29 @@ def test_corner_camera_frames_are_upright():
     assert bottom[0] - bottom[2] > 25  # wood: red well above blue
 
 
+def _green_goal_pixels(camera: str, radius: float) -> int:
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+
+    with MetaWorldEnv(EnvConfig("push", image_size=64, camera=camera, goal_marker_radius=radius)) as env:
+        image = env.reset(seed=3).image.astype(int)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    return int(((g > 150) & (r < 90) & (b < 90)).sum())  # push's goal is the only pure green
+
+
+def test_workspace_camera_and_marker_radius_give_the_goal_more_pixels():
+    corner = _green_goal_pixels("corner2", 0.03)
+    assert corner > 0  # visible at all
+    assert _green_goal_pixels("corner2", 0.05) > 1.5 * corner
+    assert _green_goal_pixels("workspace", 0.03) > 1.5 * corner
+
+
+def test_unknown_camera_lists_scene_and_free_cameras():
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+
+    with pytest.raises(ValueError, match=r"'nope' is not in the reach scene.*corner2.*workspace"):
+        MetaWorldEnv(EnvConfig("reach", image_size=16, camera="nope"))
+
+
 def test_expert_episode_is_deterministic_and_dart_noise_keeps_clean_labels():
     from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
     from ceed_vla.sim.experts import ScriptedExpert
@@ -125,6 +148,15 @@ def test_cli_refuses_non_empty_output_with_a_message(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_a_recording_from_before_the_marker_setting_resumes_with_the_old_radius(tmp_path):
+    from ceed_vla.sim.record import ResumeMismatchError, _check_same_settings
+
+    old = {k: v for k, v in _config(tmp_path / "ds").settings().items() if k != "goal_marker_radius"}
+    _check_same_settings(old, _config(tmp_path / "ds").settings(), tmp_path)  # 0.03 then and now
+    with pytest.raises(ResumeMismatchError, match="goal_marker_radius"):
+        _check_same_settings(old, _config(tmp_path / "ds", goal_marker_radius=0.05).settings(), tmp_path)
+
+
 def test_interrupted_recording_resumes_without_loss_or_duplicates(tmp_path):
     from ceed_vla.sim.record import LOG_NAME, ResumeMismatchError, record
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -144,6 +176,8 @@ def test_interrupted_recording_resumes_without_loss_or_duplicates(tmp_path):
 
     with pytest.raises(ResumeMismatchError, match="image_size"):
         record(_config(root, image_size=24, resume=True), progress=False)
+    with pytest.raises(ResumeMismatchError, match="goal_marker_radius: recorded with 0.03, asked 0.05"):
+        record(_config(root, goal_marker_radius=0.05, resume=True), progress=False)
 
     summary = record(_config(root, resume=True), progress=False)
     assert summary.new_episodes == 1 and summary.episodes == 3
