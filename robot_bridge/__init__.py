@@ -2,10 +2,10 @@
 
 ROS-free logic, unit-tested without DDS:
     config      BridgeConfig / SafetyConfig (validated; every field is a ROS parameter)
-    chunking    ChunkQueue: tick-indexed action queue, stitching of overlapping chunks
     safety      SafetyFilter (the one output filter: finite, limits, delta clamp; holds ramp),
                 EStopLatch, StaleWatchdog (arrival and header stamps)
-    core        BridgeCore: observations in, one safe command per control tick out
+    core        BridgeCore: observations in, one safe command per control tick out; its chunks are
+                scheduled by ceed_vla.scheduler.ChunkScheduler, the class `ceed eval` uses too
     inference   InferenceWorker: background refills of the queue from any policy
     policies    load_policy: "checkpoint:DIR", "expert", "sine[:AMPLITUDE]"
 Thin ROS layer:

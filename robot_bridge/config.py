@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
+from ceed_vla.scheduler import ROBOT_BLEND_STEPS, ROBOT_REFILL_MARGIN_TICKS
+
 
 class ConfigError(ValueError):
     """A bridge or sim-robot parameter has a value the node cannot run with."""
@@ -134,6 +136,9 @@ class BridgeConfig:
     decoding_mode: str = ""
     decoding_sigma: int = 0  # early_exit: iteration cap (0 = none)
     decoding_tau: int = -1  # early_exit: bin tolerance (-1 = none)
+    # Jacobi initial guess: "tail" = the previous chunk's unexecuted tail (warm start), "constant" =
+    # the decoder's own constant guess
+    decoding_init: str = "tail"
     instruction: str = ""  # used until one arrives on instruction_topic; "" = wait for it
     control_rate_hz: float = 20.0
     output_mode: OutputMode = OutputMode.FORWARD
@@ -163,8 +168,11 @@ class BridgeConfig:
     # than stale_timeout_s plus this; beyond either the message is refused
     stamp_tolerance_s: float = 0.1
     max_instruction_chars: int = 1000  # a longer instruction is refused (hold), not truncated
-    blend_steps: int = 2  # ticks over which a new chunk is cross-faded into the old one
-    refill_margin_ticks: int = 1  # start inference this many ticks before the queue would run dry
+    blend_steps: int = ROBOT_BLEND_STEPS  # ticks over which a new chunk is cross-faded into the old one
+    refill_margin_ticks: int = (
+        ROBOT_REFILL_MARGIN_TICKS  # start inference this many ticks before the queue would run dry
+    )
+    replan_every_ticks: int = 0  # also observe this many ticks after the last observation (0 = off)
     action_low: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0, -1.0])
     action_high: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     max_delta: list[float] = field(default_factory=lambda: [0.5])
@@ -219,9 +227,15 @@ class BridgeConfig:
             )
         if self.image_width < 0 or self.image_height < 0:
             raise ConfigError(f"image size {self.image_width}x{self.image_height}: need >= 0 (0 = any)")
-        if self.blend_steps < 0 or self.refill_margin_ticks < 0:
+        if self.blend_steps < 0 or self.refill_margin_ticks < 0 or self.replan_every_ticks < 0:
             raise ConfigError(
-                f"blend_steps={self.blend_steps}, refill_margin_ticks={self.refill_margin_ticks}: need >= 0"
+                f"blend_steps={self.blend_steps}, refill_margin_ticks={self.refill_margin_ticks}, "
+                f"replan_every_ticks={self.replan_every_ticks}: need >= 0"
+            )
+        if self.decoding_init not in ("tail", "constant"):
+            raise ConfigError(
+                f"decoding_init={self.decoding_init!r}: use 'tail' (warm start from the previous chunk) or "
+                "'constant'"
             )
         if not self.command_topic:
             self.command_topic = DEFAULT_COMMAND_TOPICS[self.output_mode]

@@ -1,15 +1,17 @@
 """The bridge's control logic without ROS: observations in, one safe command per control tick out.
 
     camera / state / instruction --observe_*--> latest observation --inference_request--> policy
-    policy chunk [K, D] --deliver--> ChunkQueue (stitched) --tick--> SafetyFilter --> command
+    policy chunk [K, D] --deliver--> ChunkScheduler (stitched) --tick--> SafetyFilter --> command
 
 `tick(now)` is called by the control timer at a fixed rate. It holds (empties the queue and steps
 toward the hold target through the safety filter) while the e-stop is latched, an input is stale or
 malformed, the policy just failed, or there is no instruction; it holds without emptying the queue
 on underrun. An e-stop jumps to the hold target at once; every other hold ramps there at max_delta. A background worker asks
 `inference_request(now)` for work; a request is handed out once the queue would run dry within the
-expected inference latency plus `refill_margin_ticks`, so a policy that decodes faster than the chunk
-it produces keeps the queue from ever running dry.
+expected inference latency plus `refill_margin_ticks` (or `replan_every_ticks` after the last
+observation), so a policy that decodes faster than the chunk it produces keeps the queue from ever
+running dry. The queue, that decision, warm-start guesses and late chunks are
+`ceed_vla.scheduler.ChunkScheduler`, the same class `ceed eval` schedules the simulator with.
 
 All methods are thread-safe: ROS callbacks, the control timer and the inference worker call them
 from different threads.
@@ -25,7 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .chunking import ChunkQueue
+from ceed_vla.scheduler import ChunkRequest, ChunkScheduler, SchedulerConfig
+
 from .config import BridgeConfig, OutputMode
 from .safety import EStopLatch, SafetyFilter, StaleWatchdog
 
@@ -39,6 +42,8 @@ class InferenceRequest:
     image_stamp: float  # header stamp (s) of the camera frame in the observation
     generation: int  # queue generation; a result from an older generation is discarded
     reset_policy: bool  # call policy.reset() before predicting (first request after a hold)
+    chunk: ChunkRequest | None = None  # the scheduler's side of the request
+    init_guess: torch.Tensor | None = None  # [1, n] warm-start bins for the decoder (None: its own)
 
 
 @dataclass
@@ -56,16 +61,12 @@ class TickResult:
 class BridgeStats:
     ticks: int = 0
     hold_ticks: int = 0
-    chunks: int = 0
-    late_chunks: int = 0
     missed_ticks: int = (
         0  # control periods that passed without a tick (a late timer): their actions are skipped
     )
-    dropped_actions: int = 0
     inference_errors: int = 0
     consecutive_inference_errors: int = 0
     invalid_inputs: int = 0
-    latency_ema_s: float = 0.0
     last_latency_s: float = 0.0
     last_iterations: float = float("nan")
     periods: deque = field(default_factory=lambda: deque(maxlen=400))  # s between ticks
@@ -75,7 +76,17 @@ class BridgeCore:
     def __init__(self, config: BridgeConfig):
         self.config = config
         self.period = config.period_s
-        self.queue = ChunkQueue(config.action_dim, config.blend_steps)
+        self.scheduler = ChunkScheduler(
+            SchedulerConfig(
+                action_dim=config.action_dim,
+                period_s=config.period_s,
+                blend_steps=config.blend_steps,
+                refill_margin_ticks=config.refill_margin_ticks,
+                replan_every=config.replan_every_ticks or None,
+                init=config.decoding_init,
+            )
+        )
+        self.queue = self.scheduler.queue
         self.safety = SafetyFilter(config.safety)
         self.estop = EStopLatch()
         required = [CAMERA, STATE] + ([ENV_STATE] if config.environment_state_topic else [])
@@ -93,8 +104,6 @@ class BridgeCore:
         self._invalid: dict[str, str] = {}
         self._holding = True
         self._reason = "starting"
-        self._in_flight = False
-        self._generation = 0
         self._reset_policy = True
         self._fresh_chunk_stamp: float | None = None
         self._failure_unheld = False  # an inference failure that no tick has held for yet
@@ -152,37 +161,36 @@ class BridgeCore:
     # ---- inference ------------------------------------------------------------------------------
     def inference_request(self, now: float) -> InferenceRequest | None:
         with self._lock:
-            if self._in_flight or self._hold_reason(now, for_inference=True) is not None:
+            if self._hold_reason(now, for_inference=True) is not None or not self.scheduler.due(self._tick):
                 return None
-            lead = math.ceil(self.stats.latency_ema_s / self.period) + self.config.refill_margin_ticks
-            if len(self.queue.remaining(self._tick)) > lead:
-                return None
-            self._in_flight = True
+            chunk = self.scheduler.request(self._tick)
             request = InferenceRequest(
                 observation=self._observation(),
                 obs_tick=self._tick,
                 image_stamp=self._image_stamp,
-                generation=self._generation,
+                generation=chunk.generation,
                 reset_policy=self._reset_policy,
+                chunk=chunk,
+                init_guess=chunk.init_guess,
             )
             self._reset_policy = False
             return request
 
     def deliver(
-        self, request: InferenceRequest, chunk: np.ndarray, latency_s: float, iterations: float
+        self,
+        request: InferenceRequest,
+        chunk: np.ndarray,
+        latency_s: float,
+        iterations: float,
+        bins: torch.Tensor | None = None,
     ) -> bool:
-        """Merge a predicted chunk [K, D]; returns False when it was discarded (stale or too late)."""
+        """Merge a predicted chunk [K, D] (`bins` [1, n]: its tokens, for the next warm start);
+        returns False when it was discarded (stale or too late)."""
         with self._lock:
-            self._in_flight = False
-            self._record_latency(latency_s, iterations)
-            if request.generation != self._generation:
-                return False
-            merged = self.queue.merge(chunk, request.obs_tick, self._tick)
-            self.stats.dropped_actions += merged.dropped
+            self.stats.last_latency_s, self.stats.last_iterations = latency_s, iterations
+            merged = self.scheduler.deliver(request.chunk, chunk, self._tick, latency_s, bins)
             if not merged.accepted:
-                self.stats.late_chunks += 1
                 return False
-            self.stats.chunks += 1
             self.stats.consecutive_inference_errors = 0
             self._fresh_chunk_stamp = request.image_stamp
             return True
@@ -191,7 +199,8 @@ class BridgeCore:
         """The policy raised or returned an unusable chunk: hold now (the queued actions came from the
         same policy) until a good chunk arrives. Returns the number of failures in a row."""
         with self._lock:
-            self._in_flight = False
+            if self.scheduler.in_flight:
+                self.scheduler.cancel(None)
             self.stats.inference_errors += 1
             self.stats.consecutive_inference_errors += 1
             self._failure_unheld = True
@@ -258,11 +267,13 @@ class BridgeCore:
                 "control_hz": float(1.0 / np.mean(periods)) if np.isfinite(periods).all() else 0.0,
                 "period_jitter_p99_ms": float(np.percentile(np.abs(periods - self.period), 99) * 1e3),
                 "inference_latency_ms": self.stats.last_latency_s * 1e3,
-                "inference_latency_ema_ms": self.stats.latency_ema_s * 1e3,
+                "inference_latency_ema_ms": self.scheduler.latency_ema_s * 1e3,
                 "iterations_per_chunk": self.stats.last_iterations,
                 "queue_length": len(self.queue.remaining(self._tick)),
-                "chunks": self.stats.chunks,
-                "late_chunks": self.stats.late_chunks,
+                "chunks": self.scheduler.chunks,
+                "late_chunks": self.scheduler.late_chunks,
+                "dropped_actions": self.scheduler.dropped_actions,
+                "warm_starts": self.scheduler.warm_starts,
                 "missed_ticks": self.stats.missed_ticks,
                 "inference_errors": self.stats.inference_errors,
                 "consecutive_inference_errors": self.stats.consecutive_inference_errors,
@@ -308,8 +319,7 @@ class BridgeCore:
         return TickResult(tick, command, True, reason, plan=plan, jumped=result.jumped)
 
     def _flush(self) -> None:
-        self.queue.clear()
-        self._generation += 1
+        self.scheduler.flush()
         self._reset_policy = True
         self._fresh_chunk_stamp = None
 
@@ -323,14 +333,6 @@ class BridgeCore:
         if self._env_state is not None:
             obs["observation.environment_state"] = torch.from_numpy(self._env_state).float()[None]  # [1, E]
         return obs
-
-    def _record_latency(self, latency_s: float, iterations: float) -> None:
-        s = self.stats
-        s.last_latency_s = latency_s
-        s.latency_ema_s = (
-            latency_s if s.chunks == 0 and s.latency_ema_s == 0 else 0.8 * s.latency_ema_s + 0.2 * latency_s
-        )
-        s.last_iterations = iterations
 
     def _due_tick(self, now: float) -> int:
         """The tick whose time slot `now` falls in. Ticks follow the clock, not the callback count:

@@ -14,6 +14,8 @@ import time
 import numpy as np
 import torch
 
+from ceed_vla.scheduler import decoded_bins, policy_accepts_init_guess
+
 from .core import BridgeCore
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class InferenceWorker:
         self.predict_kwargs = predict_kwargs or {}  # e.g. {"decoding": DecodeConfig(...)} for the VLA
         self.clock = clock  # the clock the core's observations are stamped with
         self.core = core
+        self.warm_start = policy_accepts_init_guess(policy)
         self.poll_s = poll_s
         self.on_error = on_error or (lambda exc: log.exception("inference failed", exc_info=exc))
         self._stop = threading.Event()
@@ -76,17 +79,19 @@ class InferenceWorker:
             with torch.inference_mode():
                 if request.reset_policy:
                     self.policy.reset()
-                chunk = self.policy.predict_action_chunk(
-                    request.observation, **self.predict_kwargs
-                )  # [1, K, D]
+                kwargs = dict(self.predict_kwargs)
+                if self.warm_start and request.init_guess is not None:
+                    kwargs["init_guess"] = request.init_guess
+                chunk = self.policy.predict_action_chunk(request.observation, **kwargs)  # [1, K, D]
             chunk = np.asarray(torch.as_tensor(chunk, dtype=torch.float64).cpu())[0]  # [K, D]
+            bins = decoded_bins(self.policy)
         except Exception as exc:  # a policy bug must not take the control loop down: hold and report
             self.core.inference_failed()
             self.on_error(exc)
             return False
         latency = time.perf_counter() - start
         try:
-            self.core.deliver(request, chunk, latency, decode_iterations(self.policy))
+            self.core.deliver(request, chunk, latency, decode_iterations(self.policy), bins)
         except ValueError as exc:  # a chunk of the wrong shape: the policy does not fit this bridge
             self.core.inference_failed()
             self.on_error(exc)

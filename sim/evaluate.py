@@ -6,15 +6,23 @@ options reach `predict_action_chunk`. Two clocks:
 
 paused    (lockstep, as papers report) the simulation waits while the policy computes.
 
-realtime  the simulation keeps moving while the policy computes. A call that takes W seconds
-          lets floor(W * control_hz) control ticks pass; during them the previously queued
-          actions keep executing and, once the queue runs dry, the arm holds (zero translation,
-          last gripper effort). The new chunk, planned from the observation at the call, then
-          starts at offset floor(W * control_hz): its first actions are already stale.
+realtime  the simulation keeps moving while the policy computes, as on the robot. A call that
+          takes W seconds lets floor(W * control_hz) control ticks pass; during them the
+          previously queued actions keep executing and, once the queue runs dry, the arm holds
+          (zero translation, last gripper effort). The new chunk, planned from the observation at
+          the call, then starts at offset floor(W * control_hz): its first actions are stale.
 
     tick:      k        k+1      k+2      k+3      k+4
     paused:    [obs -> policy ........] a0       a1 ...        (sim frozen during the call)
     realtime:  [obs -> policy ........] hold     hold     a2 ...  (W = 2.x ticks: a0, a1 dropped)
+
+Chunks are scheduled by `ceed_vla.scheduler.ChunkScheduler`, the class the robot bridge uses: in the
+real-time clock the next observation is taken while the previous chunk still executes (once no more
+than the expected latency plus `refill_margin` actions are left), and the new chunk is cross-faded
+into the old one over `blend_steps` ticks; both default to the bridge's values. The paused clock
+keeps lockstep: a chunk is planned when the last one has run (or after `execute_steps`), with no
+blend. Wherever an earlier chunk of the episode exists, its unexecuted tail is the next chunk's
+initial Jacobi guess (`init="tail"`; `"constant"` measures the decoder's own guess).
 
 Evaluation seeds come from `ceed_vla.sim.seeds.eval_seed`, disjoint from every recording seed
 (`--split validation` draws from the validation range instead, for model selection),
@@ -29,20 +37,36 @@ import json
 import math
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from ceed_vla.sim.env import DEFAULT_MAX_EPISODE_STEPS, EnvConfig, MetaWorldEnv, Observation, to_policy_batch
+from ceed_vla.sim.env import (
+    CONTROL_HZ,
+    DEFAULT_GOAL_MARKER_RADIUS,
+    DEFAULT_MAX_EPISODE_STEPS,
+    EnvConfig,
+    MetaWorldEnv,
+    Observation,
+    to_policy_batch,
+)
 from ceed_vla.sim.metrics import mean, percentile, wilson_interval
 from ceed_vla.sim.seeds import SPLITS, split_seed
 from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
 from tqdm.auto import tqdm
 
 from ceed_vla.atomic import atomic_savefig, atomic_write_bytes, atomic_write_text
+from ceed_vla.scheduler import (
+    INIT_CHOICES,
+    ROBOT_BLEND_STEPS,
+    ROBOT_REFILL_MARGIN_TICKS,
+    ChunkScheduler,
+    SchedulerConfig,
+    decoded_bins,
+    policy_accepts_init_guess,
+)
 
 Clock = Literal["paused", "realtime"]
 CLOCKS = ("paused", "realtime")
@@ -57,11 +81,19 @@ class EvalConfig:
     image_size: int = 64
     camera: str = "corner2"
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
+    goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
+    """Must match the recording the policy learnt from (its `meta/ceed_record.json`)."""
     clock: Clock = "paused"
     instructions: str = "eval"
     """`eval`: the held-out paraphrase; `train`: the first training paraphrase."""
     execute_steps: int | None = None
     """Actions of each chunk executed before planning again (None: the whole chunk)."""
+    init: str = "tail"
+    """Initial Jacobi guess: `tail` (the previous chunk's unexecuted tail) or `constant`."""
+    blend_steps: int | None = None
+    """Ticks a new chunk is cross-faded into the old one over (None: 0 paused, the bridge's realtime)."""
+    refill_margin: int | None = None
+    """Realtime: plan this many ticks before the queue would run dry (None: 0 paused, the bridge's)."""
     split: str = "eval"
     """`eval`: the held-out evaluation seeds; `validation`: the seeds model selection may look at."""
     save_rollouts: int = 0
@@ -86,9 +118,23 @@ class EvalConfig:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.execute_steps is not None and self.execute_steps < 1:
             raise ValueError(f"execute_steps must be >= 1 or None, got {self.execute_steps!r}")
+        if self.init not in INIT_CHOICES:
+            raise ValueError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
+        realtime = self.clock == "realtime"
+        if self.blend_steps is None:
+            self.blend_steps = ROBOT_BLEND_STEPS if realtime else 0
+        if self.refill_margin is None:
+            self.refill_margin = ROBOT_REFILL_MARGIN_TICKS if realtime else 0
+        if self.blend_steps < 0 or self.refill_margin < 0:
+            raise ValueError(f"blend_steps={self.blend_steps}, refill_margin={self.refill_margin}: need >= 0")
         if self.output is not None:
             self.output = Path(self.output)
-        EnvConfig(self.specs[0].name, self.image_size, self.camera, self.max_episode_steps)
+        self.env_config(self.specs[0])
+
+    def env_config(self, spec: TaskSpec) -> EnvConfig:
+        return EnvConfig(
+            spec.name, self.image_size, self.camera, self.max_episode_steps, self.goal_marker_radius
+        )
 
     def instruction(self, spec: TaskSpec) -> str:
         return spec.eval_instruction if self.instructions == "eval" else spec.train_instructions[0]
@@ -111,22 +157,31 @@ class EpisodeResult:
     decode_ms: list[float] = field(default_factory=list)
     decode_iterations: list[float] = field(default_factory=list)
     decode_tokens: list[float] = field(default_factory=list)
+    decode_warm: list[bool] = field(default_factory=list)  # per decoded chunk: started from the tail
+    success_step: int | None = None  # steps taken when the task first succeeded
+    late_chunks: int = 0  # chunks that arrived after every one of their actions was due
+    warm_starts: int = 0
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # [H, W, 3] uint8 at each plan
 
 
 class _Episode:
-    """Mutable state of one rollout: the env, the action queue and the counters."""
+    """Mutable state of one rollout: the env, its chunk scheduler and the counters."""
 
-    def __init__(self, env: MetaWorldEnv, spec: TaskSpec, seed: int, instruction: str):
+    def __init__(
+        self, env: MetaWorldEnv, spec: TaskSpec, seed: int, instruction: str, scheduler: ChunkScheduler
+    ):
         self.env = env
         self.instruction = instruction
+        self.scheduler = scheduler
         self.obs: Observation | None = env.reset(seed)
-        self.queue: deque[np.ndarray] = deque()
-        self.since_plan = 0
-        self.execute_steps: int | None = None
         self.last_grip = 0.0
         self.done = False
         self.result = EpisodeResult(spec.name, seed, False, 0, 0, [], 0, 0, 0, 0.0, 0.0, 0.0)
+
+    @property
+    def tick(self) -> int:
+        """The next control tick to run (= steps taken)."""
+        return self.result.steps
 
     def step(self, action: np.ndarray, from_policy: bool, render: bool) -> None:
         t0 = time.perf_counter()
@@ -137,12 +192,19 @@ class _Episode:
         self.result.steps += 1
         self.result.actions_from_policy += int(from_policy)
         self.result.held_steps += int(not from_policy)
-        if out.success:
+        if out.success and not self.result.success:
             self.result.success = True
+            self.result.success_step = self.result.steps
         self.done = out.success or out.truncated
 
-    def hold_action(self) -> np.ndarray:
-        return np.array([0.0, 0.0, 0.0, self.last_grip], dtype=np.float32)
+    def execute_tick(self) -> None:
+        """Run one tick from the queue; on underrun hold (zero translation, last gripper effort)."""
+        action = self.scheduler.pop(self.tick)
+        held = action is None
+        if held:
+            action = np.array([0.0, 0.0, 0.0, self.last_grip], dtype=np.float32)
+        # Render only the frames a plan will look at: the next tick's, if it plans.
+        self.step(action, from_policy=not held, render=self.scheduler.due(self.tick + 1))
 
 
 class EvalRunner:
@@ -177,8 +239,7 @@ class EvalRunner:
         )
         try:
             for spec in cfg.specs:
-                env_cfg = EnvConfig(spec.name, cfg.image_size, cfg.camera, cfg.max_episode_steps)
-                with MetaWorldEnv(env_cfg) as env:
+                with MetaWorldEnv(cfg.env_config(spec)) as env:
                     for i in range(cfg.episodes_per_task):
                         keep = cfg.output is not None and i < cfg.save_rollouts
                         seed = split_seed(cfg.split, cfg.seed, i)
@@ -201,61 +262,70 @@ class EvalRunner:
             write_report(report, cfg.output)
         return report
 
+    def scheduler(self, policy, control_hz: float) -> ChunkScheduler:
+        """A fresh scheduler for one episode, configured as this evaluation asks."""
+        cfg = self.config
+        return ChunkScheduler(
+            SchedulerConfig(
+                action_dim=4,
+                period_s=1.0 / control_hz,
+                blend_steps=cfg.blend_steps,
+                refill_margin_ticks=cfg.refill_margin,
+                replan_every=cfg.execute_steps or _policy_action_steps(policy),
+                init=cfg.init,
+            )
+        )
+
     def run_episode(
         self, policy, env: MetaWorldEnv, spec: TaskSpec, seed: int, keep_frames: bool = False
     ) -> EpisodeResult:
         policy.reset()
-        ep = _Episode(env, spec, seed, self.config.instruction(spec))
-        ep.execute_steps = self.config.execute_steps or _policy_action_steps(policy)
+        ep = _Episode(env, spec, seed, self.config.instruction(spec), self.scheduler(policy, env.control_hz))
+        warm = policy_accepts_init_guess(policy)
         start = time.perf_counter()
         while not ep.done:
-            if self._must_plan(ep):
+            if ep.scheduler.due(ep.tick):
                 if keep_frames:  # the frame the policy plans from (the real-time clock moves on after)
                     if ep.obs is None:
                         ep.obs = ep.env.observe()
                     ep.result.frames.append(ep.obs.image.copy())
-                self._plan(policy, ep)
+                self._plan(policy, ep, warm)
                 continue
-            action = ep.queue.popleft()
-            ep.since_plan += 1
-            ep.step(action, from_policy=True, render=self._must_plan(ep))
+            ep.execute_tick()
         ep.result.wall_seconds = time.perf_counter() - start
+        ep.result.late_chunks = ep.scheduler.late_chunks
+        ep.result.warm_starts = ep.scheduler.warm_starts
         return ep.result
 
     # ------------------------------------------------------------------ internals
-    def _must_plan(self, ep: _Episode) -> bool:
-        limit = ep.execute_steps
-        return not ep.queue or (limit is not None and ep.since_plan >= limit)
-
-    def _plan(self, policy, ep: _Episode) -> None:
+    def _plan(self, policy, ep: _Episode, warm: bool) -> None:
         if ep.obs is None:
             ep.obs = ep.env.observe()
         batch = to_policy_batch([ep.obs], [ep.instruction])
+        request = ep.scheduler.request(ep.tick)
+        kwargs = dict(self.predict_kwargs)
+        if warm and request.init_guess is not None:
+            kwargs["init_guess"] = request.init_guess
         previous_stats = getattr(policy, "last_decode_stats", None)
         t0 = self.timer()
-        chunk = policy.predict_action_chunk(batch, **self.predict_kwargs)  # [1, K, D]
+        chunk = policy.predict_action_chunk(batch, **kwargs)  # [1, K, D]
         seconds = self.timer() - t0
         actions = _chunk_to_numpy(chunk)  # [K, D]
-        self._record_call(policy, ep.result, seconds, previous_stats)
+        self._record_call(policy, ep.result, seconds, previous_stats, "init_guess" in kwargs)
 
-        lag = 0
-        if self.config.clock == "realtime":
-            lag = int(math.floor(seconds * ep.env.control_hz + 1e-9))  # control ticks that passed
-            self._keep_moving(ep, lag)
-        ep.result.dropped_actions += min(lag, len(actions))
-        ep.queue = deque(actions[lag:])
-        ep.since_plan = 0
+        realtime = self.config.clock == "realtime"
+        if realtime:  # the control ticks that passed while the policy computed
+            for _ in range(int(math.floor(seconds * ep.env.control_hz + 1e-9))):
+                if ep.done:
+                    break
+                ep.execute_tick()
+        bins = decoded_bins(policy) if warm else None
+        merged = ep.scheduler.deliver(request, actions, ep.tick, seconds if realtime else 0.0, bins)
+        ep.result.dropped_actions += merged.dropped
 
-    def _keep_moving(self, ep: _Episode, ticks: int) -> None:
-        """Ticks that pass while the policy computes: old queue first, then hold."""
-        for _ in range(ticks):
-            if ep.done:
-                return
-            from_policy = bool(ep.queue)
-            action = ep.queue.popleft() if from_policy else ep.hold_action()
-            ep.step(action, from_policy=from_policy, render=False)
-
-    def _record_call(self, policy, result: EpisodeResult, seconds: float, previous_stats) -> None:
+    def _record_call(
+        self, policy, result: EpisodeResult, seconds: float, previous_stats, warm_started: bool
+    ) -> None:
         result.policy_calls += 1
         result.policy_seconds += seconds
         result.call_ms.append(seconds * 1000.0)
@@ -265,6 +335,7 @@ class EvalRunner:
         result.decode_ms.append(float(stats.wall_ms))
         result.decode_iterations.append(_mean_of(stats.iterations))
         result.decode_tokens.append(float(stats.tokens))
+        result.decode_warm.append(warm_started)
 
 
 def save_rollout(result: EpisodeResult, frames: list[np.ndarray], directory: Path, strip: int = 8) -> Path:
@@ -332,7 +403,9 @@ def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
         "successes": wins,
         "success_rate": wins / n if n else None,
         "success_ci95": [low, high],
-        "mean_steps_to_success": mean([e.steps for e in episodes if e.success]),
+        "mean_steps_to_success": mean([e.success_step for e in episodes if e.success]),
+        # what a user feels: simulated seconds from reset to the first success
+        "mean_seconds_to_success": mean([e.success_step / CONTROL_HZ for e in episodes if e.success]),
         "policy_calls": len(calls),
         "policy_ms_p50": percentile(calls, 50),
         "policy_ms_p95": percentile(calls, 95),
@@ -345,10 +418,16 @@ def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
         out["chunk_ms_p95"] = percentile(decode_ms, 95)
         out["iterations_per_chunk"] = mean([x for e in episodes for x in e.decode_iterations])
         out["tokens_per_chunk"] = mean([x for e in episodes for x in e.decode_tokens])
+        pairs = [(x, w) for e in episodes for x, w in zip(e.decode_iterations, e.decode_warm, strict=True)]
+        # split by initial guess: a chunk with an earlier chunk to start from, and one without
+        out["iterations_per_chunk_warm"] = mean([x for x, w in pairs if w])
+        out["iterations_per_chunk_cold"] = mean([x for x, w in pairs if not w])
+        out["warm_start_share"] = mean([float(w) for _, w in pairs])
     if clock == "realtime":
         out["held_steps"] = sum(e.held_steps for e in episodes)
         out["dropped_actions"] = sum(e.dropped_actions for e in episodes)
         out["held_fraction"] = out["held_steps"] / steps if steps else None
+        out["late_chunks"] = sum(e.late_chunks for e in episodes)
     return out
 
 
@@ -421,7 +500,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Real-time clock: {overall['held_steps']} steps held while the policy computed "
-            f"({overall['held_fraction']:.1%} of all steps), {overall['dropped_actions']} stale actions dropped.",
+            f"({overall['held_fraction']:.1%} of all steps), {overall['dropped_actions']} stale actions dropped, "
+            f"{overall['late_chunks']} chunks arrived too late to use.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -506,6 +586,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera", default="corner2")
     parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_EPISODE_STEPS, help="episode horizon")
     parser.add_argument(
+        "--goal-marker-radius",
+        type=float,
+        default=DEFAULT_GOAL_MARKER_RADIUS,
+        help="radius (m) of the rendered goal sphere (match the recording)",
+    )
+    parser.add_argument(
         "--instructions", choices=INSTRUCTION_SETS, default="eval", help="held-out or training wording"
     )
     parser.add_argument(
@@ -513,6 +599,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="actions per chunk before replanning (default: the policy's)",
+    )
+    parser.add_argument(
+        "--init",
+        choices=INIT_CHOICES,
+        default="tail",
+        help="initial Jacobi guess: the previous chunk's unexecuted tail (default) or the constant one",
+    )
+    parser.add_argument(
+        "--blend-steps",
+        type=int,
+        default=None,
+        help=f"ticks a new chunk is cross-faded over (default: 0 paused, {ROBOT_BLEND_STEPS} realtime as the bridge)",
+    )
+    parser.add_argument(
+        "--refill-margin",
+        type=int,
+        default=None,
+        help="realtime: plan this many ticks before the queue would run dry "
+        f"(default: 0 paused, {ROBOT_REFILL_MARGIN_TICKS} realtime as the bridge)",
     )
     parser.add_argument(
         "--decoding", choices=("ar", "jacobi", "early_exit"), default=None, help="VLA decoding mode"
@@ -538,9 +643,13 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
         "image_size": "image_size",
         "camera": "camera",
         "max_episode_steps": "max_steps",
+        "goal_marker_radius": "goal_marker_radius",
         "clock": "clock",
         "instructions": "instructions",
         "execute_steps": "execute_steps",
+        "init": "init",
+        "blend_steps": "blend_steps",
+        "refill_margin": "refill_margin",
         "split": "split",
         "save_rollouts": "save_rollouts",
         "output": "output",

@@ -6,12 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from ceed_vla.robot_bridge.chunking import ChunkQueue
 from ceed_vla.robot_bridge.config import BridgeConfig, ConfigError, HoldMode, SafetyConfig
 from ceed_vla.robot_bridge.core import BridgeCore
 from ceed_vla.robot_bridge.inference import InferenceWorker
 from ceed_vla.robot_bridge.policies import PolicySpecError, SinePolicy, load_policy
 from ceed_vla.robot_bridge.safety import EStopLatch, SafetyFilter, StaleWatchdog
+
+from ceed_vla.scheduler import ChunkQueue
 
 # ---- config ------------------------------------------------------------------------------------
 

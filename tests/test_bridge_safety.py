@@ -43,7 +43,7 @@ def _run(core: BridgeCore, t0: float, ticks: int, chunk=None, feed=True) -> list
         if feed:
             _feed(core, now)
         if chunk is not None and core.inference_request(now) is not None:
-            core._in_flight = False  # the request above was only a probe: serve it properly
+            core.scheduler.cancel()  # the request above was only a probe: serve it properly
             _serve(core, now, chunk)
         out.append(core.tick(now))
     return out
@@ -142,7 +142,7 @@ def test_an_inference_failure_holds_at_once_and_a_good_chunk_resumes():
     assert held.holding and held.reason == "inference_error"  # ... but none of them is played
     assert core.stats.consecutive_inference_errors == 1
     assert core.inference_request(2 * PERIOD) is not None  # inference keeps trying
-    core._in_flight = False
+    core.scheduler.cancel()
     resumed = _run(core, 3 * PERIOD, 2, np.full((40, 4), 0.5))
     assert not resumed[-1].holding and core.stats.consecutive_inference_errors == 0
 

@@ -168,15 +168,18 @@ def _run_slow(clock_mode: str, execute_steps=None, steps: int = 24, chunk: int =
     return result, end_x - start_x
 
 
-def test_realtime_clock_holds_while_a_slow_policy_computes():
+def test_realtime_clock_computes_while_the_previous_chunk_executes():
     paused, paused_dx = _run_slow("paused")
     realtime, realtime_dx = _run_slow("realtime")
 
     assert paused.steps == realtime.steps == 24
     assert paused.held_steps == 0 and paused.dropped_actions == 0
     assert paused.actions_from_policy == 24 and paused.policy_calls == 3
-    # Each call lets 4 ticks pass with an empty queue: hold 4, then the chunk from offset 4.
-    assert realtime.held_steps == 12 and realtime.actions_from_policy == 12
+    # Each call lets 4 ticks (50 ms at 80 Hz) pass. The first one has nothing queued: hold 4, then
+    # the chunk from offset 4. From then on the next observation is taken as soon as no more than
+    # latency + margin = 5 actions are left, so the 4 left of each chunk cover the next call.
+    assert realtime.held_steps == 4 and realtime.actions_from_policy == 20
+    assert realtime.policy_calls == 6 and realtime.late_chunks == 0
     assert realtime.dropped_actions == 4 * realtime.policy_calls
     assert realtime_dx < paused_dx  # latency cost motion
     assert realtime.decode_ms == [50.0] * realtime.policy_calls
@@ -199,7 +202,8 @@ def test_report_carries_chunk_statistics_and_realtime_counters():
     overall = report["overall"]
     assert overall["chunk_ms_p50"] == 50.0 and overall["iterations_per_chunk"] == 3.0
     assert overall["tokens_per_chunk"] == 32.0
-    assert overall["held_fraction"] == pytest.approx(0.5)
+    assert overall["held_fraction"] == pytest.approx(4 / 24)
+    assert overall["late_chunks"] == 0
     text = report_markdown(report)
     assert "50.0 ms per chunk" in text and "steps held" in text
 
