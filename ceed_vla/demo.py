@@ -374,6 +374,9 @@ REPORT_KEYS = (
     "actions_per_s",
     "speedup_vs_ar",
     "paired_vs_teacher_ar",
+    "seconds_to_success",
+    "held_fraction",
+    "late_chunks",
 )
 
 
@@ -389,6 +392,10 @@ def mode_row(eval_report: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_chunk": overall.get("tokens_per_chunk"),
         "actions_per_s": overall.get("actions_per_s"),
         "held_fraction": overall.get("held_fraction"),
+        "late_chunks": overall.get("late_chunks"),
+        "seconds_to_success": overall.get("mean_seconds_to_success"),
+        "iterations_per_chunk_warm": overall.get("iterations_per_chunk_warm"),
+        "iterations_per_chunk_cold": overall.get("iterations_per_chunk_cold"),
         "per_task": {t: r["success_rate"] for t, r in eval_report["per_task"].items()},
         "chunk_iterations": [
             x for e in eval_report.get("episodes", []) for x in e.get("iterations_per_chunk", [])
@@ -508,6 +515,13 @@ def _paired_cells(paired: dict[str, Any] | None) -> str:
     )
 
 
+def _held_cells(row: dict[str, Any]) -> str:
+    """Real-time rows: the share of ticks held and the chunks that came too late; '-' when paused."""
+    if row.get("held_fraction") is None:
+        return "-"
+    return f"{row['held_fraction']:.0%} / {_fmt(row.get('late_chunks'), 'd')}"
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# ceed demo — profile `{report['profile']}`",
@@ -523,20 +537,24 @@ def report_markdown(report: dict[str, Any]) -> str:
             report["config"].get("eval_instructions", "eval")
         ]
         + ". The paused clock waits for the policy (as papers report); the real-time clock keeps the "
-        "simulation moving while the policy computes.",
+        "simulation moving while the policy computes, scheduling chunks as the robot bridge does. "
+        "Seconds to success are simulated (80 Hz control) over the episodes that succeed.",
         "",
-        "| mode | clock | success (95% CI) | episodes | ms/chunk p50 | p95 | iterations/chunk | actions/s "
-        "| speedup vs AR | vs teacher AR: both / only AR / only this / neither | McNemar p |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | clock | success (95% CI) | episodes | s to success | ms/chunk p50 | p95 | iterations/chunk "
+        "| actions/s | speedup vs AR | held / late chunks | vs teacher AR: both / only AR / only this / neither "
+        "| McNemar p |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in mode_order(report):
         r = report["modes"][name]
         lo, hi = r["success_ci95"]
         lines.append(
             f"| {name} | {r['mode']['clock']} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "
+            f"| {_fmt(r.get('seconds_to_success'), '.2f')} "
             f"| {_fmt(r['ms_per_chunk_p50'], '.1f')} | {_fmt(r['ms_per_chunk_p95'], '.1f')} "
             f"| {_fmt(r['iterations_per_chunk'], '.2f')} | {_fmt(r['actions_per_s'], '.0f')} "
-            f"| {_fmt(r['speedup_vs_ar'], '.2f')}x | {_paired_cells(r.get('paired_vs_teacher_ar'))} |"
+            f"| {_fmt(r['speedup_vs_ar'], '.2f')}x | {_held_cells(r)} "
+            f"| {_paired_cells(r.get('paired_vs_teacher_ar'))} |"
         )
     this_run_s, all_s = stage_minutes(report)
     lines += [

@@ -111,7 +111,10 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
         out.mkdir(parents=True)
         ms = timings.get(mode.name, 20.0)
         wins = (False, True, True, True) if mode.name == "student_jacobi" else (True, True, False, False)
-        (out / "report.json").write_text(json.dumps(_eval_report(0.5, ms, 4.0, wins)))
+        rep = _eval_report(0.5, ms, 4.0, wins)
+        if mode.clock == "realtime":
+            rep["overall"].update(held_fraction=0.25, late_chunks=3, mean_seconds_to_success=1.5)
+        (out / "report.json").write_text(json.dumps(rep))
     report = demo.build_report(PROFILE, paths, summary={"record": {"seconds": 1.0, "skipped": False}})
     paired = report["modes"]["student_jacobi"]["paired_vs_teacher_ar"]
     assert (paired["both"], paired["only_a"], paired["only_b"], paired["neither"]) == (1, 1, 2, 0)
@@ -131,7 +134,9 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert demo.mode_order(on_disk) == [m.name for m in PROFILE.modes()]
     md = demo.report_markdown(report)
     assert "| student_early_exit | paused | 0.50" in md
-    assert "2.67x | 1 / 1 / 2 / 0 | 1 |" in md  # student_jacobi: 80 / 30, then the paired cells
+    assert "2.67x | - | 1 / 1 / 2 / 0 | 1 |" in md  # student_jacobi: 80 / 30, no holds (paused), paired cells
+    assert "| teacher_ar_realtime | realtime | 0.50 (0.20-0.80) | 4 | 1.50 |" in md
+    assert "| 25% / 3 |" in md  # held share and late chunks of the real-time rows
 
 
 def test_report_only_redraws_from_report_json_without_running_a_stage(tmp_path, monkeypatch):
