@@ -182,6 +182,8 @@ def main() -> int:
     parser.add_argument("--eval-episodes", type=int, default=10, help="validation episodes per task")
     parser.add_argument("--eval-seed", type=int, default=0, help="run seed within the validation range")
     parser.add_argument("--image-size", type=int, default=128, help="rendered size (the recording's)")
+    parser.add_argument("--camera", default="corner2", help="the recording's camera")
+    parser.add_argument("--goal-marker-radius", type=float, default=0.03, help="the recording's goal marker")
     parser.add_argument("--execute-steps", default="8", help="comma-separated actions per chunk to evaluate")
     parser.add_argument("--checkpoints", default="final", help="comma-separated checkpoint names")
     parser.add_argument("--threads", type=int, default=2)
@@ -214,6 +216,7 @@ def main() -> int:
                 "validation",
             ]
             cmd += ["--image-size", str(args.image_size), "--instructions", "train", "--decoding", "ar"]
+            cmd += ["--camera", args.camera, "--goal-marker-radius", str(args.goal_marker_radius)]
             cmd += ["--execute-steps", str(steps), "--output", str(out)]
             if not (out / "report.json").is_file():
                 env_threads = os.environ.get("OMP_NUM_THREADS")

@@ -37,6 +37,13 @@ class DecodeBackend(Protocol):
     def forward_actions(self, bins: torch.Tensor, offset: int) -> torch.Tensor:
         """bins [B, T] action bins at action offsets [offset, offset+T) -> action-row logits [B, T, V]."""
 
+    def prefill_with_block(
+        self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int, bins: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward over the prompt and bins [B, T] at action offsets [0, T) -> (logits of the last
+        prefix position [B, V], action-row logits of the block [B, T, V]); the cache then holds the
+        prefix, and the block as any `forward_actions(bins, 0)` would leave it."""
+
 
 def prefix_positions(mask: torch.Tensor) -> torch.Tensor:
     """mask [B, P] bool, left-padded -> position ids [B, P] long (cumsum - 1; padding clamped to 0)."""
@@ -92,6 +99,20 @@ class HFBackend:
         self.lengths = self.mask.sum(dim=1)
         logits = self._run(embeds, self.mask, prefix_positions(mask), last_only=True)  # [B, 1 or P, V]
         return logits[:, -1]
+
+    def prefill_with_block(
+        self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int, bins: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.mask = mask.long()
+        self.lengths = self.mask.sum(dim=1)
+        b, t = bins.shape
+        block = self.embed(bins + self.action_token_start).to(embeds.dtype)  # [B, T, H]
+        steps = torch.arange(t, device=bins.device)
+        positions = torch.cat([prefix_positions(mask), self.lengths[:, None] + steps[None, :]], dim=1)
+        attention_mask = torch.cat([self.mask, self.mask.new_ones(b, t)], dim=1)  # [B, P + T]
+        logits = self._run(torch.cat([embeds, block], dim=1), attention_mask, positions, last_only=False)
+        p = embeds.shape[1]
+        return logits[:, p - 1], logits[:, p:]  # [B, V], [B, T, V]
 
     def forward_actions(self, bins: torch.Tensor, offset: int) -> torch.Tensor:
         b, t = bins.shape
@@ -153,6 +174,12 @@ class StaticLlamaBackend:
         return F.linear(hidden, self.head_weight, self.head_bias)
 
     def prefill(self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        self._allocate(embeds, mask, n_tokens)
+        hidden = self._forward(embeds, start=0)  # [B, P, H]
+        return self._head(hidden[:, -1])
+
+    def _allocate(self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int) -> None:
+        """The KV buffer of P + n slots, positions, key validity for one decode."""
         b, p, _ = embeds.shape
         self.prefix_len = p
         slots = p + n_tokens
@@ -170,8 +197,15 @@ class StaticLlamaBackend:
         )  # [B, S]
         self.key_valid = torch.cat([mask, mask.new_ones(b, n_tokens)], dim=1)  # [B, S]
         self.slot_ids = torch.arange(slots, device=embeds.device)  # [S]
-        hidden = self._forward(embeds, start=0)  # [B, P, H]
-        return self._head(hidden[:, -1])
+
+    def prefill_with_block(
+        self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int, bins: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._allocate(embeds, mask, n_tokens)
+        p = embeds.shape[1]
+        block = F.embedding(bins, self.action_embed).to(embeds.dtype)  # [B, T, H]
+        hidden = self._forward(torch.cat([embeds, block], dim=1), start=0)  # [B, P + T, H]
+        return self._head(hidden[:, p - 1]), self._head(hidden[:, p:])
 
     def forward_actions(self, bins: torch.Tensor, offset: int) -> torch.Tensor:
         embeds = F.embedding(bins, self.action_embed)  # [B, T, H]

@@ -63,6 +63,7 @@ class DecodeBenchConfig:
     backend: str = "auto"
     sigmas: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     taus: tuple[int, ...] = (1, 2, 4, 8, 16)
+    fused_sigmas: tuple[int, ...] = (1, 2, 3)  # early exit with the prefill carrying the guess block
     inits: tuple[str, ...] = INIT_VARIANTS
     sweep_init: str = "prev_tail"
     steps_executed: int | None = None  # chunk steps executed between observations; None = the policy's
@@ -74,6 +75,7 @@ class DecodeBenchConfig:
     def __post_init__(self) -> None:
         self.sigmas = tuple(int(s) for s in self.sigmas)
         self.taus = tuple(int(t) for t in self.taus)
+        self.fused_sigmas = tuple(int(x) for x in self.fused_sigmas)
         self.inits = tuple(self.inits)
         if self.samples < 1:
             raise BenchConfigError(f"samples={self.samples} must be >= 1")
@@ -83,8 +85,8 @@ class DecodeBenchConfig:
             raise BenchConfigError(f"warmup={self.warmup} must be >= 0")
         if self.dtype not in (*DTYPES, "auto"):
             raise BenchConfigError(f"dtype={self.dtype!r} is not one of {(*DTYPES, 'auto')}")
-        if any(s < 1 for s in self.sigmas):
-            raise BenchConfigError(f"sigmas={self.sigmas} must all be >= 1")
+        if any(s < 1 for s in (*self.sigmas, *self.fused_sigmas)):
+            raise BenchConfigError(f"sigmas={self.sigmas}, fused_sigmas={self.fused_sigmas} must all be >= 1")
         if any(t < 0 for t in self.taus):
             raise BenchConfigError(f"taus={self.taus} must all be >= 0")
         for init in (*self.inits, self.sweep_init):
@@ -122,7 +124,35 @@ def build_variants(cfg: DecodeBenchConfig, n_bins: int, backend: str) -> list[Va
     variants += [make(f"jacobi/{init}", init, mode="jacobi") for init in cfg.inits]
     variants += [make(f"ee/sigma={s}", cfg.sweep_init, mode="early_exit", sigma=s) for s in cfg.sigmas]
     variants += [make(f"ee/tau={t}", cfg.sweep_init, mode="early_exit", tau=t) for t in cfg.taus]
+    if cfg.fused_sigmas and cfg.sweep_init != "first_token":  # the fused pass computes the first token
+        fused = dict(fused_prefill=True)
+        variants += [make(f"jacobi/{cfg.sweep_init}/fused", cfg.sweep_init, mode="jacobi", **fused)]
+        variants += [
+            make(f"ee/sigma={s}/fused", cfg.sweep_init, mode="early_exit", sigma=s, **fused)
+            for s in cfg.fused_sigmas
+        ]
     return variants
+
+
+def measure_prefill(policy, prefixes, cfg: DecodeBenchConfig, backend: str) -> float:
+    """ms p50 of the prefill alone (the floor of any mode that runs it), same prefixes and repeats."""
+    from .backends import make_backend
+
+    lm, n = policy.lm, policy.chunk_tokens
+    device = prefixes[0][0].device
+    times = []
+    for i in range(cfg.warmup + len(prefixes) * cfg.repeats):
+        embeds, mask = prefixes[i % len(prefixes)]
+        impl = make_backend(lm, backend, policy.action_token_start, policy.n_bins)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        impl.prefill(embeds.to(lm.get_input_embeddings().weight.dtype), mask.to(torch.bool), n).argmax(-1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= cfg.warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return percentile(times, 0.5)
 
 
 # ----------------------------------------------------------------------------------- model and data
@@ -345,6 +375,10 @@ def run(cfg: DecodeBenchConfig, policy=None) -> dict[str, Any]:
         row["speedup_vs_ar"] = ar_p50 / row["ms_p50"]
         row["speedup_vs_ar_mean"] = ar_mean / row["ms_mean"]
     backend = decode(policy.lm, *prefixes[0], 1, policy.action_token_start, variants[0].decode).stats.backend
+    with torch.inference_mode():
+        prefill_ms = measure_prefill(policy, prefixes, cfg, cfg.backend)
+    by_name = {r["name"]: r for r in rows}
+    fused1 = by_name.get("ee/sigma=1/fused")
     step_us = measure_step(device, dtype, n, policy.n_bins) if n > 1 else {}
     return {
         "benchmark": "decode",
@@ -368,6 +402,12 @@ def run(cfg: DecodeBenchConfig, policy=None) -> dict[str, Any]:
         "steps_executed_between_chunks": steps,
         "config": asdict(cfg),
         "jacobi_step_us": step_us,
+        "prefill_ms_p50": prefill_ms,
+        # the one-forward-per-chunk goal: early exit at sigma 1 against the prefill alone
+        "sigma1_fused_over_prefill": None if fused1 is None else fused1["ms_p50"] / prefill_ms,
+        "sigma1_over_prefill": by_name["ee/sigma=1"]["ms_p50"] / prefill_ms
+        if "ee/sigma=1" in by_name
+        else None,
         "results": rows,
     }
 
@@ -383,6 +423,8 @@ def format_table(record: dict[str, Any]) -> str:
         head,
         "-" * len(head),
     ]
+    if record.get("prefill_ms_p50") is not None:
+        lines.insert(1, f"prefill alone: {record['prefill_ms_p50']:.2f} ms p50")
     step = ", ".join(f"{k} {v:.1f} us" for k, v in record.get("jacobi_step_us", {}).items())
     if step:
         lines.insert(1, f"one Jacobi step after the forward: {step}")
@@ -454,6 +496,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=d.backend, choices=["auto", "hf", "static"])
     parser.add_argument("--sigmas", type=_ints, default=d.sigmas, help="comma-separated iteration caps")
     parser.add_argument("--taus", type=_ints, default=d.taus, help="comma-separated bin tolerances")
+    parser.add_argument(
+        "--fused-sigmas",
+        type=_ints,
+        default=d.fused_sigmas,
+        help="early-exit caps also measured with the prefill carrying the guess block (empty = none)",
+    )
     parser.add_argument("--inits", type=lambda s: tuple(s.split(",")), default=d.inits)
     parser.add_argument("--sweep-init", default=d.sweep_init, choices=INIT_VARIANTS)
     parser.add_argument(
@@ -481,6 +529,7 @@ def main(args: argparse.Namespace) -> int:
         backend=args.backend,
         sigmas=args.sigmas,
         taus=args.taus,
+        fused_sigmas=args.fused_sigmas,
         inits=args.inits,
         sweep_init=args.sweep_init,
         steps_executed=args.steps_executed,

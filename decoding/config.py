@@ -54,6 +54,13 @@ class DecodeConfig:
     record_trajectory: bool = False
     backend: Backend = "auto"
     step_impl: StepImpl = "auto"
+    fused_prefill: bool = False
+    """Jacobi modes: one forward over [prompt, guess block] replaces the prefill and the first
+    iteration. The prompt's last position gives the exact first token; the block's rows give the first
+    Jacobi update of every other position, conditioned on the guess's first token. Where that guess
+    was right this IS the first iteration; where it was not, only position 0 is final after it and the
+    iteration goes on (exact Jacobi stays token for token AR either way). Saves one forward per chunk,
+    which at sigma 1 halves the passes."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -84,6 +91,15 @@ class DecodeConfig:
             raise DecodeConfigError(f"backend={self.backend!r} is not one of {BACKENDS}")
         if self.step_impl not in STEP_IMPLS:
             raise DecodeConfigError(f"step_impl={self.step_impl!r} is not one of {STEP_IMPLS}")
+        if self.fused_prefill and self.mode == "ar":
+            raise DecodeConfigError(
+                "fused_prefill=True needs a Jacobi mode ('jacobi' or 'early_exit'): AR has no guess block"
+            )
+        if self.fused_prefill and self.init == "first_token":
+            raise DecodeConfigError(
+                "fused_prefill=True cannot use init='first_token': the first token is what the fused pass "
+                "computes; use init='constant' or 'random', or pass an init_guess"
+            )
 
     @property
     def is_jacobi(self) -> bool:

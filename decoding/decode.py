@@ -6,6 +6,9 @@ the prefix. Then either AR (n - 1 single-token steps) or Jacobi: a state of n to
 the Jacobi step (`step.py`) shifts the argmaxes in. Exact Jacobi stops at the fixed point and equals
 AR token for token; early exit stops sooner (iteration cap sigma, bin tolerance tau). Each sequence of
 a batch stops on its own: a finished sequence is frozen while the others go on.
+
+`fused_prefill` folds the prefill and the first iteration into one forward over [prompt, guess
+block] (see `DecodeConfig.fused_prefill`): at sigma 1 one forward per chunk.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import nn
 
 from .backends import make_backend
 from .config import DecodeConfig, DecodeInputError, DecodeOutput, DecodeStats
-from .guess import initial_state
+from .guess import guess_block, initial_state
 from .step import jacobi_step, resolve_step_impl
 
 
@@ -73,20 +76,59 @@ def _decode_ar(backend, first: torch.Tensor, n_tokens: int) -> tuple[torch.Tenso
     return bins, iterations, n_tokens
 
 
-def _decode_jacobi(
-    backend, state: torch.Tensor, config: DecodeConfig, trajectory: list[torch.Tensor] | None
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    b, n = state.shape
-    impl = resolve_step_impl(config.step_impl, state.device)
+def _iteration_cap(config: DecodeConfig, n: int) -> int:
     # Position 0 (the prefill's token) is final; every iteration makes at least one more final, so
     # exact Jacobi needs at most n - 1 iterations.
-    cap = n - 1 if config.sigma is None else min(config.sigma, n - 1)
+    return n - 1 if config.sigma is None else min(config.sigma, n - 1)
+
+
+def _fused_first_iteration(
+    block_logits: torch.Tensor, guess: torch.Tensor, first: torch.Tensor, config: DecodeConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first Jacobi iteration from the fused pass. block_logits [B, n-1, V] were computed from
+    guess[:, :n-1], whose position 0 was a guess of `first` [B]. Where it guessed right this is
+    exactly the first iteration from the state [first, guess[1:]]; where not, its rows are still the
+    best update at hand but none of them is known to be final: only position 0 is.
+    Returns (state [B, n], final prefix length [B], done [B])."""
+    impl = resolve_step_impl(config.step_impl, guess.device)
+    tau = -1 if config.tau is None else config.tau
+    state0 = guess.clone()
+    state0[:, 0] = first
+    ones = torch.ones_like(first)
+    step = jacobi_step(block_logits, state0, ones, tau=tau, impl=impl)
+    right = guess[:, 0] == first  # [B]
+    fixed = torch.where(right, step.converged, ones)
+    # A wrong first guess: nothing moved says nothing (the rows saw another token 0), so neither the
+    # fixed point nor tau may stop here; the next, ordinary iteration decides.
+    done = step.done & right
+    return step.next_state, fixed, done
+
+
+def _decode_jacobi(
+    backend,
+    state: torch.Tensor,
+    config: DecodeConfig,
+    trajectory: list[torch.Tensor] | None,
+    after_fused: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Iterate to the fixed point or the early exit; `after_fused` = (final prefix length, done)
+    when the fused pass already ran the first iteration (it counts towards sigma)."""
+    b, n = state.shape
+    impl = resolve_step_impl(config.step_impl, state.device)
+    cap = _iteration_cap(config, n)
     tau = -1 if config.tau is None else config.tau
     fixed = torch.ones(b, dtype=torch.long, device=state.device)  # [B] final prefix length
     done = torch.zeros(b, dtype=torch.bool, device=state.device)  # [B]
     iterations = torch.zeros(b, dtype=torch.long, device=state.device)  # [B]
+    used = 0
+    if after_fused is not None:
+        fixed, done = after_fused
+        iterations += 1
+        used = 1
+        if config.sigma is None:  # exact: up to n - 1 ordinary iterations after a wrong first guess
+            cap += 1
     passes = 0
-    while passes < cap and not bool(done.all()):
+    while used + passes < cap and not bool(done.all()):
         logits = backend.forward_actions(state[:, : n - 1], offset=0)  # [B, n-1, V]
         frozen = torch.where(done, n, fixed)  # a finished sequence keeps its state
         step = jacobi_step(logits, state, frozen, tau=tau, impl=impl)
@@ -122,11 +164,25 @@ def decode(
     start = time.perf_counter()
     backend = make_backend(lm, config.backend, action_token_start, config.n_bins)
     embeds = prefix_embeds.to(lm.get_input_embeddings().weight.dtype)
-    first = _greedy(backend.prefill(embeds, mask, n_tokens))  # [B]
     trajectory = None
     if config.mode == "ar":
+        first = _greedy(backend.prefill(embeds, mask, n_tokens))  # [B]
         bins, iterations, passes = _decode_ar(backend, first, n_tokens)
+    elif config.fused_prefill and n_tokens > 1:
+        guess = guess_block(config, embeds.shape[0], n_tokens, device, init_guess)  # [B, n]
+        first_logits, block_logits = backend.prefill_with_block(embeds, mask, n_tokens, guess[:, :-1])
+        first = _greedy(first_logits)  # [B]
+        state, fixed, done = _fused_first_iteration(block_logits, guess, first, config)
+        if config.record_trajectory:
+            start_state = guess.clone()
+            start_state[:, 0] = first
+            trajectory = [start_state, state.clone()]
+        bins, iterations, block_passes = _decode_jacobi(
+            backend, state, config, trajectory, after_fused=(fixed, done)
+        )
+        passes = 1 + block_passes
     else:
+        first = _greedy(backend.prefill(embeds, mask, n_tokens))  # [B]
         state = initial_state(config, first, n_tokens, init_guess)  # [B, n]
         trajectory = [state.clone()] if config.record_trajectory else None
         bins, iterations, block_passes = _decode_jacobi(backend, state, config, trajectory)

@@ -11,20 +11,29 @@ import torch
 from .config import DecodeConfig, DecodeInputError
 
 
+def guess_block(
+    config: DecodeConfig, batch: int, n_tokens: int, device: torch.device, init_guess: torch.Tensor | None
+) -> torch.Tensor:
+    """The guess [B, n] long before the first token is known (every strategy but "first_token")."""
+    if init_guess is not None:
+        return init_guess.to(device=device, dtype=torch.long).clone()
+    if config.init == "constant":
+        return torch.full((batch, n_tokens), config.constant_bin, dtype=torch.long, device=device)
+    if config.init == "random":
+        gen = torch.Generator(device=device).manual_seed(config.seed)
+        return torch.randint(0, config.n_bins, (batch, n_tokens), generator=gen, device=device)
+    raise ValueError(f"init={config.init!r} needs the first token; use initial_state")
+
+
 def initial_state(
     config: DecodeConfig, first: torch.Tensor, n_tokens: int, init_guess: torch.Tensor | None
 ) -> torch.Tensor:
     """first [B] long, the prefill's token -> the Jacobi state before the first iteration [B, n] long."""
     b = first.shape[0]
-    if init_guess is not None:
-        state = init_guess.to(device=first.device, dtype=torch.long).clone()
-    elif config.init == "constant":
-        state = torch.full((b, n_tokens), config.constant_bin, dtype=torch.long, device=first.device)
-    elif config.init == "random":
-        gen = torch.Generator(device=first.device).manual_seed(config.seed)
-        state = torch.randint(0, config.n_bins, (b, n_tokens), generator=gen, device=first.device)
-    else:  # "first_token"
+    if init_guess is None and config.init == "first_token":
         state = first[:, None].expand(b, n_tokens).clone()
+    else:
+        state = guess_block(config, b, n_tokens, first.device, init_guess)
     state[:, 0] = first
     return state  # [B, n]
 

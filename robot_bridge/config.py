@@ -139,6 +139,7 @@ class BridgeConfig:
     # Jacobi initial guess: "tail" = the previous chunk's unexecuted tail (warm start), "constant" =
     # the decoder's own constant guess
     decoding_init: str = "tail"
+    decoding_fused_prefill: bool = False  # Jacobi modes: the prefill carries the guess block (one forward)
     instruction: str = ""  # used until one arrives on instruction_topic; "" = wait for it
     control_rate_hz: float = 20.0
     output_mode: OutputMode = OutputMode.FORWARD
@@ -232,6 +233,11 @@ class BridgeConfig:
                 f"blend_steps={self.blend_steps}, refill_margin_ticks={self.refill_margin_ticks}, "
                 f"replan_every_ticks={self.replan_every_ticks}: need >= 0"
             )
+        if self.decoding_fused_prefill and self.decoding_mode not in ("jacobi", "early_exit"):
+            raise ConfigError(
+                f"decoding_fused_prefill=true needs decoding_mode 'jacobi' or 'early_exit' "
+                f"(got {self.decoding_mode!r}): AR has no guess block"
+            )
         if self.decoding_init not in ("tail", "constant"):
             raise ConfigError(
                 f"decoding_init={self.decoding_init!r}: use 'tail' (warm start from the previous chunk) or "
@@ -273,7 +279,14 @@ class BridgeConfig:
 
         sigma = self.decoding_sigma or None
         tau = None if self.decoding_tau < 0 else self.decoding_tau
-        return {"decoding": DecodeConfig(mode=self.decoding_mode, n_bins=n_bins, sigma=sigma, tau=tau)}
+        config = DecodeConfig(
+            mode=self.decoding_mode,
+            n_bins=n_bins,
+            sigma=sigma,
+            tau=tau,
+            fused_prefill=self.decoding_fused_prefill,
+        )
+        return {"decoding": config}
 
     @property
     def period_s(self) -> float:

@@ -555,17 +555,20 @@ def load_policy(spec: str, device: str | None = None):
     return policy
 
 
-def decoding_kwargs(policy, mode: str | None, sigma: int | None, tau: int | None) -> dict[str, Any]:
+def decoding_kwargs(
+    policy, mode: str | None, sigma: int | None, tau: int | None, fused_prefill: bool = False
+) -> dict[str, Any]:
     """`{"decoding": DecodeConfig(...)}` for a policy that decodes, `{}` otherwise (the expert)."""
     if not hasattr(policy, "n_bins"):
-        if mode is not None or sigma is not None or tau is not None:
+        if mode is not None or sigma is not None or tau is not None or fused_prefill:
             print("ceed eval: note: decoding options ignored, this policy does not decode", file=sys.stderr)
         return {}
     from ceed_vla.decoding import DecodeConfig
 
     if mode is None:
         mode = "early_exit" if (sigma is not None or tau is not None) else "ar"
-    return {"decoding": DecodeConfig(mode=mode, sigma=sigma, tau=tau, n_bins=policy.n_bins)}
+    config = DecodeConfig(mode=mode, sigma=sigma, tau=tau, n_bins=policy.n_bins, fused_prefill=fused_prefill)
+    return {"decoding": config}
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -624,6 +627,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sigma", type=int, default=None, help="early exit: iteration cap")
     parser.add_argument("--tau", type=int, default=None, help="early exit: bin-distance tolerance")
+    parser.add_argument(
+        "--fused-prefill",
+        action="store_true",
+        help="Jacobi modes: one forward over prompt and guess block replaces prefill + first iteration",
+    )
     parser.add_argument("--device", default=None, help="torch device for a VLA checkpoint")
     parser.add_argument("--output", type=Path, default=Path("outputs/eval"), help="report directory")
     parser.add_argument(
@@ -663,7 +671,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         policy = load_policy(args.policy, args.device)
-        predict_kwargs = decoding_kwargs(policy, args.decoding, args.sigma, args.tau)
+        predict_kwargs = decoding_kwargs(policy, args.decoding, args.sigma, args.tau, args.fused_prefill)
     except (UnknownTaskError, FileNotFoundError, ValueError) as err:
         print(f"ceed eval: error: {err}", file=sys.stderr)
         return 2

@@ -174,6 +174,9 @@ def test_a_stop_ramps_to_the_hold():
         ({"max_instruction_chars": 0}, "max_instruction_chars=0"),
         ({"state_joint_names": ["a", "a"]}, "names ['a'] more than once"),
         ({"decoding_sigma": -2}, "decoding_sigma=-2"),
+        ({"decoding_init": "tial"}, "decoding_init='tial'"),
+        ({"decoding_fused_prefill": True}, "decoding_fused_prefill=true needs decoding_mode"),
+        ({"replan_every_ticks": -1}, "replan_every_ticks=-1"),
     ],
 )
 def test_config_refuses_non_finite_and_out_of_range_values(kwargs, quoted):

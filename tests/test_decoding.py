@@ -306,3 +306,74 @@ def test_decode_rejects_bad_inputs_saying_what_to_fix(model_and_prompt):
         )
     with pytest.raises(ValueError, match="do not fit"):
         decode(lm, embeds, mask, 4, 100)  # 100 + 256 > vocabulary of 300
+
+
+# ---- fused prefill: one forward over [prompt, guess block] -----------------------------------------
+
+
+def test_fused_prefill_keeps_exact_jacobi_equal_to_ar_over_many_random_models():
+    rng = torch.Generator().manual_seed(4321)
+
+    def draw(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=rng))
+
+    for trial in range(16):
+        lm = make_tiny_llama(
+            200 + trial, hidden=32, layers=draw(1, 3), heads=4, kv_heads=(1, 2, 4)[trial % 3]
+        )
+        batch, prefix, n = draw(1, 4), draw(1, 10), draw(1, 24)
+        pads = [draw(0, prefix - 1) for _ in range(batch)]
+        embeds, mask = make_prompt(trial, batch, prefix, 32, pads)
+        n_bins = draw(2, 256)
+        backend = ("hf", "static")[trial % 2]
+        ar = decode(
+            lm, embeds, mask, n, ACTION_START, DecodeConfig(mode="ar", n_bins=n_bins, backend=backend)
+        )
+        init = ("constant", "random")[trial % 2]
+        fused = DecodeConfig(mode="jacobi", n_bins=n_bins, backend=backend, init=init, fused_prefill=True)
+        out = decode(lm, embeds, mask, n, ACTION_START, fused)
+        assert torch.equal(out.bins, ar.bins), (trial, batch, prefix, n, pads, backend, init)
+        # a guess of the answer itself, and one that is wrong in its first token
+        right = decode(lm, embeds, mask, n, ACTION_START, fused, init_guess=ar.bins)
+        assert torch.equal(right.bins, ar.bins) and right.stats.forward_passes == 1
+        wrong = ar.bins.clone()
+        wrong[:, 0] = (wrong[:, 0] + 1) % n_bins
+        off = decode(lm, embeds, mask, n, ACTION_START, fused, init_guess=wrong)
+        assert torch.equal(off.bins, ar.bins), (trial, "wrong first guess")
+        tau0 = dataclasses.replace(fused, mode="early_exit", tau=0)
+        assert torch.equal(decode(lm, embeds, mask, n, ACTION_START, tau0, init_guess=wrong).bins, ar.bins)
+
+
+def test_fused_prefill_at_sigma_one_is_one_forward_with_the_exact_first_token(model_and_prompt):
+    lm, embeds, mask, _ = model_and_prompt
+    n = 12
+    ar = decode(lm, embeds, mask, n, ACTION_START, DecodeConfig(mode="ar"))
+    one = decode(
+        lm, embeds, mask, n, ACTION_START, DecodeConfig(mode="early_exit", sigma=1, fused_prefill=True)
+    )
+    assert one.stats.forward_passes == 1 and one.stats.iterations.tolist() == [1] * embeds.shape[0]
+    assert torch.equal(one.bins[:, 0], ar.bins[:, 0])
+    plain = decode(lm, embeds, mask, n, ACTION_START, DecodeConfig(mode="early_exit", sigma=1))
+    assert plain.stats.forward_passes == 2  # prefill, then one pass over the block
+    # with the constant guess's first token right, the fused pass IS the first iteration
+    same = decode(
+        lm, embeds, mask, n, ACTION_START,
+        DecodeConfig(mode="early_exit", sigma=1, fused_prefill=True, init_bin=int(ar.bins[0, 0])),
+    )  # fmt: skip
+    ref = decode(
+        lm, embeds, mask, n, ACTION_START,
+        DecodeConfig(mode="early_exit", sigma=1, init_bin=int(ar.bins[0, 0])),
+    )  # fmt: skip
+    assert torch.equal(same.bins[0], ref.bins[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "ar", "fused_prefill": True}, "needs a Jacobi mode"),
+        ({"mode": "jacobi", "init": "first_token", "fused_prefill": True}, "cannot use init='first_token'"),
+    ],
+)
+def test_fused_prefill_refuses_what_it_cannot_do(kwargs, match):
+    with pytest.raises(DecodeConfigError, match=match):
+        DecodeConfig(**kwargs)

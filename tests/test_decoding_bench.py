@@ -27,11 +27,22 @@ def tiny_policy():
 def test_bench_record_table_and_plot(tiny_policy, tmp_path):
     torch.set_num_threads(1)
     cfg = DecodeBenchConfig(
-        samples=2, repeats=1, warmup=0, sigmas=(1,), taus=(3,), inits=("constant", "prev_tail")
-    )
+        samples=2, repeats=1, warmup=0, sigmas=(1,), taus=(3,), inits=("constant", "prev_tail"),
+        fused_sigmas=(1,),
+    )  # fmt: skip
     record = run(cfg, policy=tiny_policy)
     rows = {r["name"]: r for r in record["results"]}
-    assert list(rows) == ["ar", "jacobi/constant", "jacobi/prev_tail", "ee/sigma=1", "ee/tau=3"]
+    assert list(rows) == [
+        "ar", "jacobi/constant", "jacobi/prev_tail", "ee/sigma=1", "ee/tau=3",
+        "jacobi/prev_tail/fused", "ee/sigma=1/fused",
+    ]  # fmt: skip
+    # the prefill carries the guess block: exact Jacobi unchanged, sigma 1 in one forward
+    assert rows["jacobi/prev_tail/fused"]["identical_to_ar"] == 1.0
+    assert rows["ee/sigma=1/fused"]["forward_passes_per_chunk"] == 1
+    assert record["prefill_ms_p50"] > 0
+    assert (
+        record["sigma1_fused_over_prefill"] == rows["ee/sigma=1/fused"]["ms_p50"] / record["prefill_ms_p50"]
+    )
     assert record["observations"].startswith("synthetic")
     assert record["chunk_tokens"] == 12 and record["steps_executed_between_chunks"] == 2
     assert rows["ar"]["speedup_vs_ar"] == 1.0 and rows["ar"]["iterations_per_chunk"] == 11
