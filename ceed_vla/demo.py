@@ -77,6 +77,10 @@ class DemoProfile:
     # "eval" gives each task's held-out paraphrase (a language-generalisation test the from-scratch
     # default tokenizer cannot pass: its vocabulary never saw those words).
     eval_instructions: str = "train"
+    # How the scene is seen, the same in recording and evaluation (docs/sim.md): the workspace camera
+    # frames the work area; the goal marker is the rendered sphere of reach's and push's free goal.
+    camera: str = "workspace"
+    goal_marker_radius: float = 0.05
     seed: int = 0
     threads: int | None = None
     extra_train_args: tuple[str, ...] = ()
@@ -248,6 +252,7 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
         StageCommand(
             ["record", "--output", str(paths.dataset), "--tasks", ",".join(p.tasks)]
             + ["--episodes", str(p.record_episodes), "--image-size", str(p.image_size)]
+            + ["--camera", p.camera, "--goal-marker-radius", str(p.goal_marker_radius)]
             + ["--noise", str(p.record_noise), "--seed", str(p.seed), *resume]
         )(out)
 
@@ -302,7 +307,16 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
         Stage(
             "record",
             record,
-            _stage_config(p, "tasks", "record_episodes", "record_noise", "image_size", "seed"),
+            _stage_config(
+                p,
+                "tasks",
+                "record_episodes",
+                "record_noise",
+                "image_size",
+                "camera",
+                "goal_marker_radius",
+                "seed",
+            ),
         ),
         Stage(
             "teacher",
@@ -337,6 +351,7 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
         ckpt = paths.teacher if mode.policy == "teacher" else paths.round_student(p.distill_rounds)
         argv = ["eval", "--policy", str(ckpt), "--tasks", ",".join(p.tasks)]
         argv += ["--episodes", str(p.eval_episodes), "--image-size", str(p.image_size), "--seed", str(p.seed)]
+        argv += ["--camera", p.camera, "--goal-marker-radius", str(p.goal_marker_radius)]
         argv += ["--instructions", p.eval_instructions]
         argv += mode.cli_args() + ["--output", str(paths.eval_dir(mode.name))]
         stages.append(

@@ -12,6 +12,41 @@ from enum import StrEnum
 
 from ceed_vla.scheduler import ROBOT_BLEND_STEPS, ROBOT_REFILL_MARGIN_TICKS
 
+DEFAULT_ACTION_DIM = 4  # the simulator's end-effector deltas and gripper: the default limits' length
+
+
+@dataclass(frozen=True)
+class CameraInput:
+    key: str  # the policy's feature key, e.g. observation.images.front
+    topic: str
+    width: int  # 0 = any
+    height: int
+    name: str  # the input's name in holds and diagnostics: "camera", or "camera:<key>" with several
+
+
+def parse_camera_topics(entries: list[str]) -> dict[str, tuple[str, tuple[int, int] | None]]:
+    """["KEY=TOPIC" or "KEY=TOPIC:WIDTHxHEIGHT", ...] -> {key: (topic, (width, height) or None)}."""
+    out: dict[str, tuple[str, tuple[int, int] | None]] = {}
+    for entry in entries:
+        key, sep, rest = str(entry).partition("=")
+        topic, colon, size = rest.partition(":")
+        parsed = None
+        if colon:
+            w, x, h = size.partition("x")
+            if not (x and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+                parsed = False
+            else:
+                parsed = (int(w), int(h))
+        if not sep or not key.strip() or not topic.strip() or parsed is False:
+            raise ConfigError(
+                f"camera_topics entry {entry!r}: write KEY=TOPIC or KEY=TOPIC:WIDTHxHEIGHT, e.g. "
+                "'observation.images.front=/front/image_raw:640x480'"
+            )
+        if key in out:
+            raise ConfigError(f"camera_topics names {key!r} twice")
+        out[key.strip()] = (topic.strip(), parsed)
+    return out
+
 
 class ConfigError(ValueError):
     """A bridge or sim-robot parameter has a value the node cannot run with."""
@@ -150,6 +185,9 @@ class BridgeConfig:
     twist_frame_id: str = "base_link"
     twist_scale: float = 1.0  # twist mode: m/s per action unit
     camera_topic: str = "/camera/image_raw"
+    camera_key: str = "observation.image"  # the policy feature camera_topic feeds (one camera)
+    # several cameras: one "KEY=TOPIC" or "KEY=TOPIC:WIDTHxHEIGHT" per camera (replaces camera_topic)
+    camera_topics: list[str] = field(default_factory=list)
     state_topic: str = "/joint_states"
     state_type: str = (
         "joint_state"  # "joint_state" (named entries) or "pose" (PoseStamped: x y z qx qy qz qw)
@@ -174,8 +212,8 @@ class BridgeConfig:
         ROBOT_REFILL_MARGIN_TICKS  # start inference this many ticks before the queue would run dry
     )
     replan_every_ticks: int = 0  # also observe this many ticks after the last observation (0 = off)
-    action_low: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0, -1.0])
-    action_high: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    action_low: list[float] = field(default_factory=lambda: [-1.0] * DEFAULT_ACTION_DIM)
+    action_high: list[float] = field(default_factory=lambda: [1.0] * DEFAULT_ACTION_DIM)
     max_delta: list[float] = field(default_factory=lambda: [0.5])
     hold_mode: str = ""  # "" = the output's natural hold: last (trajectory, forward), zero (twist)
     initial_command: list[float] = field(default_factory=list)
@@ -243,6 +281,19 @@ class BridgeConfig:
                 f"decoding_init={self.decoding_init!r}: use 'tail' (warm start from the previous chunk) or "
                 "'constant'"
             )
+        topics = parse_camera_topics(self.camera_topics)
+        if topics:
+            several = len(topics) > 1
+            self.cameras = [
+                CameraInput(key, topic, *(size or (0, 0)), name=f"camera:{key}" if several else "camera")
+                for key, (topic, size) in topics.items()
+            ]
+        else:
+            if not self.camera_key.strip():
+                raise ConfigError("camera_key is empty: name the policy feature camera_topic feeds")
+            self.cameras = [
+                CameraInput(self.camera_key, self.camera_topic, self.image_width, self.image_height, "camera")
+            ]
         if not self.command_topic:
             self.command_topic = DEFAULT_COMMAND_TOPICS[self.output_mode]
         dim = len(self.action_low)

@@ -32,7 +32,7 @@ from ceed_vla.scheduler import ChunkRequest, ChunkScheduler, SchedulerConfig
 from .config import BridgeConfig, OutputMode
 from .safety import EStopLatch, SafetyFilter, StaleWatchdog
 
-CAMERA, STATE, ENV_STATE = "camera", "state", "environment_state"
+STATE, ENV_STATE = "state", "environment_state"
 
 
 @dataclass
@@ -89,15 +89,17 @@ class BridgeCore:
         self.queue = self.scheduler.queue
         self.safety = SafetyFilter(config.safety)
         self.estop = EStopLatch()
-        required = [CAMERA, STATE] + ([ENV_STATE] if config.environment_state_topic else [])
+        self.cameras = {cam.key: cam for cam in config.cameras}  # feature key -> CameraInput
+        required = [cam.name for cam in config.cameras] + [STATE]
+        required += [ENV_STATE] if config.environment_state_topic else []
         self.watchdog = StaleWatchdog(required, config.stale_timeout_s, config.stamp_tolerance_s)
         self.stats = BridgeStats()
         self._lock = threading.Lock()
         self._tick = 0  # the next tick to run
         self._clock_start: float | None = None  # time of tick 0 of the current activation
         self._last_tick_time: float | None = None
-        self._image: np.ndarray | None = None  # [H, W, 3] uint8
-        self._image_stamp = 0.0
+        self._images: dict[str, np.ndarray] = {}  # feature key -> [H, W, 3] uint8
+        self._image_stamps: dict[str, float] = {}
         self._state: np.ndarray | None = None  # [S] float32
         self._env_state: np.ndarray | None = None  # [E] float32
         self._instruction = config.instruction.strip()
@@ -110,18 +112,39 @@ class BridgeCore:
 
     # ---- inputs -------------------------------------------------------------------------------
     def observe_image(
-        self, image: np.ndarray, stamp: float, now: float, stamp_age: float | None = None
+        self,
+        image: np.ndarray,
+        stamp: float,
+        now: float,
+        stamp_age: float | None = None,
+        key: str | None = None,
     ) -> str | None:
-        """A camera frame taken at `stamp`, arrived at `now` (monotonic), its stamp `stamp_age` s old
-        on the node's clock at arrival. Returns why it was refused (a stamp in the future or too old),
-        else None."""
+        """A frame of camera `key` (the policy's feature key; None: the only camera) taken at `stamp`,
+        arrived at `now` (monotonic), its stamp `stamp_age` s old on the node's clock at arrival.
+        Returns why it was refused (a stamp in the future or too old), else None."""
+        camera = self._camera(key)
         with self._lock:
-            problem = self._stamp_problem(CAMERA, stamp_age)
+            problem = self._stamp_problem(camera.name, stamp_age)
             if problem is None:
-                self._image, self._image_stamp = image, stamp
-                self._invalid.pop(CAMERA, None)
-                self.watchdog.feed(CAMERA, now, stamp_age)
+                self._images[camera.key], self._image_stamps[camera.key] = image, stamp
+                self._invalid.pop(camera.name, None)
+                self.watchdog.feed(camera.name, now, stamp_age)
             return problem
+
+    def camera_input_name(self, key: str | None = None) -> str:
+        """The name holds and `invalid_input` use for camera `key` ("camera" when there is one)."""
+        return self._camera(key).name
+
+    def _camera(self, key: str | None):
+        if key is None:
+            if len(self.cameras) != 1:
+                raise ValueError(
+                    f"this bridge has {len(self.cameras)} cameras: say which ({sorted(self.cameras)})"
+                )
+            return next(iter(self.cameras.values()))
+        if key not in self.cameras:
+            raise ValueError(f"no camera {key!r}; the policy's cameras are {sorted(self.cameras)}")
+        return self.cameras[key]
 
     def observe_state(self, state: np.ndarray, now: float, stamp_age: float | None = None) -> str | None:
         """As `observe_image`, for the robot state [S]."""
@@ -167,7 +190,7 @@ class BridgeCore:
             request = InferenceRequest(
                 observation=self._observation(),
                 obs_tick=self._tick,
-                image_stamp=self._image_stamp,
+                image_stamp=min(self._image_stamps.values()),  # the oldest frame in the observation
                 generation=chunk.generation,
                 reset_policy=self._reset_policy,
                 chunk=chunk,
@@ -324,9 +347,11 @@ class BridgeCore:
         self._fresh_chunk_stamp = None
 
     def _observation(self) -> dict:
-        image = torch.from_numpy(self._image).permute(2, 0, 1).float().div_(255.0)[None]  # [1, 3, H, W]
         obs = {
-            "observation.image": image,
+            key: torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)[None]  # [1, 3, H, W]
+            for key, image in self._images.items()
+        }
+        obs |= {
             "observation.state": torch.from_numpy(self._state).float()[None],  # [1, S]
             "task": [self._instruction],
         }

@@ -50,6 +50,7 @@ from trajectory_msgs.msg import JointTrajectory
 from . import conversions as conv
 from . import ros_params
 from .config import BridgeConfig, OutputMode
+from .contract import apply_contract
 from .core import BridgeCore, TickResult
 from .inference import InferenceWorker
 from .policies import load_policy
@@ -74,6 +75,8 @@ class PolicyBridgeNode(LifecycleNode):
         # every parameter given to the node is declared, so a misspelt one can be refused
         kwargs.setdefault("automatically_declare_parameters_from_overrides", True)
         super().__init__(node_name, **kwargs)
+        # what the parameter file or command line set (declared from overrides), before the defaults
+        self._given_parameters = set(self.list_parameters([], 0).names)
         ros_params.declare(self, BridgeConfig)
         self.fatal: BaseException | None = None  # set when the node must stop (exit status 1)
         self._active = False
@@ -93,7 +96,8 @@ class PolicyBridgeNode(LifecycleNode):
     # ---- lifecycle -----------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
-            self.config = ros_params.read(self, BridgeConfig)
+            # a checkpoint's data contract fills what the parameters leave out, and refuses a contradiction
+            self.config = ros_params.read(self, BridgeConfig, self._given_parameters, adjust=apply_contract)
             torch.set_num_threads(self.config.torch_threads)
             self.policy = self._given_policy or load_policy(
                 self.config.policy, self.config.action_dim, self.config.control_rate_hz, self.config.device
@@ -203,9 +207,16 @@ class PolicyBridgeNode(LifecycleNode):
         reset = self.create_subscription(
             Empty, c.estop_reset_topic, self._on_estop_reset, ESTOP_RESET, callback_group=g
         )
-        camera = self.create_subscription(
-            Image, c.camera_topic, self._on_image, qos_profile_sensor_data, callback_group=g
-        )
+        cameras = [
+            self.create_subscription(
+                Image,
+                cam.topic,
+                lambda msg, cam=cam: self._on_image(msg, cam),
+                qos_profile_sensor_data,
+                callback_group=g,
+            )
+            for cam in c.cameras
+        ]
         state = self.create_subscription(
             PoseStamped if c.state_type == "pose" else JointState,
             c.state_topic,
@@ -216,13 +227,13 @@ class PolicyBridgeNode(LifecycleNode):
         self._subs = [
             estop,
             reset,
-            camera,
+            *cameras,
             state,
             self.create_subscription(
                 String, c.instruction_topic, self._on_instruction, LATCHED, callback_group=g
             ),
         ]
-        self._pending = [(estop, ESTOP.depth), (camera, 5), (state, 5)]
+        self._pending = [(estop, ESTOP.depth), *((camera, 5) for camera in cameras), (state, 5)]
         if c.environment_state_topic:
             self._subs.append(
                 self.create_subscription(
@@ -281,16 +292,20 @@ class PolicyBridgeNode(LifecycleNode):
         """Age (s) of a header stamp on this node's clock."""
         return self.get_clock().now().nanoseconds * 1e-9 - conv.from_time(stamp)
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image, camera) -> None:
         try:
-            image = conv.image_to_array(msg, self.config.image_width, self.config.image_height)
+            image = conv.image_to_array(msg, camera.width, camera.height)
         except conv.MalformedInputError as exc:
-            return self._reject("camera", exc)
+            return self._reject(camera.name, exc)
         problem = self.core.observe_image(
-            image, conv.from_time(msg.header.stamp), time.monotonic(), self._stamp_age(msg.header.stamp)
+            image,
+            conv.from_time(msg.header.stamp),
+            time.monotonic(),
+            self._stamp_age(msg.header.stamp),
+            key=camera.key,
         )
         if problem:
-            self.get_logger().warning(f"ignoring a camera frame: {problem}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"ignoring a {camera.name} frame: {problem}", throttle_duration_sec=2.0)
 
     def _on_state(self, msg: JointState | PoseStamped) -> None:
         try:
@@ -331,7 +346,7 @@ class PolicyBridgeNode(LifecycleNode):
         message = f"holding: bad {kind} message: {exc}"
         if not throttle:
             self.get_logger().warning(message)
-        elif kind == "camera":  # one throttle per input: a flood of one must not hide another
+        elif kind.startswith("camera"):  # one throttle per input: a flood of one must not hide another
             self.get_logger().warning(message, throttle_duration_sec=2.0)
         else:
             self.get_logger().warning(message, throttle_duration_sec=2.0)  # (rclpy throttles per call site)

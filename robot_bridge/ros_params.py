@@ -44,9 +44,10 @@ def declare(node, config_cls) -> None:
             node.declare_parameter(name, None if value == [] else value, _DYNAMIC)
 
 
-def read(node, config_cls):
+def read(node, config_cls, given_names=None, adjust=None):
     """Build `config_cls` from the node's parameters (raises ConfigError on a bad value or a name
-    the config does not have)."""
+    the config does not have). `adjust(given) -> given` may fill in or refuse the parameters that
+    were set (`given_names`, or those that differ from their default) before the defaults apply."""
     names = node.list_parameters([], 0).names
     refuse_unknown(
         [n for n in names if n not in ROS_OWN_PARAMETERS and not n.startswith("qos_overrides.")],
@@ -54,18 +55,26 @@ def read(node, config_cls):
         node.get_name(),
     )
     types = {f.name: str(f.type) for f in dataclasses.fields(config_cls)}
-    values = {}
+    values, given = {}, {}
     for name, default in defaults(config_cls).items():
         value = node.get_parameter(name).value
         values[name] = coerce(name, types[name], default if value is None else value)
+        if value is not None and (
+            (given_names is not None and name in given_names) or values[name] != default
+        ):
+            given[name] = values[name]
+    if adjust is not None:
+        values.update(adjust(given))
     return config_cls(**values)
 
 
-def from_dict(config_cls, params: dict):
-    """Build `config_cls` from a plain mapping (a node's `ros__parameters` in a YAML file)."""
+def from_dict(config_cls, params: dict, adjust=None):
+    """Build `config_cls` from a plain mapping (a node's `ros__parameters` in a YAML file); `adjust`
+    as in `read`."""
     refuse_unknown(list(params), config_cls, config_cls.__name__)
     types = {f.name: str(f.type) for f in dataclasses.fields(config_cls)}
-    return config_cls(**{k: coerce(k, types[k], v) for k, v in params.items()})
+    given = {k: coerce(k, types[k], v) for k, v in params.items()}
+    return config_cls(**(adjust(given) if adjust is not None else given))
 
 
 def refuse_unknown(names: list[str], config_cls, owner: str) -> None:
