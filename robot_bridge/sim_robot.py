@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from ceed_vla.sim.env import DEFAULT_CAMERA, DEFAULT_GOAL_MARKER_RADIUS
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -48,7 +49,8 @@ class SimRobotConfig:
     seed: int = 100_000_000  # the first evaluation seed: a layout no recording saw
     instruction: str = ""  # "" = the task's held-out paraphrase
     image_size: int = 64
-    camera: str = "corner2"
+    camera: str = DEFAULT_CAMERA
+    goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
     step_rate_hz: float = 20.0
     camera_rate_hz: float = 30.0
     max_episode_steps: int = 250
@@ -201,7 +203,11 @@ class SimRobotNode(Node):
             quiet_metaworld_warnings()
             env = MetaWorldEnv(
                 EnvConfig(
-                    c.task, image_size=c.image_size, camera=c.camera, max_episode_steps=c.max_episode_steps
+                    c.task,
+                    image_size=c.image_size,
+                    camera=c.camera,
+                    max_episode_steps=c.max_episode_steps,
+                    goal_marker_radius=c.goal_marker_radius,
                 )
             )
             env.reset(c.seed)

@@ -33,6 +33,8 @@ per task (docs/sim.md), so 250 keeps every expert success while a failure costs 
 
 DEFAULT_GOAL_MARKER_RADIUS = 0.03
 """Radius (m) of the rendered goal sphere of tasks whose goal is a free point (MetaWorld draws 2 cm)."""
+DEFAULT_CAMERA = "corner2"
+"""The camera recordings, evaluations and the sim robot use unless told otherwise."""
 
 _CORNER_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 
@@ -66,7 +68,7 @@ class EnvConfig:
 
     task: str
     image_size: int = 64
-    camera: str = "corner2"
+    camera: str = DEFAULT_CAMERA
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
     goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
     """Radius (m) of the rendered goal sphere for tasks whose goal is a free point (a site: no contact)."""

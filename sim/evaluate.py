@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from ceed_vla.sim.env import (
     CONTROL_HZ,
+    DEFAULT_CAMERA,
     DEFAULT_GOAL_MARKER_RADIUS,
     DEFAULT_MAX_EPISODE_STEPS,
     EnvConfig,
@@ -79,7 +80,7 @@ class EvalConfig:
     episodes_per_task: int = 10
     seed: int = 0
     image_size: int = 64
-    camera: str = "corner2"
+    camera: str = DEFAULT_CAMERA
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
     goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
     """Must match the recording the policy learnt from (its `meta/ceed_record.json`)."""
@@ -586,7 +587,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=int, default=64, help="camera image size (match the training data)"
     )
-    parser.add_argument("--camera", default="corner2")
+    parser.add_argument("--camera", default=DEFAULT_CAMERA, help="the recording's camera")
     parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_EPISODE_STEPS, help="episode horizon")
     parser.add_argument(
         "--goal-marker-radius",

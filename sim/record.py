@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 from ceed_vla.sim.env import (
     CONTROL_HZ,
+    DEFAULT_CAMERA,
     DEFAULT_GOAL_MARKER_RADIUS,
     DEFAULT_MAX_EPISODE_STEPS,
+    FREE_CAMERAS,
     EnvConfig,
     MetaWorldEnv,
 )
@@ -78,7 +80,7 @@ class RecordConfig:
     tasks: tuple[str, ...] = MT10
     episodes_per_task: int = 20
     image_size: int = 64
-    camera: str = "corner2"
+    camera: str = DEFAULT_CAMERA
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
     goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
     seed: int = 0
@@ -437,7 +439,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--episodes", type=int, default=20, help="successful episodes per task (default: 20)")
     parser.add_argument("--image-size", type=int, default=64, help="square camera image size in pixels")
-    parser.add_argument("--camera", default="corner2", help="MetaWorld camera name (default: corner2)")
+    parser.add_argument(
+        "--camera",
+        default=DEFAULT_CAMERA,
+        help=f"a MetaWorld camera or one of {sorted(FREE_CAMERAS)} (default: {DEFAULT_CAMERA})",
+    )
     parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_EPISODE_STEPS, help="episode horizon")
     parser.add_argument(
         "--goal-marker-radius",
