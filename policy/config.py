@@ -71,9 +71,20 @@ class VisionConfig:
     keypoints: int = 0  # spatial: spatial-softmax keypoint tokens
     image_size: int | None = None  # resize input images to this square size; None keeps their size
     tower_path: str | None = None  # local directory of a transformers vision model (kind="pretrained")
+    # pretrained: the tower's own normalisation, read from its preprocessor_config.json when built
+    # (None: images scaled to [-1, 1], i.e. mean = std = 0.5)
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(v) for v in value)
+                if len(value) != 3 or (name == "image_std" and min(value) <= 0):
+                    raise ConfigError(f"VisionConfig.{name} must be 3 numbers (std > 0), got {value!r}")
+                setattr(self, name, value)
         if self.kind not in VISION_KINDS:
             raise ConfigError(f"VisionConfig.kind must be one of {VISION_KINDS}, got {self.kind!r}")
         if self.kind == "pretrained" and not self.tower_path:

@@ -161,7 +161,24 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def check_model_args(args: argparse.Namespace) -> None:
+    """Refuse model options that cannot work before any data is loaded (loading takes minutes)."""
+    from pathlib import Path
+
+    if args.preset == "pretrained" and not args.lm_path:
+        raise SystemExit("ceed train: --preset pretrained needs --lm-path (a local causal LM directory)")
+    for flag, value in (("--lm-path", args.lm_path), ("--vision-tower-path", args.vision_tower_path)):
+        if value and not (Path(value) / "config.json").is_file():
+            raise SystemExit(
+                f"ceed train: {flag} {value} is not a local model directory (no config.json); nothing is "
+                "downloaded at run time: save the model there first"
+            )
+    if args.vision_tower_path and args.preset != "pretrained":
+        raise SystemExit("ceed train: --vision-tower-path needs --preset pretrained")
+
+
 def main(args: argparse.Namespace) -> int:
+    check_model_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -141,8 +141,41 @@ class SpatialEncoder(nn.Module):
         return torch.cat(tokens, dim=1)
 
 
+def vision_part(model: nn.Module) -> nn.Module:
+    """A full image-text model (CLIP, SigLIP: a `vision_config` beside a text one) -> its vision
+    model alone, as its own `*VisionModel` with the same weights; any other model as it is."""
+    from transformers import AutoModel
+
+    from transformers import PreTrainedModel
+
+    vision_config = getattr(model.config, "vision_config", None)
+    if vision_config is None or not hasattr(model, "vision_model"):
+        return model
+    if isinstance(model.vision_model, PreTrainedModel):  # transformers 5: already a *VisionModel
+        return model.vision_model
+    tower = AutoModel.from_config(vision_config)  # transformers 4: wrap the bare transformer
+    tower.vision_model.load_state_dict(model.vision_model.state_dict())
+    return tower
+
+
+def tower_normalisation(tower_path: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(image_mean, image_std) from the tower's preprocessor_config.json, None when it has none."""
+    import json
+    from pathlib import Path
+
+    path = Path(tower_path or "") / "preprocessor_config.json"
+    if not tower_path or not path.is_file():
+        return None
+    cfg = json.loads(path.read_text())
+    if "image_mean" not in cfg or "image_std" not in cfg:
+        return None
+    return tuple(cfg["image_mean"]), tuple(cfg["image_std"])
+
+
 class PretrainedTower(nn.Module):
-    """Any local `transformers` vision model whose output has `last_hidden_state` [B, T, C].
+    """Any local `transformers` vision model whose output has `last_hidden_state` [B, T, C]; of a full
+    CLIP or SigLIP folder its vision model. Images are normalised with the tower's own image
+    processor settings (mean and std from preprocessor_config.json, kept in `VisionConfig`).
 
     Built from the tower's config (`from_config`) when `weights=False`, which is how a checkpoint is
     restored: the tower's weights then come from the checkpoint's own `model.safetensors`.
@@ -153,23 +186,31 @@ class PretrainedTower(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         if weights:
-            self.model = AutoModel.from_pretrained(config.tower_path, local_files_only=True)
+            self.model = vision_part(AutoModel.from_pretrained(config.tower_path, local_files_only=True))
+            if config.image_mean is None:  # first build: the tower's own processor settings
+                norm = tower_normalisation(config.tower_path)
+                if norm is not None:
+                    config.image_mean, config.image_std = norm
         else:
             cfg = (
                 AutoConfig.for_model(**tower_config)
                 if tower_config
                 else AutoConfig.from_pretrained(config.tower_path)
             )
-            self.model = AutoModel.from_config(cfg)
+            self.model = vision_part(AutoModel.from_config(cfg))
         mcfg = self.model.config
         self.image_size = int(getattr(mcfg, "image_size", config.image_size or 224))
         self.out_dim = int(mcfg.hidden_size)
+        mean = config.image_mean or (0.5, 0.5, 0.5)
+        std = config.image_std or (0.5, 0.5, 0.5)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         with torch.no_grad():
             probe = torch.zeros(1, 3, self.image_size, self.image_size)
             self.num_tokens = int(self.model(pixel_values=probe).last_hidden_state.shape[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = _resize(images, self.image_size) * 2.0 - 1.0
+        x = (_resize(images, self.image_size) - self.mean) / self.std
         return self.model(pixel_values=x).last_hidden_state  # [B, T, C]
 
 

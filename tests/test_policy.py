@@ -411,3 +411,90 @@ def test_chunk_samples_carry_their_episode_final_state(policy_dataset):
         row = int(train.rows[i])
         end = int(frames.ep_end[row])
         assert torch.equal(train[i][FINAL_STATE_KEY], frames.states[end - 1])
+
+
+def _save_dual_encoder(directory, kind: str):
+    """A full image-text model folder (the form CLIP and SigLIP are published in), with its processor."""
+    import json
+
+    if kind == "clip":
+        from transformers import CLIPConfig, CLIPModel
+
+        config = CLIPConfig(
+            text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+            vision_config=dict(
+                hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                image_size=16, patch_size=8,
+            ),
+            projection_dim=8,
+        )  # fmt: skip
+        model, mean, std = CLIPModel(config), [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
+    else:
+        from transformers import SiglipConfig, SiglipModel
+
+        config = SiglipConfig(
+            text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+            vision_config=dict(
+                hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                image_size=16, patch_size=8,
+            ),
+        )  # fmt: skip
+        model, mean, std = SiglipModel(config), [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    model.save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std}))
+    return model, mean, std
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_a_full_clip_or_siglip_folder_serves_its_vision_model_with_its_own_normalisation(tmp_path, kind):
+    from ceed_vla.policy import StateNormalizer
+    from ceed_vla.policy.text_tokenizer import load_tokenizer
+
+    _save_backbone(tmp_path / "lm")
+    full, mean, std = _save_dual_encoder(tmp_path / kind, kind)
+    config = make_config(
+        "pretrained", lm_path=str(tmp_path / "lm"), tower_path=str(tmp_path / kind), chunk_size=2
+    )
+    policy = VLAPolicy.build(
+        config, load_tokenizer(config.lm_path), ActionTokenizer.fit(torch.rand(50, 4) * 2 - 1),
+        StateNormalizer.fit(torch.rand(50, 4)),
+    )  # fmt: skip
+    tower = policy.vision.model
+    assert type(tower).__name__ == {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel"}[kind]
+    ours, theirs = tower.state_dict(), full.vision_model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert policy.config.vision.image_mean == pytest.approx(tuple(mean))
+    assert policy.config.vision.image_std == pytest.approx(tuple(std))
+    images = torch.rand(2, 3, 16, 16)
+    expected = full.vision_model(pixel_values=(images - torch.tensor(mean).view(1, 3, 1, 1))
+                                 / torch.tensor(std).view(1, 3, 1, 1)).last_hidden_state  # fmt: skip
+    assert torch.allclose(policy.vision(images), expected, atol=1e-5)
+    # the checkpoint restores the vision model and its normalisation without the folder
+    batch = random_batch(batch=2, chunk=2)
+    policy.eval().save_pretrained(tmp_path / "ckpt")
+    for f in (tmp_path / kind).iterdir():
+        f.unlink()
+    loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.vision.image_mean == pytest.approx(tuple(mean))
+    assert torch.equal(loaded.predict_action_chunk(batch), policy.predict_action_chunk(batch))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--preset", "pretrained"], "--preset pretrained needs --lm-path"),
+        (["--preset", "pretrained", "--lm-path", "/nonexistent/lm"], "is not a local model directory"),
+        (["--vision-tower-path", "/nonexistent/vit"], "is not a local model directory"),
+    ],
+)
+def test_model_argument_errors_come_before_any_data_loads(tmp_path, argv, message, monkeypatch):
+    import argparse
+
+    from ceed_vla.policy import train as train_job
+
+    monkeypatch.setattr(train_job, "build_datasets", lambda *a, **k: pytest.fail("data loaded first"))
+    parser = argparse.ArgumentParser()
+    train_job.configure_parser(parser)
+    args = parser.parse_args(["--dataset-root", str(tmp_path), "--output", str(tmp_path / "run"), *argv])
+    with pytest.raises(SystemExit, match=message):
+        train_job.main(args)
