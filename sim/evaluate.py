@@ -162,6 +162,8 @@ class EpisodeResult:
     success_step: int | None = None  # steps taken when the task first succeeded
     late_chunks: int = 0  # chunks that arrived after every one of their actions was due
     warm_starts: int = 0
+    reward_sum: float = 0.0  # MetaWorld's shaped reward, summed and maximised over the episode
+    reward_max: float = float("-inf")
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # [H, W, 3] uint8 at each plan
 
 
@@ -190,6 +192,8 @@ class _Episode:
         self.result.env_seconds += time.perf_counter() - t0
         self.obs = out.observation
         self.last_grip = float(action[3])
+        self.result.reward_sum += out.reward
+        self.result.reward_max = max(self.result.reward_max, out.reward)
         self.result.steps += 1
         self.result.actions_from_policy += int(from_policy)
         self.result.held_steps += int(not from_policy)
@@ -413,6 +417,12 @@ def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
         "actions_per_s": actions / policy_s if policy_s > 0 else None,
         "env_steps_per_s": steps / env_s if env_s > 0 else None,
         "loop_hz": steps / wall if wall > 0 else None,
+        # the same quantities under the names `lerobot-eval` reports them by
+        "pc_success": 100.0 * wins / n if n else None,
+        "avg_sum_reward": mean([e.reward_sum for e in episodes]),
+        "avg_max_reward": mean([e.reward_max for e in episodes if e.steps]),
+        "eval_s": wall,
+        "eval_ep_s": wall / n if n else None,
     }
     if decode_ms:
         out["chunk_ms_p50"] = percentile(decode_ms, 50)
@@ -453,6 +463,10 @@ def build_report(
                 "steps": e.steps,
                 "policy_calls": e.policy_calls,
                 "iterations_per_chunk": e.decode_iterations,
+                "warm_started": e.decode_warm,
+                "held_steps": e.held_steps,
+                "late_chunks": e.late_chunks,
+                "sum_reward": e.reward_sum,
             }
             for e in episodes
         ],

@@ -203,6 +203,10 @@ def test_report_carries_chunk_statistics_and_realtime_counters():
     assert overall["chunk_ms_p50"] == 50.0 and overall["iterations_per_chunk"] == 3.0
     assert overall["tokens_per_chunk"] == 32.0
     assert overall["held_fraction"] == pytest.approx(4 / 24)
+    # lerobot-eval's names for the same things
+    assert overall["pc_success"] == 100.0 * overall["success_rate"]
+    assert overall["avg_sum_reward"] == pytest.approx(result.reward_sum) and result.reward_sum > 0
+    assert overall["avg_max_reward"] <= overall["avg_sum_reward"]
     assert overall["late_chunks"] == 0
     text = report_markdown(report)
     assert "50.0 ms per chunk" in text and "steps held" in text
