@@ -255,9 +255,14 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 def make_backend(lm: nn.Module, backend: str, action_token_start: int, n_bins: int) -> DecodeBackend:
     """The one place that picks the forward: ``"auto"`` takes the static path when the model supports it
-    (Llama-style), else the generic HF path; ``"hf"`` / ``"static"`` force one."""
+    (Llama-style), else the generic HF path; ``"hf"`` / ``"static"`` force one; ``"graphs"`` is the
+    static path replayed as CUDA graphs (CUDA only, `graphs.py`)."""
     if backend == "hf" or (backend == "auto" and static_support_problem(lm) is not None):
         return HFBackend(lm, action_token_start, n_bins)
     if backend in ("auto", "static"):
         return StaticLlamaBackend(lm, action_token_start, n_bins)
-    raise BackendUnsupportedError(f"backend={backend!r} is not one of 'auto', 'hf', 'static'")
+    if backend == "graphs":
+        from .graphs import GraphedLlamaBackend
+
+        return GraphedLlamaBackend(lm, action_token_start, n_bins)
+    raise BackendUnsupportedError(f"backend={backend!r} is not one of 'auto', 'hf', 'static', 'graphs'")

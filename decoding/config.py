@@ -9,12 +9,12 @@ import torch
 
 Mode = Literal["ar", "jacobi", "early_exit"]
 InitStrategy = Literal["constant", "random", "first_token"]
-Backend = Literal["auto", "hf", "static"]
+Backend = Literal["auto", "hf", "static", "graphs"]
 StepImpl = Literal["auto", "triton", "torch"]
 
 MODES: tuple[str, ...] = ("ar", "jacobi", "early_exit")
 INIT_STRATEGIES: tuple[str, ...] = ("constant", "random", "first_token")
-BACKENDS: tuple[str, ...] = ("auto", "hf", "static")
+BACKENDS: tuple[str, ...] = ("auto", "hf", "static", "graphs")
 STEP_IMPLS: tuple[str, ...] = ("auto", "triton", "torch")
 
 

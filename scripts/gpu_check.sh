@@ -96,7 +96,7 @@ say "gpu tests (decoding, kernel)"
 # --noconftest: the decoding tests need none of the shared fixtures, some of which import packages
 # this machine does not have.
 timeout "$(left 200)" "$PY" -m pytest -m gpu --noconftest -p no:cacheprovider -q -rfEs \
-    --junitxml="$OUT_DIR/gpu_tests.xml" tests/test_kernel.py tests/test_decoding.py
+    --junitxml="$OUT_DIR/gpu_tests.xml" tests/test_kernel.py tests/test_decoding.py tests/test_decoding_graphs.py
 rc=$?
 if [ $rc -ne 0 ]; then
     say "gpu tests failed (exit $rc)"; status=1
