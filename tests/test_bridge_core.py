@@ -12,8 +12,6 @@ from ceed_vla.robot_bridge.inference import InferenceWorker
 from ceed_vla.robot_bridge.policies import PolicySpecError, SinePolicy, load_policy
 from ceed_vla.robot_bridge.safety import EStopLatch, SafetyFilter, StaleWatchdog
 
-from ceed_vla.scheduler import ChunkQueue
-
 # ---- config ------------------------------------------------------------------------------------
 
 
@@ -110,29 +108,6 @@ def test_watchdog_reports_missing_and_old_inputs():
     dog.feed("state", 1.0)
     assert dog.stale_inputs(1.09) == []
     assert dog.stale_inputs(1.11) == ["camera", "state"]
-
-
-# ---- chunk queue -------------------------------------------------------------------------------
-
-
-def test_queue_drops_elapsed_actions_and_blends_the_overlap():
-    q = ChunkQueue(action_dim=1, blend_steps=2)
-    q.merge(np.zeros((6, 1)), obs_tick=0, now_tick=0)
-    assert q.pop(0)[0] == 0.0 and q.pop(1)[0] == 0.0
-    # predicted from tick 1, arrives when tick 2 is next: its first action is dropped
-    result = q.merge(np.full((6, 1), 3.0), obs_tick=1, now_tick=2)
-    assert result.accepted and result.dropped == 1 and result.blended == 2
-    got = [q.pop(t)[0] for t in range(2, 7)]
-    np.testing.assert_allclose(got, [1.0, 2.0, 3.0, 3.0, 3.0])
-    assert q.pop(7) is None  # underrun
-
-
-def test_queue_rejects_a_chunk_that_is_entirely_in_the_past():
-    q = ChunkQueue(action_dim=2, blend_steps=0)
-    result = q.merge(np.ones((3, 2)), obs_tick=0, now_tick=5)
-    assert not result.accepted and result.dropped == 3 and len(q) == 0
-    with pytest.raises(ValueError, match=r"expected \[K, 2\]"):
-        q.merge(np.ones((3, 4)), obs_tick=5, now_tick=5)
 
 
 # ---- core ----------------------------------------------------------------------------------------

@@ -68,21 +68,28 @@ def test_exact_jacobi_equals_ar_equals_uncached_greedy(seed, batch, prefix, n, n
     assert jac.stats.forward_passes == 1 + int(jac.stats.iterations.max())
 
 
-def test_exact_jacobi_equals_ar_over_many_random_models_and_prompts():
-    rng = torch.Generator().manual_seed(1234)
+def random_cases(seed: int, trials: int, model_seed: int):
+    """Random tiny Llamas (1-3 layers, GQA or not) and left-padded prompts, alternating backends:
+    yields (trial, lm, embeds, mask, n_tokens, n_bins, backend, pads)."""
+    rng = torch.Generator().manual_seed(seed)
 
     def draw(lo, hi):
         return int(torch.randint(lo, hi + 1, (1,), generator=rng))
 
-    for trial in range(12):
+    for trial in range(trials):
         lm = make_tiny_llama(
-            100 + trial, hidden=32, layers=draw(1, 3), heads=4, kv_heads=(1, 2, 4)[trial % 3]
+            model_seed + trial, hidden=32, layers=draw(1, 3), heads=4, kv_heads=(1, 2, 4)[trial % 3]
         )
         batch, prefix, n = draw(1, 4), draw(1, 10), draw(1, 24)
         pads = [draw(0, prefix - 1) for _ in range(batch)]
         embeds, mask = make_prompt(trial, batch, prefix, 32, pads)
-        backend = ("hf", "static")[trial % 2]
-        config = DecodeConfig(mode="ar", n_bins=draw(2, 256), backend=backend)
+        yield trial, lm, embeds, mask, n, draw(2, 256), ("hf", "static")[trial % 2], pads
+
+
+def test_exact_jacobi_equals_ar_over_many_random_models_and_prompts():
+    for trial, lm, embeds, mask, n, n_bins, backend, pads in random_cases(1234, 12, 100):
+        batch, prefix = embeds.shape[:2]
+        config = DecodeConfig(mode="ar", n_bins=n_bins, backend=backend)
         ar = decode(lm, embeds, mask, n, ACTION_START, config)
         jac = decode(lm, embeds, mask, n, ACTION_START, dataclasses.replace(config, mode="jacobi"))
         assert torch.equal(jac.bins, ar.bins), (trial, batch, prefix, n, pads, backend)
@@ -312,20 +319,8 @@ def test_decode_rejects_bad_inputs_saying_what_to_fix(model_and_prompt):
 
 
 def test_fused_prefill_keeps_exact_jacobi_equal_to_ar_over_many_random_models():
-    rng = torch.Generator().manual_seed(4321)
-
-    def draw(lo, hi):
-        return int(torch.randint(lo, hi + 1, (1,), generator=rng))
-
-    for trial in range(16):
-        lm = make_tiny_llama(
-            200 + trial, hidden=32, layers=draw(1, 3), heads=4, kv_heads=(1, 2, 4)[trial % 3]
-        )
-        batch, prefix, n = draw(1, 4), draw(1, 10), draw(1, 24)
-        pads = [draw(0, prefix - 1) for _ in range(batch)]
-        embeds, mask = make_prompt(trial, batch, prefix, 32, pads)
-        n_bins = draw(2, 256)
-        backend = ("hf", "static")[trial % 2]
+    for trial, lm, embeds, mask, n, n_bins, backend, pads in random_cases(4321, 16, 200):
+        batch, prefix = embeds.shape[:2]
         ar = decode(
             lm, embeds, mask, n, ACTION_START, DecodeConfig(mode="ar", n_bins=n_bins, backend=backend)
         )

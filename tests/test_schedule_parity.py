@@ -12,18 +12,11 @@ from ceed_vla.robot_bridge.config import BridgeConfig
 from ceed_vla.robot_bridge.core import BridgeCore
 
 from ceed_vla.scheduler import ChunkScheduler
+from tests.test_sim_eval import FakeClock
 
 HZ = 80.0  # MetaWorld's control rate; the bridge runs at the same rate here
 K = 8
 LATENCIES = [4, 3, 9, 2, 5, 1, 6, 3, 2, 7, 4, 3, 2, 5, 1, 6, 2, 3, 4, 2]  # ticks per call; 9 is late
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ScriptedPolicy:
