@@ -159,8 +159,11 @@ PROFILES: dict[str, DemoProfile] = {
         extra_train_args=TEACHER_RECIPE,
         extra_distill_args=("--w-ar", "0.1"),
     ),
-    # Sized to finish in about 1.5 hours on 2 CPU cores: the calibration on this machine showed that
-    # episodes per task, trajectories and distillation steps are what move success and passes.
+    # Sized for the 2.5-hour budget on 2 CPU cores: the calibration on this machine showed that
+    # episodes per task, trajectories and distillation steps are what move success and passes. Its
+    # last run (40 episodes per task, 1,500 bf16 teacher steps) took 1.8 hours; 100 episodes (about 8
+    # minutes to record at 64 px) and 3,000 fp32 teacher steps (about 18 minutes) add roughly half an
+    # hour.
     "full": DemoProfile(
         name="full",
         tasks=QUICK_TASKS,
