@@ -144,9 +144,7 @@ class SpatialEncoder(nn.Module):
 def vision_part(model: nn.Module) -> nn.Module:
     """A full image-text model (CLIP, SigLIP: a `vision_config` beside a text one) -> its vision
     model alone, as its own `*VisionModel` with the same weights; any other model as it is."""
-    from transformers import AutoModel
-
-    from transformers import PreTrainedModel
+    from transformers import AutoModel, PreTrainedModel
 
     vision_config = getattr(model.config, "vision_config", None)
     if vision_config is None or not hasattr(model, "vision_model"):
