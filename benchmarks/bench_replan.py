@@ -157,7 +157,7 @@ def plot(record: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lines: dict[tuple[str, str], list[dict]] = {}
     for r in record["rows"].values():
-        if "interval" in r:
+        if r.get("interval") is not None:
             lines.setdefault((r["decoder"], r["clock"]), []).append(r)
     for (decoder, clock), rows in sorted(lines.items()):
         rows.sort(key=lambda r: r["interval"])
