@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_teacher import _ceed  # runs one `ceed` job as its own process, logged
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = "reach,push,drawer-open,button-press-topdown,door-open"
@@ -43,17 +44,8 @@ KEEP = (
 
 def _eval(argv: list[str], out: Path) -> dict:
     if not (out / "report.json").is_file():
-        cmd = [*argv, "--output", str(out), "--save-rollouts", "0"]
-        print("$ ceed " + shlex.join(cmd), file=sys.stderr, flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out.with_suffix(".log"), "w") as log:
-            proc = subprocess.run(
-                [sys.executable, "-m", "ceed_vla.cli", *cmd], stdout=log, stderr=subprocess.STDOUT
-            )
-        if proc.returncode != 0:
-            raise SystemExit(
-                f"`ceed {shlex.join(cmd)}` failed ({proc.returncode}); see {out.with_suffix('.log')}"
-            )
+        _ceed([*argv, "--output", str(out), "--save-rollouts", "0"], out.with_suffix(".log"))
     report = json.loads((out / "report.json").read_text())
     row = {k: report["overall"].get(k) for k in KEEP}
     row["per_task"] = {t: r["success_rate"] for t, r in report["per_task"].items()}

@@ -58,6 +58,15 @@ def policy_accepts_init_guess(policy) -> bool:
         return False
 
 
+def predict_chunk(policy, observation: dict, predict_kwargs: dict, request: ChunkRequest, warm: bool):
+    """`policy.predict_action_chunk` for `request`, with its warm-start guess when the policy takes
+    one (`warm`, from `policy_accepts_init_guess`). Returns (chunk [1, K, D], whether it was warm)."""
+    kwargs = dict(predict_kwargs)
+    if warm and request.init_guess is not None:
+        kwargs["init_guess"] = request.init_guess
+    return policy.predict_action_chunk(observation, **kwargs), "init_guess" in kwargs
+
+
 def decoded_bins(policy) -> torch.Tensor | None:
     """[1, n] bins of the policy's last decode, or None for policies that do not decode tokens."""
     bins = getattr(getattr(policy, "last_decode_output", None), "bins", None)
@@ -190,10 +199,6 @@ class ChunkScheduler:
     def in_flight(self) -> bool:
         return self._in_flight
 
-    @property
-    def generation(self) -> int:
-        return self._generation
-
     def lead_ticks(self) -> int:
         """Actions that must still be queued when a request goes out for the queue not to run dry."""
         return math.ceil(self.latency_ema_s / self.config.period_s - 1e-9) + self.config.refill_margin_ticks
@@ -216,13 +221,10 @@ class ChunkScheduler:
             self._in_flight = True
             shift = None if self._last_obs_tick is None else tick - self._last_obs_tick
             guess = None
-            if self.config.init == "tail" and self._previous_bins is not None and shift is not None:
+            if self.config.init == "tail" and self._previous_bins is not None:
                 k = self._previous_bins.shape[1] // self.config.action_dim
-                if shift == 0:  # observed again before a tick ran: the previous chunk as it was
-                    guess = self._previous_bins.clone()
-                elif shift <= k:  # its last `shift` steps are filled with its final step
+                if shift <= k:  # its last `shift` steps are filled with its final step
                     guess = guess_from_previous_chunk(self._previous_bins, shift, self.config.action_dim)
-                if guess is not None:
                     self.warm_starts += 1
             return ChunkRequest(tick, self._generation, guess, shift)
 
@@ -251,7 +253,7 @@ class ChunkScheduler:
             self._previous_bins = None if bins is None else bins.detach().to("cpu", torch.long).reshape(1, -1)
             return merged
 
-    def cancel(self, request: ChunkRequest | None = None) -> None:
+    def cancel(self) -> None:
         """The request failed (the policy raised): nothing arrives, a new one may go out."""
         with self._lock:
             self._in_flight = False

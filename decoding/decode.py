@@ -76,27 +76,18 @@ def _decode_ar(backend, first: torch.Tensor, n_tokens: int) -> tuple[torch.Tenso
     return bins, iterations, n_tokens
 
 
-def _iteration_cap(config: DecodeConfig, n: int) -> int:
-    # Position 0 (the prefill's token) is final; every iteration makes at least one more final, so
-    # exact Jacobi needs at most n - 1 iterations.
-    return n - 1 if config.sigma is None else min(config.sigma, n - 1)
-
-
 def _fused_first_iteration(
-    block_logits: torch.Tensor, guess: torch.Tensor, first: torch.Tensor, config: DecodeConfig
+    block_logits: torch.Tensor, state0: torch.Tensor, right: torch.Tensor, config: DecodeConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first Jacobi iteration from the fused pass. block_logits [B, n-1, V] were computed from
-    guess[:, :n-1], whose position 0 was a guess of `first` [B]. Where it guessed right this is
-    exactly the first iteration from the state [first, guess[1:]]; where not, its rows are still the
-    best update at hand but none of them is known to be final: only position 0 is.
-    Returns (state [B, n], final prefix length [B], done [B])."""
-    impl = resolve_step_impl(config.step_impl, guess.device)
+    the guess, whose position 0 `right` [B] says was the exact first token; state0 [B, n] is the
+    guess with the exact first token in place. Where the guess was right this is exactly the first
+    iteration from state0; where not, its rows are still the best update at hand but none of them is
+    known to be final: only position 0 is. Returns (state [B, n], final prefix length [B], done [B])."""
+    impl = resolve_step_impl(config.step_impl, state0.device)
     tau = -1 if config.tau is None else config.tau
-    state0 = guess.clone()
-    state0[:, 0] = first
-    ones = torch.ones_like(first)
+    ones = torch.ones(state0.shape[0], dtype=torch.long, device=state0.device)
     step = jacobi_step(block_logits, state0, ones, tau=tau, impl=impl)
-    right = guess[:, 0] == first  # [B]
     fixed = torch.where(right, step.converged, ones)
     # A wrong first guess: nothing moved says nothing (the rows saw another token 0), so neither the
     # fixed point nor tau may stop here; the next, ordinary iteration decides.
@@ -115,7 +106,9 @@ def _decode_jacobi(
     when the fused pass already ran the first iteration (it counts towards sigma)."""
     b, n = state.shape
     impl = resolve_step_impl(config.step_impl, state.device)
-    cap = _iteration_cap(config, n)
+    # Position 0 (the prefill's token) is final; every iteration makes at least one more final, so
+    # exact Jacobi needs at most n - 1 iterations.
+    cap = n - 1 if config.sigma is None else min(config.sigma, n - 1)
     tau = -1 if config.tau is None else config.tau
     fixed = torch.ones(b, dtype=torch.long, device=state.device)  # [B] final prefix length
     done = torch.zeros(b, dtype=torch.bool, device=state.device)  # [B]
@@ -172,11 +165,11 @@ def decode(
         guess = guess_block(config, embeds.shape[0], n_tokens, device, init_guess)  # [B, n]
         first_logits, block_logits = backend.prefill_with_block(embeds, mask, n_tokens, guess[:, :-1])
         first = _greedy(first_logits)  # [B]
-        state, fixed, done = _fused_first_iteration(block_logits, guess, first, config)
+        state0 = guess.clone()
+        state0[:, 0] = first
+        state, fixed, done = _fused_first_iteration(block_logits, state0, guess[:, 0] == first, config)
         if config.record_trajectory:
-            start_state = guess.clone()
-            start_state[:, 0] = first
-            trajectory = [start_state, state.clone()]
+            trajectory = [state0, state.clone()]
         bins, iterations, block_passes = _decode_jacobi(
             backend, state, config, trajectory, after_fused=(fixed, done)
         )

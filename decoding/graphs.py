@@ -77,17 +77,9 @@ class GraphedLlamaBackend(StaticLlamaBackend):
 
     # ---- the DecodeBackend interface --------------------------------------------------------------
     def prefill(self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
-        self._bind(embeds, mask, n_tokens)
+        self._allocate(embeds, mask, n_tokens)
         self.state.prefill_in.copy_(embeds)
         return self._replay(("prefill", 0), lambda st: self._head(self._forward(st.prefill_in, 0)[:, -1]))
-
-    def prefill_with_block(self, embeds, mask, n_tokens, bins):
-        # one more shape ([B, P + n - 1]); kept eager: it runs once per chunk, the loop is what repeats
-        self._bind(embeds, mask, n_tokens)
-        block = F.embedding(bins, self.action_embed).to(embeds.dtype)
-        hidden = self._forward(torch.cat([embeds, block], dim=1), start=0)
-        p = embeds.shape[1]
-        return self._head(hidden[:, p - 1]), self._head(hidden[:, p:])
 
     def forward_actions(self, bins: torch.Tensor, offset: int) -> torch.Tensor:
         st = self.state
@@ -106,8 +98,10 @@ class GraphedLlamaBackend(StaticLlamaBackend):
         )
 
     # ---- internals ----------------------------------------------------------------------------------
-    def _bind(self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int) -> None:
-        """Point this backend at the cached state of this shape and copy the prompt's layout in."""
+    def _allocate(self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int) -> None:
+        """Instead of fresh buffers: point this backend at the cached state of this shape and copy the
+        prompt's layout in. The inherited `prefill_with_block` (one more shape, run once per chunk) then
+        runs eagerly over the same buffers."""
         b, p, _ = embeds.shape
         key = (self._lm_id, b, p, n_tokens, embeds.dtype, embeds.device)
         if key not in _STATES or _STATES[key].lm() is not self.lm:  # a new model at a reused id

@@ -44,7 +44,8 @@ def guess_from_previous_chunk(
     """Shift the unexecuted tail of the previous chunk into place as the next chunk's initial guess.
 
     previous_bins: [B, K * D] bins of the previous chunk, step-major (step k holds bins k*D .. k*D+D-1).
-    steps_executed: how many of its K steps were executed since it was decoded (0 < e <= K).
+    steps_executed: how many of its K steps were executed since it was decoded (0 <= e <= K; 0 gives
+        the previous chunk as it was).
     fill: how the last e steps are filled: ``"repeat_last"`` repeats the last step of the previous chunk
         (the arm keeps doing what it was about to do).
     Returns [B, K * D]: steps e..K-1 of the previous chunk, then the fill.
@@ -55,8 +56,8 @@ def guess_from_previous_chunk(
         )
     b, n = previous_bins.shape
     k = n // action_dim
-    if not 0 < steps_executed <= k:
-        raise DecodeInputError(f"steps_executed={steps_executed} must be in (0, K={k}]")
+    if not 0 <= steps_executed <= k:
+        raise DecodeInputError(f"steps_executed={steps_executed} must be in [0, K={k}]")
     if fill != "repeat_last":
         raise DecodeInputError(f"fill={fill!r} is not supported; use 'repeat_last'")
     steps = previous_bins.view(b, k, action_dim)  # [B, K, D]

@@ -108,9 +108,7 @@ def model_config(args: argparse.Namespace, action_dim: int, state_dim: int, cont
         aux_final_state_weight=getattr(args, "aux_final_state", 0.0),
         **(contract or {}),
     )
-    if args.preset == "pretrained":
-        if not args.lm_path:
-            raise SystemExit("--preset pretrained needs --lm-path (a local causal LM directory)")
+    if args.preset == "pretrained":  # `check_model_args` made sure --lm-path is there
         return make_config("pretrained", lm_path=args.lm_path, tower_path=args.vision_tower_path, **common)
     config = make_config(args.preset, **common)
     vision = dict(config.vision.__dict__)

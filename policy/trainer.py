@@ -345,10 +345,7 @@ class Trainer:
             bar.close()
         elapsed = time.perf_counter() - t_start
         if self.ema is not None and self.step == self.config.steps:
-            with torch.no_grad():  # training is over: the model keeps the averaged weights
-                params = dict(self.model.named_parameters())
-                for n, v in self.ema.items():
-                    params[n].copy_(v)
+            self._copy_into_model(self.ema)  # training is over: the model keeps the averaged weights
         summary = {
             "steps": self.step,
             "train_seconds": elapsed,
@@ -379,23 +376,24 @@ class Trainer:
             if name in self.ema:
                 self.ema[name].lerp_(p.detach().float(), 1.0 - decay)
 
+    @torch.no_grad()
+    def _copy_into_model(self, values: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        for n, v in values.items():
+            params[n].copy_(v.to(params[n].device))
+
     @contextlib.contextmanager
     def averaged_weights(self) -> Iterator[None]:
         """Within the block the model holds the EMA weights (a no-op without EMA); restored after."""
         if self.ema is None:
             yield
             return
-        params = dict(self.model.named_parameters())
-        raw = {n: params[n].detach().clone() for n in self.ema}
-        with torch.no_grad():
-            for n, v in self.ema.items():
-                params[n].copy_(v)
+        raw = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in self.ema}
+        self._copy_into_model(self.ema)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for n, v in raw.items():
-                    params[n].copy_(v)
+            self._copy_into_model(raw)
 
     def _mean_across(self, rows: list[dict[str, float]]) -> dict[str, float]:
         keys = sorted(rows[0])
@@ -526,9 +524,7 @@ class Trainer:
             )
         if self.ema is not None:
             # The model file holds the averaged weights; training continues from the raw ones.
-            with torch.no_grad():
-                for n, p in self.model.named_parameters():
-                    p.copy_(state["raw_weights"][n].to(p.device))
+            self._copy_into_model(state["raw_weights"])
             self.ema = {n: v.to(self.device) for n, v in state["ema"].items()}
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

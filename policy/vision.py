@@ -143,17 +143,10 @@ class SpatialEncoder(nn.Module):
 
 def vision_part(model: nn.Module) -> nn.Module:
     """A full image-text model (CLIP, SigLIP: a `vision_config` beside a text one) -> its vision
-    model alone, as its own `*VisionModel` with the same weights; any other model as it is."""
-    from transformers import AutoModel, PreTrainedModel
-
-    vision_config = getattr(model.config, "vision_config", None)
-    if vision_config is None or not hasattr(model, "vision_model"):
+    model alone (its own `*VisionModel`, the same weights); any other model as it is."""
+    if getattr(model.config, "vision_config", None) is None or not hasattr(model, "vision_model"):
         return model
-    if isinstance(model.vision_model, PreTrainedModel):  # transformers 5: already a *VisionModel
-        return model.vision_model
-    tower = AutoModel.from_config(vision_config)  # transformers 4: wrap the bare transformer
-    tower.vision_model.load_state_dict(model.vision_model.state_dict())
-    return tower
+    return model.vision_model  # transformers 5 keeps it as a full CLIPVisionModel / SiglipVisionModel
 
 
 def tower_normalisation(tower_path: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
-from ceed_vla.scheduler import ROBOT_BLEND_STEPS, ROBOT_REFILL_MARGIN_TICKS
+from ceed_vla.scheduler import INIT_CHOICES, ROBOT_BLEND_STEPS, ROBOT_REFILL_MARGIN_TICKS
 
 DEFAULT_ACTION_DIM = 4  # the simulator's end-effector deltas and gripper: the default limits' length
 
@@ -29,7 +29,7 @@ def parse_camera_topics(entries: list[str]) -> dict[str, tuple[str, tuple[int, i
     out: dict[str, tuple[str, tuple[int, int] | None]] = {}
     for entry in entries:
         key, sep, rest = str(entry).partition("=")
-        topic, colon, size = rest.partition(":")
+        key, (topic, colon, size) = key.strip(), rest.strip().partition(":")
         parsed = None
         if colon:
             w, x, h = size.partition("x")
@@ -37,14 +37,14 @@ def parse_camera_topics(entries: list[str]) -> dict[str, tuple[str, tuple[int, i
                 parsed = False
             else:
                 parsed = (int(w), int(h))
-        if not sep or not key.strip() or not topic.strip() or parsed is False:
+        if not sep or not key or not topic or parsed is False:
             raise ConfigError(
                 f"camera_topics entry {entry!r}: write KEY=TOPIC or KEY=TOPIC:WIDTHxHEIGHT, e.g. "
                 "'observation.images.front=/front/image_raw:640x480'"
             )
         if key in out:
             raise ConfigError(f"camera_topics names {key!r} twice")
-        out[key.strip()] = (topic.strip(), parsed)
+        out[key] = (topic, parsed)
     return out
 
 
@@ -276,7 +276,7 @@ class BridgeConfig:
                 f"decoding_fused_prefill=true needs decoding_mode 'jacobi' or 'early_exit' "
                 f"(got {self.decoding_mode!r}): AR has no guess block"
             )
-        if self.decoding_init not in ("tail", "constant"):
+        if self.decoding_init not in INIT_CHOICES:
             raise ConfigError(
                 f"decoding_init={self.decoding_init!r}: use 'tail' (warm start from the previous chunk) or "
                 "'constant'"

@@ -38,12 +38,9 @@ STATE, ENV_STATE = "state", "environment_state"
 @dataclass
 class InferenceRequest:
     observation: dict  # the policy observation (docs/interfaces.md), batch of 1
-    obs_tick: int  # the tick that was next to run when the observation was taken
-    image_stamp: float  # header stamp (s) of the camera frame in the observation
-    generation: int  # queue generation; a result from an older generation is discarded
+    chunk: ChunkRequest  # the scheduler's side: observation tick, generation, warm-start guess
+    image_stamp: float  # header stamp (s) of the oldest camera frame in the observation
     reset_policy: bool  # call policy.reset() before predicting (first request after a hold)
-    chunk: ChunkRequest | None = None  # the scheduler's side of the request
-    init_guess: torch.Tensor | None = None  # [1, n] warm-start bins for the decoder (None: its own)
 
 
 @dataclass
@@ -131,10 +128,6 @@ class BridgeCore:
                 self.watchdog.feed(camera.name, now, stamp_age)
             return problem
 
-    def camera_input_name(self, key: str | None = None) -> str:
-        """The name holds and `invalid_input` use for camera `key` ("camera" when there is one)."""
-        return self._camera(key).name
-
     def _camera(self, key: str | None):
         if key is None:
             if len(self.cameras) != 1:
@@ -186,15 +179,11 @@ class BridgeCore:
         with self._lock:
             if self._hold_reason(now, for_inference=True) is not None or not self.scheduler.due(self._tick):
                 return None
-            chunk = self.scheduler.request(self._tick)
             request = InferenceRequest(
                 observation=self._observation(),
-                obs_tick=self._tick,
-                image_stamp=min(self._image_stamps.values()),  # the oldest frame in the observation
-                generation=chunk.generation,
+                chunk=self.scheduler.request(self._tick),
+                image_stamp=min(self._image_stamps.values()),
                 reset_policy=self._reset_policy,
-                chunk=chunk,
-                init_guess=chunk.init_guess,
             )
             self._reset_policy = False
             return request
@@ -222,8 +211,7 @@ class BridgeCore:
         """The policy raised or returned an unusable chunk: hold now (the queued actions came from the
         same policy) until a good chunk arrives. Returns the number of failures in a row."""
         with self._lock:
-            if self.scheduler.in_flight:
-                self.scheduler.cancel(None)
+            self.scheduler.cancel()
             self.stats.inference_errors += 1
             self.stats.consecutive_inference_errors += 1
             self._failure_unheld = True

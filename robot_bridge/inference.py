@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from ceed_vla.scheduler import decoded_bins, policy_accepts_init_guess
+from ceed_vla.scheduler import decoded_bins, policy_accepts_init_guess, predict_chunk
 
 from .core import BridgeCore
 
@@ -79,10 +79,9 @@ class InferenceWorker:
             with torch.inference_mode():
                 if request.reset_policy:
                     self.policy.reset()
-                kwargs = dict(self.predict_kwargs)
-                if self.warm_start and request.init_guess is not None:
-                    kwargs["init_guess"] = request.init_guess
-                chunk = self.policy.predict_action_chunk(request.observation, **kwargs)  # [1, K, D]
+                chunk, _ = predict_chunk(
+                    self.policy, request.observation, self.predict_kwargs, request.chunk, self.warm_start
+                )  # [1, K, D]
             chunk = np.asarray(torch.as_tensor(chunk, dtype=torch.float64).cpu())[0]  # [K, D]
             bins = decoded_bins(self.policy)
         except Exception as exc:  # a policy bug must not take the control loop down: hold and report

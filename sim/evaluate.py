@@ -67,6 +67,7 @@ from ceed_vla.scheduler import (
     SchedulerConfig,
     decoded_bins,
     policy_accepts_init_guess,
+    predict_chunk,
 )
 
 Clock = Literal["paused", "realtime"]
@@ -159,9 +160,7 @@ class EpisodeResult:
     decode_iterations: list[float] = field(default_factory=list)
     decode_tokens: list[float] = field(default_factory=list)
     decode_warm: list[bool] = field(default_factory=list)  # per decoded chunk: started from the tail
-    success_step: int | None = None  # steps taken when the task first succeeded
     late_chunks: int = 0  # chunks that arrived after every one of their actions was due
-    warm_starts: int = 0
     reward_sum: float = 0.0  # MetaWorld's shaped reward, summed and maximised over the episode
     reward_max: float = float("-inf")
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # [H, W, 3] uint8 at each plan
@@ -197,9 +196,8 @@ class _Episode:
         self.result.steps += 1
         self.result.actions_from_policy += int(from_policy)
         self.result.held_steps += int(not from_policy)
-        if out.success and not self.result.success:
+        if out.success:
             self.result.success = True
-            self.result.success_step = self.result.steps
         self.done = out.success or out.truncated
 
     def execute_tick(self) -> None:
@@ -299,7 +297,6 @@ class EvalRunner:
             ep.execute_tick()
         ep.result.wall_seconds = time.perf_counter() - start
         ep.result.late_chunks = ep.scheduler.late_chunks
-        ep.result.warm_starts = ep.scheduler.warm_starts
         return ep.result
 
     # ------------------------------------------------------------------ internals
@@ -308,15 +305,12 @@ class EvalRunner:
             ep.obs = ep.env.observe()
         batch = to_policy_batch([ep.obs], [ep.instruction])
         request = ep.scheduler.request(ep.tick)
-        kwargs = dict(self.predict_kwargs)
-        if warm and request.init_guess is not None:
-            kwargs["init_guess"] = request.init_guess
         previous_stats = getattr(policy, "last_decode_stats", None)
         t0 = self.timer()
-        chunk = policy.predict_action_chunk(batch, **kwargs)  # [1, K, D]
+        chunk, warm_started = predict_chunk(policy, batch, self.predict_kwargs, request, warm)  # [1, K, D]
         seconds = self.timer() - t0
         actions = _chunk_to_numpy(chunk)  # [K, D]
-        self._record_call(policy, ep.result, seconds, previous_stats, "init_guess" in kwargs)
+        self._record_call(policy, ep.result, seconds, previous_stats, warm_started)
 
         realtime = self.config.clock == "realtime"
         if realtime:  # the control ticks that passed while the policy computed
@@ -408,9 +402,10 @@ def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
         "successes": wins,
         "success_rate": wins / n if n else None,
         "success_ci95": [low, high],
-        "mean_steps_to_success": mean([e.success_step for e in episodes if e.success]),
-        # what a user feels: simulated seconds from reset to the first success
-        "mean_seconds_to_success": mean([e.success_step / CONTROL_HZ for e in episodes if e.success]),
+        # an episode ends at its first success, so its steps are the steps to success
+        "mean_steps_to_success": mean([e.steps for e in episodes if e.success]),
+        # what a user feels: simulated seconds from reset to success
+        "mean_seconds_to_success": mean([e.steps / CONTROL_HZ for e in episodes if e.success]),
         "policy_calls": len(calls),
         "policy_ms_p50": percentile(calls, 50),
         "policy_ms_p95": percentile(calls, 95),

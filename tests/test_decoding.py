@@ -264,6 +264,9 @@ def test_guess_from_previous_chunk_shifts_the_unexecuted_tail_into_place():
     assert guess.tolist() == [[3, 4, 5, 6, 7, 8, 9, 10, 11, 9, 10, 11]]
     guess = guess_from_previous_chunk(prev, steps_executed=4, action_dim=3)
     assert guess.tolist() == [[9, 10, 11] * 4]
+    assert torch.equal(
+        guess_from_previous_chunk(prev, steps_executed=0, action_dim=3), prev
+    )  # observed again at once
     with pytest.raises(DecodeInputError, match="steps_executed=5"):
         guess_from_previous_chunk(prev, steps_executed=5, action_dim=3)
     with pytest.raises(DecodeInputError, match="D=5"):

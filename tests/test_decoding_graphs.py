@@ -20,23 +20,24 @@ def test_graphs_backend_refuses_a_model_off_cuda():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["ar", "jacobi", "early_exit"])
-def test_graphed_decoding_equals_eager_token_for_token_in_fp32(mode):
+@pytest.mark.parametrize("variant", ["ar", "jacobi", "early_exit", "fused"])
+def test_graphed_decoding_equals_eager_token_for_token_in_fp32(variant):
     from ceed_vla.decoding.graphs import clear_graph_cache
 
     clear_graph_cache()
+    kwargs = {"early_exit": {"sigma": 2}, "fused": {"fused_prefill": True}}.get(variant, {})
+    mode = "jacobi" if variant == "fused" else variant  # the fused pass runs eagerly over the graphs' buffers
     for seed, (batch, prefix, n, pads) in enumerate(
         [(1, 6, 12, []), (3, 9, 20, [0, 4, 8]), (2, 5, 32, [1, 0])]
     ):
         lm = make_tiny_llama(300 + seed).cuda().eval()
         embeds, mask = make_prompt(seed, batch, prefix, lm.config.hidden_size, pads)
         embeds, mask = embeds.cuda(), mask.cuda()
-        kwargs = {"sigma": 2} if mode == "early_exit" else {}
         eager = decode(lm, embeds, mask, n, ACTION_START, DecodeConfig(mode=mode, backend="static", **kwargs))
         graphed = decode(
             lm, embeds, mask, n, ACTION_START, DecodeConfig(mode=mode, backend="graphs", **kwargs)
         )
-        assert torch.equal(graphed.bins, eager.bins), (mode, seed)
+        assert torch.equal(graphed.bins, eager.bins), (variant, seed)
         assert graphed.stats.backend == "graphs"
 
 

@@ -97,7 +97,7 @@ def _bridge_actions(ticks: int):
             run_tick()
             continue
         # the inference worker computes while the control timer keeps ticking
-        chunk = policy.predict_action_chunk(request.observation, init_guess=request.init_guess)
+        chunk = policy.predict_action_chunk(request.observation, init_guess=request.chunk.init_guess)
         lag = LATENCIES[policy.calls - 1]
         for _ in range(lag):
             if t < ticks:

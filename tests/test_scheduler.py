@@ -122,11 +122,11 @@ def test_flush_discards_the_chunk_in_flight_and_forgets_the_previous_one():
 
 def test_one_request_in_flight_at_a_time():
     s = _scheduler()
-    r = s.request(0)
+    s.request(0)
     assert not s.due(0)
     with pytest.raises(RuntimeError, match="in flight"):
         s.request(0)
-    s.cancel(r)
+    s.cancel()
     assert s.due(0)
 
 
