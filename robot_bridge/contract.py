@@ -150,7 +150,7 @@ class PolicyContract:
                 entries.append(f"{key}={topic}" + (f":{size[0]}x{size[1]}" if size else ""))
             out["camera_topics"] = entries
         elif len(self.image_keys) > 1:
-            example = ", ".join(f"'{k}=/{k.split('.')[-1]}/image_raw'" for k in self.image_keys)
+            example = ", ".join(f"'{k}=/camera/{k.split('.')[-1]}/image_raw'" for k in self.image_keys)
             raise ConfigError(
                 f"{src} reads {len(self.image_keys)} cameras {list(self.image_keys)}: list one topic per camera "
                 f"in camera_topics, e.g. [{example}]"

@@ -7,6 +7,8 @@ success here as it does on a real arm. MetaWorld's step is 12.5 ms of sim time, 
 80 is real time; the default matches the bridge's control rate instead, one command per step.
 
     out  camera_topic             sensor_msgs/Image rgb8, camera_rate_hz     (sensor-data QoS)
+                                  several cameras (`camera: corner2,gripperPOV`): one topic each,
+                                  /camera/<name>/image_raw (`camera_topics()`)
     out  state_topic              sensor_msgs/JointState ee_x, ee_y, ee_z, gripper, with each frame
     out  environment_state_topic  std_msgs/Float32MultiArray, MetaWorld's raw state (for the expert)
 
@@ -25,7 +27,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from ceed_vla.sim.env import DEFAULT_CAMERA, DEFAULT_GOAL_MARKER_RADIUS
+from ceed_vla.sim.env import DEFAULT_CAMERA, DEFAULT_GOAL_MARKER_RADIUS, camera_feature_keys
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -35,7 +37,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from . import conversions as conv
 from . import ros_params
-from .config import DEFAULT_COMMAND_TOPICS, OutputMode, parse_enum, require_finite, require_positive
+from .config import DEFAULT_COMMAND_TOPICS, ConfigError, OutputMode, parse_enum, require_finite, require_positive
 from .node import LATCHED, RELIABLE, run
 
 NODE_NAME = "sim_robot"
@@ -72,6 +74,18 @@ class SimRobotConfig:
             require_positive(getattr(self, name), name)
         if not self.command_topic:
             self.command_topic = DEFAULT_COMMAND_TOPICS[self.command_mode]
+        try:
+            camera_feature_keys(self.camera)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def camera_topics(self) -> dict[str, str]:
+        """Feature key -> image topic: `camera_topic` for one camera, /camera/<name>/image_raw for several
+        (the bridge's `camera_topics` then lists `KEY=TOPIC` for each)."""
+        keys = camera_feature_keys(self.camera)
+        if len(keys) == 1:
+            return {key: self.camera_topic for key in keys.values()}
+        return {key: f"/camera/{name}/image_raw" for name, key in keys.items()}
 
 
 class CommandBuffer:
@@ -145,7 +159,10 @@ class SimRobotNode(Node):
 
     def _make_entities(self) -> None:
         c = self.config
-        self.camera_pub = self.create_publisher(Image, c.camera_topic, qos_profile_sensor_data)
+        self.camera_pubs = {
+            key: self.create_publisher(Image, topic, qos_profile_sensor_data)
+            for key, topic in c.camera_topics().items()
+        }
         self.state_pub = self.create_publisher(JointState, c.state_topic, qos_profile_sensor_data)
         self.env_state_pub = self.create_publisher(
             Float32MultiArray, c.environment_state_topic, qos_profile_sensor_data
@@ -250,9 +267,10 @@ class SimRobotNode(Node):
             self.get_logger().info(f"episode over: success={self.success} after {env.steps} steps")
 
     def _publish_observation(self, env) -> None:
-        obs = env.observe()  # one snapshot: image [H, W, 3], state [4], environment_state [39]
+        obs = env.observe()  # one snapshot: images [H, W, 3] each, state [4], environment_state [39]
         stamp = self.get_clock().now().to_msg()
-        self.camera_pub.publish(conv.array_to_image(obs.image, stamp))
+        for key, image in obs.images.items():
+            self.camera_pubs[key].publish(conv.array_to_image(image, stamp))
         self.state_pub.publish(conv.vector_to_joint_state(obs.state, STATE_NAMES, stamp))
         self.env_state_pub.publish(Float32MultiArray(data=obs.environment_state.astype(np.float32).tolist()))
 

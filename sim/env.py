@@ -7,6 +7,9 @@ docs/sim.md for numbers). Shadows are turned off on the model, never through sce
 flag leaks into the next environment of the process, which then renders black.
 
 Corner cameras render upside down (both axes flipped); frames from them are turned upright here.
+
+Several cameras can watch one scene (`camera="corner2,gripperPOV"`). Their feature keys follow
+LeRobot's envs: one camera is `observation.image`, several are `observation.images.<camera>`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ DEFAULT_GOAL_MARKER_RADIUS = 0.03
 DEFAULT_CAMERA = "corner2"
 """The camera recordings, evaluations and the sim robot use unless told otherwise."""
 
+SINGLE_CAMERA_KEY = "observation.image"
+CAMERA_KEY_PREFIX = "observation.images."
+
 _CORNER_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 
 
@@ -54,6 +60,47 @@ FREE_CAMERAS = {
     # the gripper's path fill the frame, where corner2 spends most pixels on the arm and the room.
     "workspace": FreeCamera(lookat=(0.0, 0.75, 0.1), distance=1.0, azimuth=180.0, elevation=-50.0),
 }
+
+
+def parse_cameras(camera: str) -> tuple[str, ...]:
+    """`"corner2,gripperPOV"` -> `("corner2", "gripperPOV")`, refusing an empty or repeated name."""
+    names = tuple(c.strip() for c in str(camera).split(","))
+    if not names or any(not c for c in names):
+        raise ValueError(f"camera must be one camera name or several, comma-separated; got {camera!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"camera {camera!r} names a camera twice")
+    return names
+
+
+def camera_feature_keys(camera: str) -> dict[str, str]:
+    """Camera name -> the observation key its frames are stored and fed under."""
+    names = parse_cameras(camera)
+    if len(names) == 1:
+        return {names[0]: SINGLE_CAMERA_KEY}
+    return {c: CAMERA_KEY_PREFIX + c for c in names}
+
+
+def cameras_for_image_keys(image_keys: list[str] | tuple[str, ...], camera: str | None) -> str:
+    """The `camera` setting that renders a policy's `image_keys`; `camera` is what was asked (None: any).
+
+    `observation.images.<name>` names its camera; `observation.image` is one camera, the one asked for
+    (default DEFAULT_CAMERA). Raises ValueError, naming both, when they cannot agree.
+    """
+    keys = list(image_keys)
+    if keys == [SINGLE_CAMERA_KEY]:
+        chosen = camera or DEFAULT_CAMERA
+    elif len(keys) > 1 and all(k.startswith(CAMERA_KEY_PREFIX) for k in keys):
+        chosen = ",".join(k[len(CAMERA_KEY_PREFIX) :] for k in keys)
+    else:
+        raise ValueError(f"the policy reads cameras {keys}; the simulator names its cameras as in sim/env.py")
+    if camera is not None and list(camera_feature_keys(camera).values()) != keys:
+        raise ValueError(
+            f"the policy reads cameras {keys}, but --camera {camera!r} renders "
+            f"{list(camera_feature_keys(camera).values())}; pass --camera {chosen!r} or leave it out"
+        )
+    return chosen
+
+
 _CAMERA_POSITIONS = {"corner2": (0.75, 0.075, 0.7)}  # closer framing of the work area, as LeRobot uses
 _GOAL_MARKER_RGBA = {
     "reach": (0.9, 0.05, 0.05, 1.0),
@@ -69,13 +116,20 @@ class EnvConfig:
     task: str
     image_size: int = 64
     camera: str = DEFAULT_CAMERA
+    """One camera, or several comma-separated (each rendered at `image_size`)."""
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
     goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
     """Radius (m) of the rendered goal sphere for tasks whose goal is a free point (a site: no contact)."""
     spec: TaskSpec = field(init=False, repr=False)
 
+    @property
+    def cameras(self) -> dict[str, str]:
+        """Camera name -> feature key, in order."""
+        return camera_feature_keys(self.camera)
+
     def __post_init__(self) -> None:
         self.spec = get_task(self.task)
+        parse_cameras(self.camera)
         if not 8 <= self.image_size <= 1024:
             raise ValueError(f"image_size must be in [8, 1024] pixels, got {self.image_size!r}")
         if not 1 <= self.max_episode_steps <= METAWORLD_MAX_PATH_LENGTH:
@@ -91,9 +145,18 @@ class EnvConfig:
 class Observation:
     """One observation, unbatched, in numpy."""
 
-    image: np.ndarray  # [H, W, 3] uint8, upright
+    images: dict[str, np.ndarray]  # feature key -> [H, W, 3] uint8, upright, in camera order
     state: np.ndarray  # [4] float32: end-effector x, y, z (m) and gripper opening in [0, 1]
     environment_state: np.ndarray  # [39] float64: MetaWorld's full state vector (goal observable)
+
+    @property
+    def image(self) -> np.ndarray:
+        """The first camera's frame."""
+        return next(iter(self.images.values()))
+
+    def frame(self) -> np.ndarray:
+        """Every camera, one above the other [H * cameras, W, 3]: one column of a rollout strip."""
+        return np.concatenate(list(self.images.values()), axis=0)
 
 
 @dataclass
@@ -122,7 +185,6 @@ class MetaWorldEnv:
         self._configure_model(self._env.model)
         size = config.image_size
         self._renderer = mujoco.Renderer(self._env.model, height=size, width=size)
-        self._flip = config.camera in _CORNER_CAMERAS
         self._steps = 0
         self._closed = False
         self._last_raw: np.ndarray | None = None
@@ -135,23 +197,11 @@ class MetaWorldEnv:
         size = self.config.image_size
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
         model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-        camera = self.config.camera
-        if camera in FREE_CAMERAS:
-            free = FREE_CAMERAS[camera]
-            self._camera: str | mujoco.MjvCamera = mujoco.MjvCamera()
-            self._camera.type = mujoco.mjtCamera.mjCAMERA_FREE
-            self._camera.lookat[:] = free.lookat
-            self._camera.distance = free.distance
-            self._camera.azimuth = free.azimuth
-            self._camera.elevation = free.elevation
-        else:
-            cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
-            if cam_id < 0:
-                names = [model.camera(i).name for i in range(model.ncam)] + sorted(FREE_CAMERAS)
-                raise ValueError(f"camera {camera!r} is not in the {self.spec.name} scene; cameras: {names}")
-            if camera in _CAMERA_POSITIONS:
-                model.cam_pos[cam_id] = _CAMERA_POSITIONS[camera]
-            self._camera = camera
+        # feature key -> (what the renderer looks through, whether the frame must be turned upright)
+        self._cameras: dict[str, tuple[str | mujoco.MjvCamera, bool]] = {
+            key: (self._scene_camera(model, name), name in _CORNER_CAMERAS)
+            for name, key in self.config.cameras.items()
+        }
         if self.spec.show_goal:
             goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
             if goal >= 0:
@@ -159,6 +209,24 @@ class MetaWorldEnv:
                 model.site_size[goal] = self.config.goal_marker_radius
                 if self.spec.name in _GOAL_MARKER_RGBA:
                     model.site_rgba[goal] = _GOAL_MARKER_RGBA[self.spec.name]
+
+    def _scene_camera(self, model: mujoco.MjModel, camera: str) -> str | mujoco.MjvCamera:
+        if camera in FREE_CAMERAS:
+            free = FREE_CAMERAS[camera]
+            view = mujoco.MjvCamera()
+            view.type = mujoco.mjtCamera.mjCAMERA_FREE
+            view.lookat[:] = free.lookat
+            view.distance = free.distance
+            view.azimuth = free.azimuth
+            view.elevation = free.elevation
+            return view
+        cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        if cam_id < 0:
+            names = [model.camera(i).name for i in range(model.ncam)] + sorted(FREE_CAMERAS)
+            raise ValueError(f"camera {camera!r} is not in the {self.spec.name} scene; cameras: {names}")
+        if camera in _CAMERA_POSITIONS:
+            model.cam_pos[cam_id] = _CAMERA_POSITIONS[camera]
+        return camera
 
     # ------------------------------------------------------------------ API
     @property
@@ -203,13 +271,14 @@ class MetaWorldEnv:
             raise RuntimeError("no episode started: call reset(seed) first")
         return self._observe(self._last_raw)
 
-    def render(self) -> np.ndarray:
-        """Camera image [H, W, 3] uint8, upright."""
-        self._renderer.update_scene(self._env.data, camera=self._camera)
-        image = self._renderer.render()
-        if self._flip:
-            image = image[::-1, ::-1]
-        return np.ascontiguousarray(image)
+    def render(self) -> dict[str, np.ndarray]:
+        """Every camera's image [H, W, 3] uint8, upright, by feature key."""
+        images = {}
+        for key, (camera, flip) in self._cameras.items():
+            self._renderer.update_scene(self._env.data, camera=camera)
+            image = self._renderer.render()
+            images[key] = np.ascontiguousarray(image[::-1, ::-1] if flip else image)
+        return images
 
     def close(self) -> None:
         if self._closed:
@@ -227,7 +296,7 @@ class MetaWorldEnv:
     # ------------------------------------------------------------------ internals
     def _observe(self, raw: np.ndarray) -> Observation:
         return Observation(
-            image=self.render(),
+            images=self.render(),
             state=raw[:4].astype(np.float32),
             environment_state=raw.astype(np.float64),
         )
@@ -252,12 +321,14 @@ def to_policy_batch(observations: list[Observation], instructions: list[str]) ->
     """Observations as a LeRobot-style batch (docs/interfaces.md)."""
     if len(observations) != len(instructions):
         raise ValueError(f"{len(observations)} observations but {len(instructions)} instructions")
-    images = np.stack([o.image for o in observations])  # [B, H, W, 3] uint8
-    image = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, H, W]
+    batch: dict[str, Any] = {}
+    for key in observations[0].images if observations else ():
+        images = np.stack([o.images[key] for o in observations])  # [B, H, W, 3] uint8
+        batch[key] = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, H, W]
     state = torch.from_numpy(np.stack([o.state for o in observations]))  # [B, 4]
     env_state = torch.from_numpy(np.stack([o.environment_state for o in observations]))  # [B, 39]
     return {
-        "observation.image": image,
+        **batch,
         "observation.state": state,
         "observation.environment_state": env_state,
         "task": list(instructions),

@@ -38,7 +38,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,7 @@ from ceed_vla.sim.env import (
     EnvConfig,
     MetaWorldEnv,
     Observation,
+    cameras_for_image_keys,
     to_policy_batch,
 )
 from ceed_vla.sim.metrics import mean, percentile, wilson_interval
@@ -81,7 +82,8 @@ class EvalConfig:
     episodes_per_task: int = 10
     seed: int = 0
     image_size: int = 64
-    camera: str = DEFAULT_CAMERA
+    camera: str | None = None
+    """One camera or several, comma-separated; None: the policy's (`for_policy`), else DEFAULT_CAMERA."""
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
     goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
     """Must match the recording the policy learnt from (its `meta/ceed_record.json`)."""
@@ -134,9 +136,15 @@ class EvalConfig:
         self.env_config(self.specs[0])
 
     def env_config(self, spec: TaskSpec) -> EnvConfig:
-        return EnvConfig(
-            spec.name, self.image_size, self.camera, self.max_episode_steps, self.goal_marker_radius
-        )
+        camera = self.camera or DEFAULT_CAMERA
+        return EnvConfig(spec.name, self.image_size, camera, self.max_episode_steps, self.goal_marker_radius)
+
+    def for_policy(self, policy) -> EvalConfig:
+        """This config with the cameras the policy reads (the asked `camera` must agree with them)."""
+        keys = getattr(getattr(policy, "config", None), "image_keys", None)
+        if keys is None:  # the scripted expert reads the state, not images
+            return self
+        return replace(self, camera=cameras_for_image_keys(keys, self.camera))
 
     def instruction(self, spec: TaskSpec) -> str:
         return spec.eval_instruction if self.instructions == "eval" else spec.train_instructions[0]
@@ -163,7 +171,7 @@ class EpisodeResult:
     late_chunks: int = 0  # chunks that arrived after every one of their actions was due
     reward_sum: float = 0.0  # MetaWorld's shaped reward, summed and maximised over the episode
     reward_max: float = float("-inf")
-    frames: list[np.ndarray] = field(default_factory=list, repr=False)  # [H, W, 3] uint8 at each plan
+    frames: list[np.ndarray] = field(default_factory=list, repr=False)  # [H * cameras, W, 3] uint8 at each plan
 
 
 class _Episode:
@@ -248,7 +256,7 @@ class EvalRunner:
                         seed = split_seed(cfg.split, cfg.seed, i)
                         result = self.run_episode(policy, env, spec, seed, keep_frames=keep)
                         if keep and result.frames:
-                            frames = [*result.frames, env.observe().image]
+                            frames = [*result.frames, env.observe().frame()]
                             path = save_rollout(result, frames, cfg.output / "rollouts")
                             saved.append(str(path.relative_to(cfg.output)))
                             result.frames = []
@@ -291,7 +299,7 @@ class EvalRunner:
                 if keep_frames:  # the frame the policy plans from (the real-time clock moves on after)
                     if ep.obs is None:
                         ep.obs = ep.env.observe()
-                    ep.result.frames.append(ep.obs.image.copy())
+                    ep.result.frames.append(ep.obs.frame())
                 self._plan(policy, ep, warm)
                 continue
             ep.execute_tick()
@@ -596,7 +604,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=int, default=64, help="camera image size (match the training data)"
     )
-    parser.add_argument("--camera", default=DEFAULT_CAMERA, help="the recording's camera")
+    parser.add_argument(
+        "--camera",
+        default=None,
+        help="the recording's camera(s), comma-separated (default: the checkpoint's, else " + DEFAULT_CAMERA + ")",
+    )
     parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_EPISODE_STEPS, help="episode horizon")
     parser.add_argument(
         "--goal-marker-radius",
@@ -679,8 +691,8 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        config = config_from_args(args)
         policy = load_policy(args.policy, args.device)
+        config = config_from_args(args).for_policy(policy)
         predict_kwargs = decoding_kwargs(policy, args.decoding, args.sigma, args.tau, args.fused_prefill)
     except (UnknownTaskError, FileNotFoundError, ValueError) as err:
         print(f"ceed eval: error: {err}", file=sys.stderr)

@@ -35,6 +35,7 @@ from ceed_vla.sim.env import (
     FREE_CAMERAS,
     EnvConfig,
     MetaWorldEnv,
+    camera_feature_keys,
 )
 from ceed_vla.sim.experts import ScriptedExpert
 from ceed_vla.sim.seeds import record_seed
@@ -60,14 +61,14 @@ class RecordingError(RuntimeError):
     """The expert kept failing a task: too few successful episodes within the attempt budget."""
 
 
-def dataset_features(image_size: int) -> dict[str, dict[str, Any]]:
-    """LeRobot feature spec of a recorded dataset (docs/interfaces.md)."""
+def dataset_features(image_size: int, camera: str = DEFAULT_CAMERA) -> dict[str, dict[str, Any]]:
+    """LeRobot feature spec of a recorded dataset (docs/interfaces.md): one image feature per camera."""
+    images = {
+        key: {"dtype": "image", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]}
+        for key in camera_feature_keys(camera).values()
+    }
     return {
-        "observation.image": {
-            "dtype": "image",
-            "shape": (image_size, image_size, 3),
-            "names": ["height", "width", "channels"],
-        },
+        **images,
         "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "z", "gripper"]},
         "action": {"dtype": "float32", "shape": (4,), "names": ["dx", "dy", "dz", "grip"]},
     }
@@ -156,7 +157,7 @@ class RecordSummary:
 @dataclass
 class _Episode:
     success: bool
-    images: list[np.ndarray]  # [H, W, 3] uint8 each
+    images: list[dict[str, np.ndarray]]  # feature key -> [H, W, 3] uint8, one per frame
     states: list[np.ndarray]  # [4] float32 each
     actions: list[np.ndarray]  # [4] float32 each, the clean expert labels
 
@@ -245,7 +246,7 @@ def open_output(config: RecordConfig):
     dataset = LeRobotDataset.create(
         config.repo_id,
         fps=CONTROL_HZ,
-        features=dataset_features(config.image_size),
+        features=dataset_features(config.image_size, config.camera),
         root=root,
         robot_type=ROBOT_TYPE,
         use_videos=False,
@@ -306,7 +307,7 @@ def run_expert_episode(
         if noise_std > 0:
             # Gripper effort stays clean: noise on it drops grasped objects and wastes attempts.
             executed[:3] = np.clip(executed[:3] + rng.normal(0.0, noise_std, size=3), -1.0, 1.0)
-        episode.images.append(obs.image)
+        episode.images.append(obs.images)
         episode.states.append(obs.state)
         episode.actions.append(label)
         result = env.step(executed)
@@ -318,10 +319,8 @@ def run_expert_episode(
 
 
 def _save_episode(dataset, episode: _Episode, instruction: str) -> None:
-    for image, state, action in zip(episode.images, episode.states, episode.actions, strict=True):
-        dataset.add_frame(
-            {"observation.image": image, "observation.state": state, "action": action, "task": instruction}
-        )
+    for images, state, action in zip(episode.images, episode.states, episode.actions, strict=True):
+        dataset.add_frame({**images, "observation.state": state, "action": action, "task": instruction})
     dataset.save_episode()
 
 
@@ -442,7 +441,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--camera",
         default=DEFAULT_CAMERA,
-        help=f"a MetaWorld camera or one of {sorted(FREE_CAMERAS)} (default: {DEFAULT_CAMERA})",
+        help=f"a MetaWorld camera or one of {sorted(FREE_CAMERAS)}, or several comma-separated, e.g. "
+        f"corner2,gripperPOV (a wrist camera) (default: {DEFAULT_CAMERA})",
     )
     parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_EPISODE_STEPS, help="episode horizon")
     parser.add_argument(

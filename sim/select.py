@@ -134,6 +134,7 @@ def write_selected(selection: dict[str, Any], output: Path) -> Path:
 
 def rollout(checkpoint: Path, config: EvalConfig, decoding: str = "ar") -> dict[str, Any]:
     policy = load_policy(str(checkpoint))
+    config = config.for_policy(policy)
     return EvalRunner(config, decoding_kwargs(policy, decoding, None, None), progress=False).run(policy)
 
 

@@ -255,3 +255,20 @@ def test_runner_drives_a_vla_policy_with_decoding_options(make_policy, clock):
     assert task["chunk_ms_p50"] > 0 and task["iterations_per_chunk"] >= 1
     assert task["tokens_per_chunk"] == policy.config.chunk_size * 4
     assert report["settings"]["decoding"]["decoding"]["mode"] == "jacobi"
+
+
+def test_a_two_camera_policy_is_evaluated_with_its_own_cameras(make_policy, tmp_path):
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+
+    torch.set_num_threads(1)
+    keys = ("observation.images.corner2", "observation.images.gripperPOV")
+    policy = make_policy(image_keys=keys)
+    config = EvalConfig(
+        tasks=("reach",), episodes_per_task=1, image_size=16, max_episode_steps=6, output=tmp_path, save_rollouts=1
+    ).for_policy(policy)
+    assert config.camera == "corner2,gripperPOV"
+    report = EvalRunner(config, {}, progress=False).run(policy)
+    assert report["settings"]["camera"] == "corner2,gripperPOV"
+    assert report["episodes"][0]["steps"] == 6
+    with pytest.raises(ValueError, match=r"--camera 'corner2' renders \['observation.image'\]"):
+        EvalConfig(tasks=("reach",), camera="corner2").for_policy(policy)

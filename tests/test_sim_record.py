@@ -93,6 +93,64 @@ def test_workspace_camera_and_marker_radius_give_the_goal_more_pixels():
     assert _green_goal_pixels("workspace", 0.03) > 1.5 * corner
 
 
+def test_several_cameras_render_under_lerobot_keys_in_order():
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv, to_policy_batch
+
+    with MetaWorldEnv(EnvConfig("push", image_size=16, camera="corner2,gripperPOV")) as env:
+        obs = env.reset(seed=3)
+        moved = env.step(np.array([0.0, 1.0, 0.0, 0.0])).observation
+    with MetaWorldEnv(EnvConfig("push", image_size=16)) as env:
+        alone = env.reset(seed=3)
+    assert list(obs.images) == ["observation.images.corner2", "observation.images.gripperPOV"]
+    assert list(alone.images) == ["observation.image"]  # one camera keeps LeRobot's single-camera key
+    np.testing.assert_array_equal(obs.images["observation.images.corner2"], alone.image)
+    assert obs.frame().shape == (32, 16, 3)  # a rollout strip's column shows both, one above the other
+    # The wrist camera moves with the hand; the corner camera's view of the far wall does not.
+    wrist, moved_wrist = obs.images["observation.images.gripperPOV"], moved.images["observation.images.gripperPOV"]
+    assert np.abs(wrist.astype(int) - moved_wrist.astype(int)).mean() > 5
+    batch = to_policy_batch([obs, moved], ["push", "push"])
+    assert batch["observation.images.gripperPOV"].shape == (2, 3, 16, 16)
+    assert "observation.image" not in batch
+
+
+@pytest.mark.parametrize(
+    ("keys", "asked", "expected"),
+    [
+        (["observation.image"], None, "corner2"),
+        (["observation.image"], "workspace", "workspace"),
+        (["observation.images.corner2", "observation.images.gripperPOV"], None, "corner2,gripperPOV"),
+        (["observation.images.corner2", "observation.images.gripperPOV"], "corner2,gripperPOV", "corner2,gripperPOV"),
+    ],
+)
+def test_a_policys_image_keys_choose_the_cameras(keys, asked, expected):
+    from ceed_vla.sim.env import cameras_for_image_keys
+
+    assert cameras_for_image_keys(keys, asked) == expected
+
+
+@pytest.mark.parametrize(
+    ("keys", "asked"),
+    [
+        (["observation.image"], "corner2,gripperPOV"),  # a one-camera policy asked to watch two
+        (["observation.images.corner2", "observation.images.gripperPOV"], "gripperPOV,corner2"),  # order
+        (["observation.images.front"], None),  # a real arm's camera the simulator cannot render alone
+    ],
+)
+def test_cameras_that_cannot_match_the_policy_are_refused_naming_both(keys, asked):
+    from ceed_vla.sim.env import cameras_for_image_keys
+
+    with pytest.raises(ValueError, match="the policy reads cameras"):
+        cameras_for_image_keys(keys, asked)
+
+
+@pytest.mark.parametrize("camera", ["", "corner2,", "corner2,corner2"])
+def test_malformed_camera_lists_are_refused(camera):
+    from ceed_vla.sim.env import EnvConfig
+
+    with pytest.raises(ValueError, match="camera"):
+        EnvConfig("reach", camera=camera)
+
+
 def test_unknown_camera_lists_scene_and_free_cameras():
     from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
 
@@ -191,6 +249,23 @@ def test_interrupted_recording_resumes_without_loss_or_duplicates(tmp_path):
     assert lengths == [e["steps"] for e in log]
     assert len(ds) == sum(lengths)
     assert [ds.meta.episodes["tasks"][i][0] for i in range(3)] == [e["instruction"] for e in log]
+
+
+def test_a_two_camera_recording_stores_one_image_feature_per_camera(tmp_path):
+    import torch
+    from ceed_vla.sim.record import ResumeMismatchError, record
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = tmp_path / "two"
+    record(_config(root, episodes_per_task=1, image_size=16, camera="corner2,gripperPOV"), progress=False)
+    ds = LeRobotDataset("local/test", root=root)
+    cams = [k for k, f in ds.features.items() if f["dtype"] == "image"]
+    assert cams == ["observation.images.corner2", "observation.images.gripperPOV"]
+    item = ds[0]
+    assert item["observation.images.gripperPOV"].shape == (3, 16, 16)
+    assert not torch.equal(item["observation.images.corner2"], item["observation.images.gripperPOV"])
+    with pytest.raises(ResumeMismatchError, match="camera"):  # resuming with one camera is refused
+        record(_config(root, episodes_per_task=2, image_size=16, resume=True), progress=False)
 
 
 def test_tiny_dataset_fixture_loads(tiny_dataset):
