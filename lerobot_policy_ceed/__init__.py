@@ -4,7 +4,10 @@ LeRobot imports this package when it is installed (`register_third_party_plugins
 distributions named `lerobot_policy_*`); importing it registers the policy type ``"ceed"``:
 
     lerobot-train --policy.type=ceed --dataset.repo_id=... --dataset.root=...
-    lerobot-eval  --policy.path=runs/teacher/final --env.type=metaworld ...
+    lerobot-eval  --policy.path=runs/teacher/final --env.type=ceed_metaworld --env.task=push ...
+
+It also registers the env type ``"ceed_metaworld"`` (`env_ceed.CeedMetaWorldEnv`): ceed's MetaWorld
+suite, rendered as `ceed eval` renders it.
 
 A thin layer over `ceed_vla.policy`: the config (`CeedConfig`, the VLA's fields plus decoding), the
 policy wrapper (`CeedPolicy`) and LeRobot's processors (`make_ceed_pre_post_processors`). The
@@ -12,8 +15,9 @@ checkpoint layout is the one `ceed` jobs write (see `ceed_vla.policy.lerobot_lay
 """
 
 from .configuration_ceed import CeedConfig
+from .env_ceed import CeedMetaWorldEnv
 
-__all__ = ["CeedConfig", "CeedPolicy", "make_ceed_pre_post_processors"]
+__all__ = ["CeedConfig", "CeedMetaWorldEnv", "CeedPolicy", "make_ceed_pre_post_processors"]
 
 
 def __getattr__(name: str):
