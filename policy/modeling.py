@@ -213,8 +213,12 @@ class VLAPolicy(nn.Module):
         self.check_observation(obs)
         state = self.state_normalizer(obs[STATE_KEY].to(self.device, torch.float32))  # [B, S]
         cams, raw = [], []
-        for c, key in enumerate(self.config.image_keys):
-            feats = self.vision(obs[key].to(self.device, torch.float32))  # [B, T, V]
+        images = [obs[key].to(self.device, torch.float32) for key in self.config.image_keys]  # [B, 3, H, W]
+        if len({tuple(x.shape) for x in images}) == 1:  # one encoder pass over every camera (per-sample norms)
+            per_camera = self.vision(torch.cat(images)).chunk(len(images))  # C x [B, T, V]
+        else:
+            per_camera = [self.vision(x) for x in images]
+        for c, feats in enumerate(per_camera):
             raw.append(feats)
             tokens = self.projector(feats)  # [B, T, H]
             cams.append(tokens + self.camera_embed[c] if len(self.config.image_keys) > 1 else tokens)

@@ -498,3 +498,22 @@ def test_model_argument_errors_come_before_any_data_loads(tmp_path, argv, messag
     args = parser.parse_args(["--dataset-root", str(tmp_path), "--output", str(tmp_path / "run"), *argv])
     with pytest.raises(SystemExit, match=message):
         train_job.main(args)
+
+
+def test_cameras_are_encoded_in_one_pass_exactly_as_one_by_one(make_policy):
+    keys = ("observation.images.front", "observation.images.wrist")
+    policy = make_policy(image_keys=keys)
+    batch = random_batch(batch=2)
+    g = torch.Generator().manual_seed(5)
+    for key in keys:
+        batch[key] = torch.rand(2, 3, 24, 24, generator=g)
+    embeds, mask = policy.prefix_embeddings(batch)
+    t = policy.config.vision.num_patches
+    for b in range(2):
+        first = int(mask[b].nonzero()[0])  # rows are left-padded: the image tokens come first after it
+        for c, key in enumerate(keys):  # camera c's tokens: its own encoding, plus its camera embedding
+            alone = policy.projector(policy.vision(batch[key][b : b + 1]))[0] + policy.camera_embed[c]
+            got = embeds[b, first + c * t : first + (c + 1) * t]
+            torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
+    first = int(mask[0].nonzero()[0])
+    assert not torch.allclose(embeds[0, first : first + t], embeds[0, first + t : first + 2 * t])
