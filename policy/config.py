@@ -69,6 +69,9 @@ class VisionConfig:
     channels: tuple[int, ...] = (32, 64, 128, 256)
     grid: int = 4  # the conv output is pooled to grid x grid patch tokens (spatial: 0 = none)
     keypoints: int = 0  # spatial: spatial-softmax keypoint tokens
+    # conv / spatial: append the pixel's x and y in [-1, 1] to the image as two more input channels
+    # (CoordConv), so a small target's position survives the strided convs and the pooling
+    coords: bool = False
     image_size: int | None = None  # resize input images to this square size; None keeps their size
     tower_path: str | None = None  # local directory of a transformers vision model (kind="pretrained")
     # pretrained: the tower's own normalisation, read from its preprocessor_config.json when built
@@ -87,6 +90,8 @@ class VisionConfig:
                 setattr(self, name, value)
         if self.kind not in VISION_KINDS:
             raise ConfigError(f"VisionConfig.kind must be one of {VISION_KINDS}, got {self.kind!r}")
+        if self.kind == "pretrained" and self.coords:
+            raise ConfigError("VisionConfig.coords is for the conv and spatial encoders, not a pretrained tower")
         if self.kind == "pretrained" and not self.tower_path:
             raise ConfigError("VisionConfig.kind='pretrained' needs tower_path (a local directory), got None")
         if not self.channels or any(int(c) <= 0 for c in self.channels):

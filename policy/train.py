@@ -59,6 +59,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--keypoints", type=int, default=None, help="spatial encoder: keypoint tokens")
     model.add_argument("--grid", type=int, default=None, help="encoder grid tokens per side")
     model.add_argument(
+        "--coords",
+        action="store_true",
+        default=None,
+        help="conv/spatial encoder: append pixel x, y channels to the image (CoordConv)",
+    )
+    model.add_argument(
         "--aux-final-state",
         type=float,
         default=0.0,
@@ -114,7 +120,7 @@ def model_config(args: argparse.Namespace, action_dim: int, state_dim: int, cont
     vision = dict(config.vision.__dict__)
     if args.vision and args.vision != vision["kind"]:
         vision = dict((spatial_vision() if args.vision == "spatial" else VisionConfig()).__dict__)
-    for key in ("image_size", "keypoints", "grid"):
+    for key in ("image_size", "keypoints", "grid", "coords"):
         if getattr(args, key, None) is not None:
             vision[key] = getattr(args, key)
     config.vision = VisionConfig(**vision)

@@ -22,6 +22,15 @@ from torch import nn
 from .config import VisionConfig
 
 
+def with_coords(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C + 2, H, W]: the pixel's x and y in [-1, 1] appended (CoordConv)."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # [2, H, W]: x, y
+    return torch.cat([x, grid.expand(b, -1, -1, -1)], dim=1)
+
+
 def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
     if size is None or (images.shape[-2] == size and images.shape[-1] == size):
         return images
@@ -32,7 +41,8 @@ class ConvEncoder(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
         layers: list[nn.Module] = []
-        in_ch = 3
+        self.coords = config.coords
+        in_ch = 5 if config.coords else 3
         for out_ch in config.channels:
             layers += [
                 nn.Conv2d(
@@ -52,6 +62,8 @@ class ConvEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = _resize(images, self.image_size) * 2.0 - 1.0  # x: [B, 3, H, W] in [-1, 1]
+        if self.coords:
+            x = with_coords(x)  # [B, 5, H, W]
         x = self.pool(self.net(x))  # x: [B, C, G, G]
         return x.flatten(2).transpose(1, 2) + self.pos  # [B, G*G, C]
 
@@ -112,7 +124,8 @@ class SpatialEncoder(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
         stages: list[nn.Module] = []
-        in_ch = 3
+        self.coords = config.coords
+        in_ch = 5 if config.coords else 3
         for out_ch in config.channels:
             stages += [
                 nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False),
@@ -134,6 +147,8 @@ class SpatialEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = _resize(images, self.image_size) * 2.0 - 1.0  # x: [B, 3, H, W] in [-1, 1]
+        if self.coords:
+            x = with_coords(x)  # [B, 5, H, W]
         feats = self.trunk(x)  # [B, C, h, w]
         tokens = [self.keypoints(feats)]  # [B, K, C]
         if self.grid:

@@ -14,6 +14,8 @@ from ceed_vla.policy.vision import SpatialSoftmax, build_vision_encoder
         (spatial_vision(keypoints=8, grid=0), 40, 8),
         (spatial_vision(channels=(8, 16), keypoints=5, grid=3), 33, 5 + 9),
         (VisionConfig(), 64, 16),
+        (VisionConfig(coords=True), 64, 16),
+        (spatial_vision(channels=(8, 16), keypoints=4, grid=2, coords=True), 32, 4 + 4),
     ],
 )
 def test_encoder_token_shapes(config, image, tokens):
@@ -75,3 +77,24 @@ def test_keypoint_coordinates_follow_a_bright_spot():
 def test_vision_config_refuses_bad_values(kwargs, quoted):
     with pytest.raises(ConfigError, match=quoted):
         VisionConfig(**kwargs)
+
+
+def test_coord_channels_are_the_pixel_position_and_reach_the_first_conv():
+    from ceed_vla.policy.vision import with_coords
+
+    x = with_coords(torch.zeros(2, 3, 5, 7))  # [B, 5, H, W]
+    assert x.shape == (2, 5, 5, 7)
+    assert torch.equal(x[0, 3, 2], torch.linspace(-1, 1, 7))  # x runs along a row
+    assert torch.equal(x[1, 4, :, 6], torch.linspace(-1, 1, 5))  # y runs down a column
+    torch.manual_seed(0)
+    enc = build_vision_encoder(VisionConfig(channels=(8, 16), grid=2, coords=True))
+    assert enc.net[0].in_channels == 5
+    enc(torch.rand(2, 3, 32, 32)).square().mean().backward()
+    missing = [n for n, p in enc.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient reached {missing}"
+    assert torch.any(enc.net[0].weight.grad[:, 3:] != 0)  # the coordinate channels are read
+
+
+def test_coords_are_refused_for_a_pretrained_tower():
+    with pytest.raises(ConfigError, match="coords"):
+        VisionConfig(kind="pretrained", tower_path="/some/tower", coords=True)
