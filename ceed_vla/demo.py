@@ -47,6 +47,7 @@ class EvalMode:
     tau: int | None = None
     clock: str = "paused"
     sweep: bool = False  # part of the sigma/tau sweep rather than a headline row
+    instructions: str | None = None  # "train" | "eval" wording; None: the profile's `eval_instructions`
 
     def cli_args(self) -> list[str]:
         args = ["--decoding", self.decoding, "--clock", self.clock]
@@ -119,6 +120,7 @@ class DemoProfile:
             EvalMode("teacher_jacobi", "teacher", "jacobi"),
             EvalMode("student_jacobi", "student", "jacobi"),
             EvalMode("student_early_exit", "student", "early_exit", sigma=self.sigma, tau=self.tau),
+            EvalMode("teacher_ar_heldout_wording", "teacher", "ar", instructions="eval"),
             EvalMode("teacher_ar_realtime", "teacher", "ar", clock="realtime"),
             EvalMode(
                 "student_early_exit_realtime", "student", "early_exit", self.sigma, self.tau, clock="realtime"
@@ -364,13 +366,14 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
         argv = ["eval", "--policy", str(ckpt), "--tasks", ",".join(p.tasks)]
         argv += ["--episodes", str(p.eval_episodes), "--image-size", str(p.image_size), "--seed", str(p.seed)]
         argv += ["--camera", p.camera, "--goal-marker-radius", str(p.goal_marker_radius)]
-        argv += ["--instructions", p.eval_instructions]
+        wording = mode.instructions or p.eval_instructions
+        argv += ["--instructions", wording]
         argv += mode.cli_args() + ["--output", str(paths.eval_dir(mode.name))]
         stages.append(
             Stage(
                 f"eval_{mode.name}",
                 _eval_stage(argv),
-                {"mode": asdict(mode), "episodes": p.eval_episodes, "instructions": p.eval_instructions},
+                {"mode": asdict(mode), "episodes": p.eval_episodes, "instructions": wording},
                 depends_on=["teacher"] if mode.policy == "teacher" else [distill_stage(p.distill_rounds)],
             )
         )
@@ -522,6 +525,16 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _mode_wordings(report: dict[str, Any]) -> dict[str, str]:
+    """Modes whose instruction wording differs from the profile's."""
+    default = report["config"].get("eval_instructions", "eval")
+    return {
+        name: r["mode"]["instructions"]
+        for name, r in report["modes"].items()
+        if r["mode"].get("instructions") not in (None, default)
+    }
+
+
 def mode_order(report: dict[str, Any]) -> list[str]:
     """The profile's own order of modes (JSON on disk has its keys sorted)."""
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in report["config"].items()}
@@ -563,6 +576,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         + {"train": "training wording", "eval": "held-out wording (a paraphrase never trained on)"}[
             report["config"].get("eval_instructions", "eval")
         ]
+        + "".join(
+            f"; {name} gives the "
+            + {"train": "training wording", "eval": "held-out paraphrase (never trained on)"}[wording]
+            for name, wording in _mode_wordings(report).items()
+        )
         + ". The paused clock waits for the policy (as papers report); the real-time clock keeps the "
         "simulation moving while the policy computes, scheduling chunks as the robot bridge does. "
         "Seconds to success are simulated (80 Hz control) over the episodes that succeed.",
