@@ -2,7 +2,7 @@
 shared trainer (`ceed_vla.policy.Trainer`) with `DistillLoss`.
 
     ceed distill train --teacher runs/teacher/final --trajectories runs/traj.zarr --output runs/student \\
-        --steps 2000 --w-ar 10 --delta 0.1 --labels mixed --consistency global
+        --steps 2000 --w-ar 0.1 --delta 0.05 --labels mixed --consistency global
     ceed distill train ... --resume                 # continue from <output>/checkpoints/last
 
 The store must come from this teacher (its fingerprint is checked). Samples are split by episode into
