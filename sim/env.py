@@ -243,6 +243,9 @@ class MetaWorldEnv:
         self._check_open()
         self._env.seed(int(seed))
         raw, _ = self._env.reset()
+        # MetaWorld moves the goal site on the model after its last forward pass, so until the first
+        # step the rendered goal (site_xpos) is stale: the first frame would show it elsewhere.
+        mujoco.mj_forward(self._env.model, self._env.data)
         self._steps = 0
         self._last_raw = raw
         return self._observe(raw)

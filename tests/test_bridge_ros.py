@@ -53,8 +53,8 @@ class Rig:
             "image_width": 16,
             "image_height": 16,
         }
-        base.update(params)
-        overrides = [Parameter(k, value=v) for k, v in base.items()]
+        base.update(params)  # a None leaves the parameter out (to the checkpoint's contract)
+        overrides = [Parameter(k, value=v) for k, v in base.items() if v is not None]
         self.bridge = PolicyBridgeNode(context=context, policy=given, parameter_overrides=overrides)
         assert self.bridge.start()
         self.config = self.bridge.config
@@ -345,6 +345,66 @@ def test_a_vla_checkpoint_drives_the_bridge_with_jacobi_decoding(rig, make_polic
     assert len(values) >= 5 and np.all(np.abs(values) <= 1.0)
     assert _wait(lambda: int(r.diagnostics().get("chunks", 0)) > 0)
     assert float(r.diagnostics()["iterations_per_chunk"]) >= 1
+
+
+ARM_JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+ARM_CAMERAS = {"observation.images.front": (24, 32), "observation.images.wrist": (16, 20)}  # H, W
+
+
+def _arm_checkpoint(directory, make_policy) -> str:
+    """A tiny 6-joint, two-camera VLA saved as `ceed train` saves one trained on an arm's dataset."""
+    policy = make_policy(
+        action_dim=6,
+        state_dim=6,
+        image_keys=tuple(ARM_CAMERAS),
+        image_shapes=tuple((3, h, w) for h, w in ARM_CAMERAS.values()),
+        state_names=tuple(f"{j}.pos" for j in ARM_JOINTS),
+        action_names=tuple(ARM_JOINTS),
+        fps=15.0,
+    )
+    return str(policy.save_pretrained(directory))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_two_camera_arm_checkpoint_streams_joint_trajectories_with_its_joint_names(
+    rig, make_policy, tmp_path
+):
+    checkpoint = _arm_checkpoint(tmp_path / "arm", make_policy)
+    topic = "/joint_trajectory_controller/joint_trajectory"
+    topics = {key: f"/camera/{key.split('.')[-1]}/image_raw" for key in ARM_CAMERAS}
+    r = rig(
+        topics=(topic,),
+        kind=JointTrajectory,
+        policy=f"checkpoint:{checkpoint}",
+        output_mode="trajectory",
+        camera_topics=[f"{k}={t}" for k, t in topics.items()],
+        action_low=[-90.0] * 6,
+        action_high=[90.0] * 6,
+        max_delta=[5.0],
+        control_rate_hz=None,  # the checkpoint's fps
+        image_width=None,  # each camera's recorded size
+        image_height=None,
+    )
+    assert r.config.control_rate_hz == 15.0
+    assert list(r.config.state_joint_names) == [f"{j}.pos" for j in ARM_JOINTS]
+    cams = {k: r.peer.create_publisher(Image, t, qos_profile_sensor_data) for k, t in topics.items()}
+    end = time.monotonic() + 60
+    while time.monotonic() < end and len(r.commands(topic)) < 3:
+        stamp = r.peer.get_clock().now().to_msg()
+        for key, (h, w) in ARM_CAMERAS.items():
+            cams[key].publish(conv.array_to_image(np.full((h, w, 3), 100, np.uint8), stamp))
+        r.state.publish(conv.vector_to_joint_state(np.zeros(6), [f"{j}.pos" for j in ARM_JOINTS], stamp))
+        time.sleep(0.03)
+    chunks = r.commands(topic)
+    assert len(chunks) >= 3, r.diagnostics()
+    for msg in chunks:
+        assert list(msg.joint_names) == ARM_JOINTS
+        positions = np.asarray([p.positions for p in msg.points])  # [T, 6], degrees
+        assert (
+            positions.shape[1] == 6 and np.all(np.abs(positions) <= 90.0) and np.all(np.isfinite(positions))
+        )
+    assert _wait(lambda: int(r.diagnostics().get("chunks", 0)) > 0)  # the policy decoded from both cameras
 
 
 def test_lifecycle_deactivate_holds_and_stops_then_activate_resumes(rig):

@@ -49,7 +49,9 @@ def test_changing_the_eval_wording_reruns_only_the_evaluations(tmp_path):
     before = _keys(PROFILE, tmp_path)
     after = _keys(replace(PROFILE, eval_instructions="eval"), tmp_path)
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {n for n in before if n.startswith("eval_")}
+    own_wording = {f"eval_{m.name}" for m in PROFILE.modes() if m.instructions}  # e.g. the held-out row
+    assert own_wording == {"eval_teacher_ar_heldout_wording"}
+    assert changed == {n for n in before if n.startswith("eval_")} - own_wording
 
 
 def test_every_evaluation_gets_the_profile_wording(tmp_path, monkeypatch):
@@ -60,8 +62,14 @@ def test_every_evaluation_gets_the_profile_wording(tmp_path, monkeypatch):
         if stage.name.startswith("eval_"):
             stage.run(tmp_path)
     assert len(calls) == len(PROFILE.modes())
-    for argv in calls:
-        assert argv[argv.index("--instructions") + 1] == "train"
+    wording = {
+        argv[argv.index("--output") + 1].rsplit("/", 1)[-1]: argv[argv.index("--instructions") + 1]
+        for argv in calls
+    }
+    assert (
+        wording.pop("eval_teacher_ar_heldout_wording") == "eval"
+    )  # the one row that asks for the paraphrase
+    assert set(wording.values()) == {"train"}
     with pytest.raises(ValueError, match="eval_instructions must be 'train' or 'eval', got 'heldout'"):
         replace(PROFILE, eval_instructions="heldout")
 

@@ -264,7 +264,12 @@ def test_a_two_camera_policy_is_evaluated_with_its_own_cameras(make_policy, tmp_
     keys = ("observation.images.corner2", "observation.images.gripperPOV")
     policy = make_policy(image_keys=keys)
     config = EvalConfig(
-        tasks=("reach",), episodes_per_task=1, image_size=16, max_episode_steps=6, output=tmp_path, save_rollouts=1
+        tasks=("reach",),
+        episodes_per_task=1,
+        image_size=16,
+        max_episode_steps=6,
+        output=tmp_path,
+        save_rollouts=1,
     ).for_policy(policy)
     assert config.camera == "corner2,gripperPOV"
     report = EvalRunner(config, {}, progress=False).run(policy)

@@ -39,10 +39,11 @@ def test_the_expert_succeeds_through_gym_and_the_episode_terminates():
     expert, spec = ScriptedExpert(), get_task("reach")
     try:
         obs, _ = env.reset(seed=7)
-        for steps in range(1, 251):
+        terminated = truncated = False
+        steps = 0
+        while not (terminated or truncated):
             obs, reward, terminated, truncated, info = env.step(expert.act(spec, obs["environment_state"]))
-            if terminated or truncated:
-                break
+            steps += 1
         assert terminated and info["is_success"] and not truncated and steps < 250
         with pytest.raises(ValueError, match="shape"):
             env.step(np.zeros(3))

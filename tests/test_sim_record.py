@@ -66,6 +66,23 @@ def test_env_observation_matches_interface_and_reset_is_seeded():
     assert batch["task"] == ["reach the red goal"]
 
 
+@pytest.mark.parametrize("task", ["reach", "push"])
+def test_the_first_frame_shows_the_goal_where_it_is(task):
+    """MetaWorld places the goal site after its last forward pass; the reset frame must not show a
+    stale goal: it equals the frame rendered after a forward pass, and the site sits on the goal."""
+    import mujoco
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+
+    with MetaWorldEnv(EnvConfig(task, image_size=32)) as env:
+        for seed in (1, 2):
+            obs = env.reset(seed=seed)
+            model, data = env._env.model, env._env.data
+            goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+            np.testing.assert_allclose(data.site_xpos[goal], obs.environment_state[-3:], atol=1e-6)
+            mujoco.mj_forward(model, data)
+            np.testing.assert_array_equal(env.render()["observation.image"], obs.image)
+
+
 def test_corner_camera_frames_are_upright():
     """Upright: the grey backdrop fills the top-right corner, the wooden table the bottom-right one."""
     from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
@@ -98,7 +115,8 @@ def test_several_cameras_render_under_lerobot_keys_in_order():
 
     with MetaWorldEnv(EnvConfig("push", image_size=16, camera="corner2,gripperPOV")) as env:
         obs = env.reset(seed=3)
-        moved = env.step(np.array([0.0, 1.0, 0.0, 0.0])).observation
+        for _ in range(15):
+            moved = env.step(np.array([0.0, 1.0, 0.0, 0.0])).observation
     with MetaWorldEnv(EnvConfig("push", image_size=16)) as env:
         alone = env.reset(seed=3)
     assert list(obs.images) == ["observation.images.corner2", "observation.images.gripperPOV"]
@@ -106,7 +124,10 @@ def test_several_cameras_render_under_lerobot_keys_in_order():
     np.testing.assert_array_equal(obs.images["observation.images.corner2"], alone.image)
     assert obs.frame().shape == (32, 16, 3)  # a rollout strip's column shows both, one above the other
     # The wrist camera moves with the hand; the corner camera's view of the far wall does not.
-    wrist, moved_wrist = obs.images["observation.images.gripperPOV"], moved.images["observation.images.gripperPOV"]
+    wrist, moved_wrist = (
+        obs.images["observation.images.gripperPOV"],
+        moved.images["observation.images.gripperPOV"],
+    )
     assert np.abs(wrist.astype(int) - moved_wrist.astype(int)).mean() > 5
     batch = to_policy_batch([obs, moved], ["push", "push"])
     assert batch["observation.images.gripperPOV"].shape == (2, 3, 16, 16)
@@ -119,7 +140,11 @@ def test_several_cameras_render_under_lerobot_keys_in_order():
         (["observation.image"], None, "corner2"),
         (["observation.image"], "workspace", "workspace"),
         (["observation.images.corner2", "observation.images.gripperPOV"], None, "corner2,gripperPOV"),
-        (["observation.images.corner2", "observation.images.gripperPOV"], "corner2,gripperPOV", "corner2,gripperPOV"),
+        (
+            ["observation.images.corner2", "observation.images.gripperPOV"],
+            "corner2,gripperPOV",
+            "corner2,gripperPOV",
+        ),
     ],
 )
 def test_a_policys_image_keys_choose_the_cameras(keys, asked, expected):
