@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ceed_vla.sim.env import (
+    CONTROL_HZ,
     DEFAULT_CAMERA,
     DEFAULT_GOAL_MARKER_RADIUS,
     DEFAULT_MAX_EPISODE_STEPS,
-    CONTROL_HZ,
     camera_feature_keys,
 )
 from lerobot.configs import FeatureType, PolicyFeature

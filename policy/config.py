@@ -91,7 +91,9 @@ class VisionConfig:
         if self.kind not in VISION_KINDS:
             raise ConfigError(f"VisionConfig.kind must be one of {VISION_KINDS}, got {self.kind!r}")
         if self.kind == "pretrained" and self.coords:
-            raise ConfigError("VisionConfig.coords is for the conv and spatial encoders, not a pretrained tower")
+            raise ConfigError(
+                "VisionConfig.coords is for the conv and spatial encoders, not a pretrained tower"
+            )
         if self.kind == "pretrained" and not self.tower_path:
             raise ConfigError("VisionConfig.kind='pretrained' needs tower_path (a local directory), got None")
         if not self.channels or any(int(c) <= 0 for c in self.channels):

@@ -37,7 +37,14 @@ from trajectory_msgs.msg import JointTrajectory
 
 from . import conversions as conv
 from . import ros_params
-from .config import DEFAULT_COMMAND_TOPICS, ConfigError, OutputMode, parse_enum, require_finite, require_positive
+from .config import (
+    DEFAULT_COMMAND_TOPICS,
+    ConfigError,
+    OutputMode,
+    parse_enum,
+    require_finite,
+    require_positive,
+)
 from .node import LATCHED, RELIABLE, run
 
 NODE_NAME = "sim_robot"

@@ -171,7 +171,9 @@ class EpisodeResult:
     late_chunks: int = 0  # chunks that arrived after every one of their actions was due
     reward_sum: float = 0.0  # MetaWorld's shaped reward, summed and maximised over the episode
     reward_max: float = float("-inf")
-    frames: list[np.ndarray] = field(default_factory=list, repr=False)  # [H * cameras, W, 3] uint8 at each plan
+    frames: list[np.ndarray] = field(
+        default_factory=list, repr=False
+    )  # [H * cameras, W, 3] uint8 at each plan
 
 
 class _Episode:
@@ -607,7 +609,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--camera",
         default=None,
-        help="the recording's camera(s), comma-separated (default: the checkpoint's, else " + DEFAULT_CAMERA + ")",
+        help="the recording's camera(s), comma-separated (default: the checkpoint's, else "
+        + DEFAULT_CAMERA
+        + ")",
     )
     parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_EPISODE_STEPS, help="episode horizon")
     parser.add_argument(

@@ -67,12 +67,16 @@ class CeedMetaWorld(gym.Env):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         if instructions not in ("train", "eval"):
-            raise ValueError(f"instructions must be 'train' or 'eval' (as in ceed eval), got {instructions!r}")
+            raise ValueError(
+                f"instructions must be 'train' or 'eval' (as in ceed eval), got {instructions!r}"
+            )
         self.config = EnvConfig(task, image_size, camera, max_episode_steps, goal_marker_radius)
         self.render_mode = render_mode
         self.task = self.config.spec.name
         spec = self.config.spec  # LeRobot's eval hands `task_description` to the policy as its "task"
-        self.task_description = spec.eval_instruction if instructions == "eval" else spec.train_instructions[0]
+        self.task_description = (
+            spec.eval_instruction if instructions == "eval" else spec.train_instructions[0]
+        )
         self._cameras = list(camera_feature_keys(camera))  # camera names, in order
         image = spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8)
         pixels = image if len(self._cameras) == 1 else spaces.Dict({c: image for c in self._cameras})

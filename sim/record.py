@@ -64,7 +64,11 @@ class RecordingError(RuntimeError):
 def dataset_features(image_size: int, camera: str = DEFAULT_CAMERA) -> dict[str, dict[str, Any]]:
     """LeRobot feature spec of a recorded dataset (docs/interfaces.md): one image feature per camera."""
     images = {
-        key: {"dtype": "image", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]}
+        key: {
+            "dtype": "image",
+            "shape": (image_size, image_size, 3),
+            "names": ["height", "width", "channels"],
+        }
         for key in camera_feature_keys(camera).values()
     }
     return {
