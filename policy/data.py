@@ -150,7 +150,7 @@ def load_frames(
     repo_id: str,
     root: str | Path,
     chunk_size: int,
-    block: int = 2000,
+    block: int = 256,
     image_keys: list[str] | None = None,
     image_size: int | None = None,
 ) -> Frames:
