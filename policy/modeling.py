@@ -214,9 +214,8 @@ class VLAPolicy(nn.Module):
         state = self.state_normalizer(obs[STATE_KEY].to(self.device, torch.float32))  # [B, S]
         cams, raw = [], []
         images = [obs[key].to(self.device, torch.float32) for key in self.config.image_keys]  # [B, 3, H, W]
-        if (
-            len({tuple(x.shape) for x in images}) == 1
-        ):  # one encoder pass over every camera (per-sample norms)
+        # One encoder pass over every camera when their sizes agree (its norms are per sample: exact).
+        if len({tuple(x.shape) for x in images}) == 1:
             per_camera = self.vision(torch.cat(images)).chunk(len(images))  # C x [B, T, V]
         else:
             per_camera = [self.vision(x) for x in images]

@@ -65,7 +65,7 @@ FREE_CAMERAS = {
 def parse_cameras(camera: str) -> tuple[str, ...]:
     """`"corner2,gripperPOV"` -> `("corner2", "gripperPOV")`, refusing an empty or repeated name."""
     names = tuple(c.strip() for c in str(camera).split(","))
-    if not names or any(not c for c in names):
+    if not all(names):
         raise ValueError(f"camera must be one camera name or several, comma-separated; got {camera!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"camera {camera!r} names a camera twice")

@@ -171,9 +171,8 @@ class EpisodeResult:
     late_chunks: int = 0  # chunks that arrived after every one of their actions was due
     reward_sum: float = 0.0  # MetaWorld's shaped reward, summed and maximised over the episode
     reward_max: float = float("-inf")
-    frames: list[np.ndarray] = field(
-        default_factory=list, repr=False
-    )  # [H * cameras, W, 3] uint8 at each plan
+    # [H * cameras, W, 3] uint8, the frame each plan was made from
+    frames: list[np.ndarray] = field(default_factory=list, repr=False)
 
 
 class _Episode:
@@ -695,8 +694,9 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        config = config_from_args(args)  # bad options are refused before the model loads
         policy = load_policy(args.policy, args.device)
-        config = config_from_args(args).for_policy(policy)
+        config = config.for_policy(policy)
         predict_kwargs = decoding_kwargs(policy, args.decoding, args.sigma, args.tau, args.fused_prefill)
     except (UnknownTaskError, FileNotFoundError, ValueError) as err:
         print(f"ceed eval: error: {err}", file=sys.stderr)

@@ -35,7 +35,6 @@ from ceed_vla.sim.env import (
     EnvConfig,
     MetaWorldEnv,
     Observation,
-    camera_feature_keys,
 )
 from ceed_vla.sim.tasks import TASKS
 from gymnasium import spaces
@@ -77,9 +76,9 @@ class CeedMetaWorld(gym.Env):
         self.task_description = (
             spec.eval_instruction if instructions == "eval" else spec.train_instructions[0]
         )
-        self._cameras = list(camera_feature_keys(camera))  # camera names, in order
         image = spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8)
-        pixels = image if len(self._cameras) == 1 else spaces.Dict({c: image for c in self._cameras})
+        cameras = self.config.cameras  # name -> feature key
+        pixels = image if len(cameras) == 1 else spaces.Dict({c: image for c in cameras})
         self.observation_space = spaces.Dict(
             {
                 "pixels": pixels,
@@ -90,10 +89,6 @@ class CeedMetaWorld(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, (4,), dtype=np.float32)
         self._env: MetaWorldEnv | None = None  # built on the first reset (MuJoCo and EGL are slow to start)
         self._last: Observation | None = None
-
-    @property
-    def max_episode_steps(self) -> int:
-        return self.config.max_episode_steps
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -126,8 +121,8 @@ class CeedMetaWorld(gym.Env):
             self._env = None
 
     def _format(self, obs: Observation) -> dict[str, Any]:
-        images = list(obs.images.values())
-        pixels = images[0] if len(images) == 1 else dict(zip(self._cameras, images, strict=True))
+        cameras = self.config.cameras
+        pixels = obs.image if len(cameras) == 1 else {name: obs.images[key] for name, key in cameras.items()}
         return {"pixels": pixels, "agent_pos": obs.state, "environment_state": obs.environment_state}
 
 
