@@ -3,8 +3,9 @@
 Chunks follow the dataset's own delta-timestamp machinery: the dataset is opened with
 `delta_timestamps={"action": [0, 1/fps, ..., (K-1)/fps]}` and its resolved `delta_indices` are
 applied with LeRobot's rule (indices clamped to the episode, `action_is_pad` where they run past it).
-The frames themselves are decoded once into memory (uint8 images), because LeRobot's per-item path
-costs about 10 ms a sample here — more than a training step of the tiny model.
+The frames themselves are decoded once into memory (uint8 images; video a block of an episode at a
+time), because LeRobot's per-item path costs about 10 ms a sample here — more than a training step
+of the tiny model.
 
 Validation holds out whole episodes, so validation loss measures generalisation to new initial
 conditions rather than to neighbouring frames of a training episode.
@@ -167,7 +168,7 @@ def load_frames(
     n = len(hf)
     video = [k for k in keys if k in ds.meta.video_keys]
     stored = [k for k in keys if k not in video]
-    columns = [STATE_KEY, ACTION_KEY, "episode_index", "task_index"]
+    columns = [STATE_KEY, ACTION_KEY, "episode_index", "task_index"] + (["timestamp"] if video else [])
     parts: dict[str, list[torch.Tensor]] = {c: [] for c in columns + stored}
     for lo in tqdm(range(0, n, block), desc="loading frames", unit="block", leave=False):
         rows = hf.select_columns(columns + stored)[lo : lo + block]
@@ -175,13 +176,11 @@ def load_frames(
             parts[c].append(torch.as_tensor(rows[c]))
         for c in stored:
             parts[c].append(_resize_uint8(_to_uint8_chw(torch.as_tensor(rows[c])), image_size))
-    if video:  # decoded through LeRobot frame by frame; each frame is resized before the next
-        for i in tqdm(range(n), desc="decoding video frames", leave=False):
-            item = ds[i]
-            for k in video:
-                parts.setdefault(k, []).append(
-                    _resize_uint8((item[k] * 255).round().to(torch.uint8)[None], image_size)
-                )
+    if video:
+        timestamps = torch.cat(parts.pop("timestamp"))
+        episodes = torch.cat(parts["episode_index"]).long()
+        for k in video:
+            parts[k] = _decode_video(ds, k, episodes, timestamps, block, image_size)
     cols = {c: torch.cat(v) for c, v in parts.items()}
     task_names = {
         int(row): str(name)
@@ -206,6 +205,30 @@ def load_frames(
         state_names=_names(feats[STATE_KEY]),
         action_names=_names(feats[ACTION_KEY]),
     )
+
+
+def _decode_video(
+    ds, key: str, episodes: torch.Tensor, timestamps: torch.Tensor, block: int, image_size: int | None
+) -> list[torch.Tensor]:
+    """Every row's frame of camera `key`, decoded `block` frames at a time per episode (one seek and a
+    sequential decode, instead of one seek per frame) and resized before the next block is read."""
+    from lerobot.datasets.video_utils import decode_video_frames, get_safe_default_video_backend
+
+    backend = get_safe_default_video_backend()
+    out: list[torch.Tensor] = []
+    runs, counts = torch.unique_consecutive(episodes, return_counts=True)
+    lo = 0
+    with tqdm(total=episodes.numel(), desc=f"decoding {key}", unit="frame", leave=False) as bar:
+        for ep, count in zip(runs.tolist(), counts.tolist(), strict=True):
+            path = Path(ds.root) / ds.meta.get_video_file_path(ep, key)
+            offset = float(ds.meta.episodes[ep][f"videos/{key}/from_timestamp"])
+            for b in range(lo, lo + count, block):
+                ts = (timestamps[b : min(b + block, lo + count)].double() + offset).tolist()
+                frames = decode_video_frames(path, ts, ds.tolerance_s, backend, return_uint8=True)
+                out.append(_resize_uint8(_to_uint8_chw(frames), image_size))
+                bar.update(len(ts))
+            lo += count
+    return out
 
 
 def _chw(feature: dict) -> tuple[int, int, int]:

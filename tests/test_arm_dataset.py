@@ -29,6 +29,21 @@ def test_frames_keep_every_camera_resized_and_names(arm_dataset):
         load_frames(*arm_dataset, chunk_size=4, image_keys=["observation.images.top"])
 
 
+def test_video_decoded_in_blocks_equals_lerobot_frame_by_frame(arm_dataset):
+    """Block decoding (blocks smaller than an episode, so they cross inside and between episodes) gives
+    every row the frame LeRobot's own per-item path gives it, bit for bit."""
+    from ceed_vla.policy.data import open_dataset
+
+    frames = load_frames(*arm_dataset, chunk_size=4, block=5)
+    ds = open_dataset(*arm_dataset, chunk_size=4)
+    assert len(ds) == frames.states.shape[0] == 48
+    for i in range(len(ds)):
+        item = ds[i]
+        for key in ARM_CAMERAS:
+            expected = (item[key] * 255).round().to(torch.uint8)
+            assert torch.equal(frames.cameras[key][i], expected), (key, i)
+
+
 def test_train_distill_and_bench_on_two_cameras(arm_dataset, tmp_path):
     torch.set_num_threads(1)
     repo_id, root = arm_dataset
