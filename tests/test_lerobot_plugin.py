@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -140,3 +143,30 @@ def test_lerobot_trains_and_saves_a_checkpoint_ceed_reads(arm_dataset, tmp_path)
     item = ds[0]
     obs = {k: item[k][None] for k in (*ARM_CAMERAS, "observation.state")} | {"task": item["task"]}
     assert loaded.predict_action_chunk(obs).shape == (1, 4, 6)
+
+
+@pytest.mark.slow
+def test_unmodified_lerobot_train_writes_a_checkpoint_ceed_runs(arm_dataset, tmp_path):
+    """`lerobot-train --policy.type=ceed`, as a user runs it: its checkpoint is ceed's layout, with
+    the dataset's cameras, joint names and fps, and ceed predicts from it with no conversion."""
+    repo_id, root = arm_dataset
+    argv = [
+        sys.executable, "-m", "lerobot.scripts.lerobot_train", "--policy.type=ceed",
+        f"--dataset.repo_id={repo_id}", f"--dataset.root={root}", f"--output_dir={tmp_path / 'out'}",
+        "--steps=2", "--batch_size=4", "--save_freq=2", "--log_freq=1", "--num_workers=0",
+        "--policy.device=cpu", "--policy.push_to_hub=false", "--wandb.enable=false",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = tmp_path / "out" / "checkpoints" / "last" / "pretrained_model"
+    assert json.loads((ckpt / "config.json").read_text())["type"] == "ceed"
+    policy = VLAPolicy.from_pretrained(ckpt)
+    assert policy.config.image_keys == tuple(ARM_CAMERAS) and policy.config.fps == ARM_FPS
+    assert tuple(policy.config.action_names) == ARM_JOINTS
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    item = LeRobotDataset(repo_id, root=root)[0]
+    obs = {k: item[k][None] for k in (*ARM_CAMERAS, "observation.state")} | {"task": item["task"]}
+    chunk = policy.predict_action_chunk(obs)
+    assert chunk.shape == (1, policy.config.chunk_size, 6) and torch.isfinite(chunk).all()
