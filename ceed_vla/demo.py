@@ -166,9 +166,8 @@ PROFILES: dict[str, DemoProfile] = {
     ),
     # Sized for the 2.5-hour budget on 2 CPU cores: the calibration on this machine showed that
     # episodes per task, trajectories and distillation steps are what move success and passes. Its
-    # last run (40 episodes per task, 1,500 bf16 teacher steps) took 1.8 hours; 100 episodes (about 8
-    # minutes to record at 64 px) and 3,000 fp32 teacher steps (about 18 minutes) add roughly half an
-    # hour.
+    # last run (100 episodes per task, 3,000 fp32 teacher steps, 20 evaluation episodes per task and
+    # mode) took 80 minutes of stages.
     "full": DemoProfile(
         name="full",
         tasks=QUICK_TASKS,
