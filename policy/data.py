@@ -133,8 +133,12 @@ def _resize_uint8(images: torch.Tensor, size: int | None) -> torch.Tensor:
     """[N, 3, H, W] uint8 -> [N, 3, size, size] uint8 (antialiased), or unchanged when size is None."""
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
-    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.round().clamp(0, 255).to(torch.uint8)
+    out = torch.empty((*images.shape[:-2], size, size), dtype=torch.uint8)
+    for lo in range(0, images.shape[0], 32):  # float copies of 32 frames at a time, not the block's
+        x = images[lo : lo + 32].float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[lo : lo + 32] = x.round().clamp(0, 255).to(torch.uint8)
+    return out
 
 
 def _to_uint8_chw(images: torch.Tensor) -> torch.Tensor:
