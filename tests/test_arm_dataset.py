@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 from ceed_vla.policy import VLAPolicy
-from ceed_vla.policy.data import DatasetFeatureError, load_frames
+from ceed_vla.policy.data import DatasetFeatureError, load_frames, open_dataset
 
 from ceed_vla.cli import main as ceed
 from tests.fixtures.arm import ARM_CAMERAS, ARM_FPS, ARM_JOINTS
@@ -32,8 +32,6 @@ def test_frames_keep_every_camera_resized_and_names(arm_dataset):
 def test_video_decoded_in_blocks_equals_lerobot_frame_by_frame(arm_dataset):
     """Block decoding (blocks smaller than an episode, so they cross inside and between episodes) gives
     every row the frame LeRobot's own per-item path gives it, bit for bit."""
-    from ceed_vla.policy.data import open_dataset
-
     frames = load_frames(*arm_dataset, chunk_size=4, block=5)
     ds = open_dataset(*arm_dataset, chunk_size=4)
     assert len(ds) == frames.states.shape[0] == 48

@@ -149,6 +149,8 @@ def test_lerobot_trains_and_saves_a_checkpoint_ceed_reads(arm_dataset, tmp_path)
 def test_unmodified_lerobot_train_writes_a_checkpoint_ceed_runs(arm_dataset, tmp_path):
     """`lerobot-train --policy.type=ceed`, as a user runs it: its checkpoint is ceed's layout, with
     the dataset's cameras, joint names and fps, and ceed predicts from it with no conversion."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
     repo_id, root = arm_dataset
     argv = [
         sys.executable, "-m", "lerobot.scripts.lerobot_train", "--policy.type=ceed",
@@ -164,8 +166,6 @@ def test_unmodified_lerobot_train_writes_a_checkpoint_ceed_runs(arm_dataset, tmp
     policy = VLAPolicy.from_pretrained(ckpt)
     assert policy.config.image_keys == tuple(ARM_CAMERAS) and policy.config.fps == ARM_FPS
     assert tuple(policy.config.action_names) == ARM_JOINTS
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
     item = LeRobotDataset(repo_id, root=root)[0]
     obs = {k: item[k][None] for k in (*ARM_CAMERAS, "observation.state")} | {"task": item["task"]}
     chunk = policy.predict_action_chunk(obs)
