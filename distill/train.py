@@ -59,6 +59,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--warmup-steps", type=int, default=50)
     train.add_argument("--min-lr-ratio", type=float, default=0.1)
+    train.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="exponential moving average of the student's weights, saved as the student (0 = off)",
+    )
     train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     train.add_argument("--save-every", type=int, default=500)
     train.add_argument("--val-every", type=int, default=250)
@@ -141,6 +147,7 @@ def main(args: argparse.Namespace) -> int:
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         min_lr_ratio=args.min_lr_ratio,
+        ema_decay=args.ema_decay,
         precision=args.precision,
         save_every=args.save_every,
         val_every=args.val_every,

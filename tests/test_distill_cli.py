@@ -50,3 +50,35 @@ def test_collect_then_train(policy_dataset, make_policy, tmp_path):
                 str(tmp_path / "x"),
             ]
         )
+
+
+def test_distill_train_ema_saves_the_averaged_student(policy_dataset, make_policy, tmp_path):
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    repo_id, root = policy_dataset
+    make_policy(seed=0).save_pretrained(tmp_path / "teacher")
+    store = tmp_path / "traj.zarr"
+    common = ["--teacher", str(tmp_path / "teacher")]
+    collect = ["distill", "collect", *common, "--dataset-root", str(root), "--repo-id", repo_id]
+    assert (
+        ceed(
+            [*collect, "--output", str(store), "--trajectories", "16", "--batch-size", "8", "--threads", "1"]
+        )
+        == 0
+    )
+    train = ["distill", "train", *common, "--trajectories", str(store), "--device", "cpu", "--threads", "1"]
+    flags = ["--steps", "3", "--batch-size", "4", "--save-every", "3", "--val-every", "3", "--lr", "1e-2"]
+    weights = {}
+    for name, ema in (("plain", []), ("ema", ["--ema-decay", "0.5"])):
+        assert ceed([*train, *flags, *ema, "--output", str(tmp_path / name)]) == 0
+        weights[name] = load_file(tmp_path / name / "final" / "model.safetensors")
+    teacher = load_file(tmp_path / "teacher" / "model.safetensors")
+    moved = [n for n in teacher if not torch.equal(teacher[n], weights["plain"][n])]
+    assert moved, "the plain student did not train"
+    # The averaged student lies strictly between the teacher it starts from and the raw weights.
+    assert all(not torch.equal(weights["ema"][n], weights["plain"][n]) for n in moved)
+    assert all(not torch.equal(weights["ema"][n], teacher[n]) for n in moved)
+
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        ceed([*train, *flags, "--ema-decay", "1.0", "--output", str(tmp_path / "bad")])
