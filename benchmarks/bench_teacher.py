@@ -11,7 +11,8 @@ the demo's reported evaluation stay unseen while the recipe is chosen.
 Everything after `--` goes to `ceed train` as it is (the shared defaults below come first, so a
 lever can override them). A run whose `final/` exists is not trained again, so an interrupted
 benchmark resumes at its evaluations. `--checkpoints step_000750,final` evaluates more than the
-final weights (the training-length lever without retraining).
+final weights (the training-length lever without retraining); `step_003000_raw` is that EMA
+checkpoint's raw weights (the EMA lever without retraining).
 
     python benchmarks/bench_teacher.py compare sp96/final/exec8:sp96/final/exec4
 
@@ -49,6 +50,15 @@ def _ceed(argv: list[str], log: Path) -> float:
 
 
 def _checkpoint(run: Path, name: str) -> Path:
+    """`final`, a checkpoint name (`step_001500`), or `step_NNNNNN_raw`: that EMA checkpoint's raw
+    weights (exported once under `raw/`), so a single run pairs the EMA against its raw weights."""
+    if name.endswith("_raw"):
+        from ceed_vla.policy.trainer import export_raw_weights
+
+        out = run / "raw" / name
+        if not (out / "config.json").is_file():
+            export_raw_weights(run / "checkpoints" / name.removesuffix("_raw"), out)
+        return out
     return run / "final" if name == "final" else run / "checkpoints" / name
 
 

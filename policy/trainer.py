@@ -579,6 +579,47 @@ def last_checkpoint(output_dir: str | Path) -> Path:
     return path
 
 
+def export_raw_weights(checkpoint: str | Path, output: str | Path) -> Path:
+    """The raw (not averaged) weights of an EMA run's checkpoint, written as a policy directory.
+
+    A checkpoint of a run with `ema_decay` holds the EMA as its policy and the raw weights in
+    training_state.pt; this writes the raw ones next to everything else the checkpoint holds, so the
+    two can be evaluated against each other from a single training run.
+    """
+    import shutil
+
+    from .modeling import VLAPolicy
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    state_file = checkpoint / TRAINING_STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(
+            f"{checkpoint} has no {TRAINING_STATE_FILE}: only checkpoints under checkpoints/ keep the raw "
+            "weights (final/ holds the averaged ones alone)"
+        )
+    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    if "raw_weights" not in state:
+        raise CheckpointError(f"{checkpoint} was saved without an EMA: its policy already is the raw weights")
+    policy = VLAPolicy.from_pretrained(checkpoint, device="cpu")
+    params = dict(policy.named_parameters())
+    raw = state["raw_weights"]
+    if set(raw) != set(params):
+        raise CheckpointError(
+            f"the raw weights in {state_file} do not match the policy's parameters "
+            f"(only in the raw weights: {sorted(set(raw) - set(params))[:5]}, "
+            f"only in the policy: {sorted(set(params) - set(raw))[:5]})"
+        )
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(raw[n])
+    with atomic_directory(output) as tmp:
+        for f in checkpoint.iterdir():  # what the run saved beside the policy (train_config.json, ...)
+            if f.is_file() and f.name != TRAINING_STATE_FILE:
+                shutil.copy2(f, tmp / f.name)
+        policy.save_to(tmp)
+    return output
+
+
 def plot_loss_curve(rows: list[dict[str, Any]], path: Path) -> Path | None:
     try:
         import matplotlib

@@ -17,7 +17,7 @@ from ceed_vla.policy.data import (
     open_dataset,
     split_episodes,
 )
-from ceed_vla.policy.trainer import lr_lambda
+from ceed_vla.policy.trainer import export_raw_weights, lr_lambda
 from safetensors.torch import load_file
 
 from tests.fixtures.policy import write_synthetic_dataset
@@ -151,6 +151,30 @@ def test_ema_run_resumes_exactly_and_saves_the_averaged_weights(make_policy, pol
     plain = _trainer(make_policy, frames, tmp_path / "b")  # resuming it without EMA is refused
     with pytest.raises(CheckpointError, match="--ema-decay"):
         plain.fit(resume=True)
+
+
+def test_export_raw_weights_writes_the_raw_policy_of_an_ema_checkpoint(make_policy, policy_dataset, tmp_path):
+    frames = load_frames(*policy_dataset, chunk_size=4)
+    trainer = _trainer(make_policy, frames, tmp_path / "run", steps=4, ema_decay=0.9)
+    trainer.fit()
+    ckpt = tmp_path / "run/checkpoints/step_000004"
+    state = torch.load(ckpt / "training_state.pt", weights_only=False)
+
+    out = export_raw_weights(ckpt, tmp_path / "raw")
+    raw = VLAPolicy.from_pretrained(out, device="cpu")
+    averaged = VLAPolicy.from_pretrained(ckpt, device="cpu")
+    for n, p in raw.named_parameters():
+        assert torch.equal(p, state["raw_weights"][n]), n
+    assert any(not torch.equal(p, q) for p, q in zip(raw.parameters(), averaged.parameters(), strict=True))
+    assert (out / "train_config.json").is_file() and not (out / "training_state.pt").exists()
+
+    with pytest.raises(CheckpointError, match="final/ holds the averaged ones alone"):
+        export_raw_weights(tmp_path / "raw", tmp_path / "again")
+    plain = _trainer(make_policy, frames, tmp_path / "plain", steps=4)
+    plain.fit()
+    with pytest.raises(CheckpointError, match="saved without an EMA"):
+        export_raw_weights(tmp_path / "plain/checkpoints/step_000004", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_ema_follows_its_warmed_up_decay(make_policy, policy_dataset, tmp_path):
