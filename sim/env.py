@@ -72,10 +72,14 @@ def parse_cameras(camera: str) -> tuple[str, ...]:
     return names
 
 
-def camera_feature_keys(camera: str) -> dict[str, str]:
-    """Camera name -> the observation key its frames are stored and fed under."""
+def camera_feature_keys(camera: str, per_camera_keys: bool = False) -> dict[str, str]:
+    """Camera name -> the observation key its frames are stored and fed under.
+
+    One camera is `observation.image` unless `per_camera_keys` (a policy trained on one camera of a
+    multi-camera recording reads `observation.images.<camera>`); several are always per camera.
+    """
     names = parse_cameras(camera)
-    if len(names) == 1:
+    if len(names) == 1 and not per_camera_keys:
         return {names[0]: SINGLE_CAMERA_KEY}
     return {c: CAMERA_KEY_PREFIX + c for c in names}
 
@@ -89,16 +93,25 @@ def cameras_for_image_keys(image_keys: list[str] | tuple[str, ...], camera: str 
     keys = list(image_keys)
     if keys == [SINGLE_CAMERA_KEY]:
         chosen = camera or DEFAULT_CAMERA
-    elif len(keys) > 1 and all(k.startswith(CAMERA_KEY_PREFIX) for k in keys):
+    elif keys and all(k.startswith(CAMERA_KEY_PREFIX) and len(k) > len(CAMERA_KEY_PREFIX) for k in keys):
         chosen = ",".join(k[len(CAMERA_KEY_PREFIX) :] for k in keys)
     else:
-        raise ValueError(f"the policy reads cameras {keys}; the simulator names its cameras as in sim/env.py")
-    if camera is not None and list(camera_feature_keys(camera).values()) != keys:
+        raise ValueError(
+            f"the policy reads cameras {keys}; the simulator renders {SINGLE_CAMERA_KEY!r} (one camera) or "
+            f"'{CAMERA_KEY_PREFIX}<camera>' keys, so this checkpoint's image keys cannot be simulated"
+        )
+    rendered = camera_feature_keys(camera, reads_per_camera_keys(keys)) if camera is not None else None
+    if rendered is not None and list(rendered.values()) != keys:
         raise ValueError(
             f"the policy reads cameras {keys}, but --camera {camera!r} renders "
-            f"{list(camera_feature_keys(camera).values())}; pass --camera {chosen!r} or leave it out"
+            f"{list(rendered.values())}; pass --camera {chosen!r} or leave it out"
         )
     return chosen
+
+
+def reads_per_camera_keys(image_keys: list[str] | tuple[str, ...]) -> bool:
+    """Whether a policy's cameras are `observation.images.<camera>` (even one) or `observation.image`."""
+    return list(image_keys) != [SINGLE_CAMERA_KEY]
 
 
 _CAMERA_POSITIONS = {"corner2": (0.75, 0.075, 0.7)}  # closer framing of the work area, as LeRobot uses
@@ -120,12 +133,14 @@ class EnvConfig:
     max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
     goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
     """Radius (m) of the rendered goal sphere for tasks whose goal is a free point (a site: no contact)."""
+    per_camera_keys: bool = False
+    """Name even a single camera `observation.images.<camera>` (see `camera_feature_keys`)."""
     spec: TaskSpec = field(init=False, repr=False)
 
     @property
     def cameras(self) -> dict[str, str]:
         """Camera name -> feature key, in order."""
-        return camera_feature_keys(self.camera)
+        return camera_feature_keys(self.camera, self.per_camera_keys)
 
     def __post_init__(self) -> None:
         self.spec = get_task(self.task)

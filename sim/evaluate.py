@@ -52,6 +52,7 @@ from ceed_vla.sim.env import (
     MetaWorldEnv,
     Observation,
     cameras_for_image_keys,
+    reads_per_camera_keys,
     to_policy_batch,
 )
 from ceed_vla.sim.metrics import mean, percentile, wilson_interval
@@ -103,6 +104,8 @@ class EvalConfig:
     save_rollouts: int = 0
     """Episodes per task saved as a GIF and a frame strip under `<output>/rollouts/` (the first ones)."""
     output: Path | None = None
+    per_camera_keys: bool = False
+    """Name even one camera `observation.images.<camera>`; `for_policy` sets it from the policy."""
     specs: tuple[TaskSpec, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -137,14 +140,25 @@ class EvalConfig:
 
     def env_config(self, spec: TaskSpec) -> EnvConfig:
         camera = self.camera or DEFAULT_CAMERA
-        return EnvConfig(spec.name, self.image_size, camera, self.max_episode_steps, self.goal_marker_radius)
+        return EnvConfig(
+            spec.name,
+            self.image_size,
+            camera,
+            self.max_episode_steps,
+            self.goal_marker_radius,
+            per_camera_keys=self.per_camera_keys,
+        )
 
     def for_policy(self, policy) -> EvalConfig:
         """This config with the cameras the policy reads (the asked `camera` must agree with them)."""
         keys = getattr(getattr(policy, "config", None), "image_keys", None)
         if keys is None:  # the scripted expert reads the state, not images
             return self
-        return replace(self, camera=cameras_for_image_keys(keys, self.camera))
+        return replace(
+            self,
+            camera=cameras_for_image_keys(keys, self.camera),
+            per_camera_keys=reads_per_camera_keys(keys),
+        )
 
     def instruction(self, spec: TaskSpec) -> str:
         return spec.eval_instruction if self.instructions == "eval" else spec.train_instructions[0]

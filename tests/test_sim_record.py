@@ -145,6 +145,9 @@ def test_several_cameras_render_under_lerobot_keys_in_order():
             "corner2,gripperPOV",
             "corner2,gripperPOV",
         ),
+        # one camera of a multi-camera recording (`ceed train --image-keys observation.images.corner2`)
+        (["observation.images.corner2"], None, "corner2"),
+        (["observation.images.corner2"], "corner2", "corner2"),
     ],
 )
 def test_a_policys_image_keys_choose_the_cameras(keys, asked, expected):
@@ -158,7 +161,9 @@ def test_a_policys_image_keys_choose_the_cameras(keys, asked, expected):
     [
         (["observation.image"], "corner2,gripperPOV"),  # a one-camera policy asked to watch two
         (["observation.images.corner2", "observation.images.gripperPOV"], "gripperPOV,corner2"),  # order
-        (["observation.images.front"], None),  # a real arm's camera the simulator cannot render alone
+        (["observation.images.corner2"], "workspace"),  # another camera than the one it learnt from
+        (["observation.images."], None),  # no camera name
+        (["observation.state"], None),  # not a camera key
     ],
 )
 def test_cameras_that_cannot_match_the_policy_are_refused_naming_both(keys, asked):
@@ -166,6 +171,33 @@ def test_cameras_that_cannot_match_the_policy_are_refused_naming_both(keys, aske
 
     with pytest.raises(ValueError, match="the policy reads cameras"):
         cameras_for_image_keys(keys, asked)
+
+
+def test_a_policy_trained_on_one_of_several_cameras_is_fed_under_its_own_key():
+    from types import SimpleNamespace
+
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+    from ceed_vla.sim.evaluate import EvalConfig
+
+    policy = SimpleNamespace(config=SimpleNamespace(image_keys=("observation.images.corner2",)))
+    env_config = (
+        EvalConfig(tasks=("reach",), image_size=16).for_policy(policy).env_config(tasks.get_task("reach"))
+    )
+    assert env_config.cameras == {"corner2": "observation.images.corner2"}
+    with MetaWorldEnv(env_config) as env:
+        assert list(env.reset(seed=3).images) == ["observation.images.corner2"]
+    # a one-camera policy still reads `observation.image`
+    single = SimpleNamespace(config=SimpleNamespace(image_keys=("observation.image",)))
+    assert EvalConfig(tasks=("reach",)).for_policy(single).env_config(tasks.get_task("reach")).cameras == {
+        "corner2": "observation.image"
+    }
+    # and an unknown camera is refused by the scene, naming the ones it has
+    front = SimpleNamespace(config=SimpleNamespace(image_keys=("observation.images.front",)))
+    with pytest.raises(ValueError, match=r"'front' is not in the reach scene.*corner2"):
+        MetaWorldEnv(
+            EvalConfig(tasks=("reach",), image_size=16).for_policy(front).env_config(tasks.get_task("reach"))
+        )
+    assert EnvConfig("reach").cameras == {"corner2": "observation.image"}
 
 
 @pytest.mark.parametrize("camera", ["", "corner2,", "corner2,corner2"])
