@@ -154,7 +154,7 @@ def table(results_path: Path) -> int:
     for name, lever in results["levers"].items():
         for key, ev in lever["evaluations"].items():
             lo, hi = ev["success_ci95"]
-            tasks = " | ".join(f"{ev['per_task'].get(t, float('nan')):.1f}" for t in TASK_ORDER)
+            tasks = " | ".join(f"{ev['per_task'].get(t, float('nan')):.2f}" for t in TASK_ORDER)
             summary = lever.get("train_summary", {})
             speed = f"{summary.get('train_seconds', 0):.0f} ({summary.get('samples_per_s', 0):.0f})"
             print(f"| {name} {key} | {ev['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {tasks} | {speed} |")
