@@ -275,5 +275,5 @@ def test_a_two_camera_policy_is_evaluated_with_its_own_cameras(make_policy, tmp_
     report = EvalRunner(config, {}, progress=False).run(policy)
     assert report["settings"]["camera"] == "corner2,gripperPOV"
     assert report["episodes"][0]["steps"] == 6
-    with pytest.raises(ValueError, match=r"--camera 'corner2' renders \['observation.image'\]"):
+    with pytest.raises(ValueError, match=r"--camera 'corner2' renders \['observation.images.corner2'\]"):
         EvalConfig(tasks=("reach",), camera="corner2").for_policy(policy)
