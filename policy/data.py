@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -38,6 +39,7 @@ class DataConfig:
     chunk_size: int = 8
     val_fraction: float = 0.1  # share of episodes held out for validation (whole episodes)
     shift: int = 4  # random-shift augmentation in pixels (0 = off)
+    instruction_noise: float = 0.0  # per-word probability of dropping or scrambling a training word
     max_episodes: int | None = None  # use only the first N episodes (quick runs)
     image_keys: list[str] | None = None  # cameras to use, by feature key (default: every camera)
     image_size: int | None = None  # resize frames to this square size as they load (bounded memory)
@@ -61,6 +63,10 @@ class DataConfig:
             raise ValueError(f"DataConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.shift < 0:
             raise ValueError(f"DataConfig.shift must be >= 0, got {self.shift!r}")
+        if not 0.0 <= self.instruction_noise <= 1.0:
+            raise ValueError(
+                f"DataConfig.instruction_noise is a probability in [0, 1], got {self.instruction_noise!r}"
+            )
         if self.max_episodes is not None and self.max_episodes <= 0:
             raise ValueError(f"DataConfig.max_episodes must be positive or None, got {self.max_episodes!r}")
 
@@ -281,17 +287,28 @@ def split_episodes(episodes: list[int], val_fraction: float) -> tuple[list[int],
 class ChunkDataset(Dataset):
     """Samples `{image, state, action [K, D], action_is_pad [K], task}` from chosen episodes.
 
-    Augmentation is a random shift (replicate-pad by `shift` px, crop back) drawn from a generator
-    seeded by (seed, epoch, index): a sample looks the same whichever process or worker loads it,
-    which is what makes resumed and multi-process runs reproduce single-process ones.
+    Augmentations, each drawn from a generator seeded by (seed, epoch, index), so a sample looks the
+    same whichever process or worker loads it (what makes resumed and multi-process runs reproduce
+    single-process ones):
+    - `shift`: a random shift of every image (replicate-pad by `shift` px, crop back);
+    - `instruction_noise`: each word of the instruction is, with this probability, dropped or
+      replaced by a random string of letters (`noisy_instruction`).
     """
 
-    def __init__(self, frames: Frames, episodes: list[int], shift: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        frames: Frames,
+        episodes: list[int],
+        shift: int = 0,
+        seed: int = 0,
+        instruction_noise: float = 0.0,
+    ):
         self.frames = frames
         keep = torch.isin(frames.episode, torch.tensor(sorted(episodes), dtype=torch.long))
         self.rows = torch.nonzero(keep).flatten()  # [M] absolute dataset indices
         self.delta = torch.tensor(frames.delta, dtype=torch.long)  # [K]
         self.shift = shift
+        self.instruction_noise = instruction_noise
         self.seed = seed
         self.epoch = 0
 
@@ -317,9 +334,15 @@ class ChunkDataset(Dataset):
             STATE_KEY: f.states[idx],
             ACTION_KEY: action,
             f"{ACTION_KEY}_is_pad": pad,
-            TASK_KEY: f.tasks[idx],
+            TASK_KEY: self._instruction(f.tasks[idx], idx),
             FINAL_STATE_KEY: f.states[end - 1],  # [S]: where the demonstration ends
         }
+
+    def _instruction(self, text: str, idx: int) -> str:
+        if not self.instruction_noise:
+            return text
+        rng = np.random.default_rng([self.seed, self.epoch, idx, 1])
+        return noisy_instruction(text, self.instruction_noise, rng)
 
     def _shift(self, image: torch.Tensor, idx: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, idx)) & 0x7FFF_FFFF_FFFF_FFFF)
@@ -327,6 +350,24 @@ class ChunkDataset(Dataset):
         _, h, w = image.shape
         padded = F.pad(image[None], (self.shift,) * 4, mode="replicate")[0]
         return padded[:, dy : dy + h, dx : dx + w]
+
+
+def noisy_instruction(text: str, p: float, rng: np.random.Generator) -> str:
+    """`text` with each word, with probability p, dropped or replaced by 2-8 random letters (even odds).
+
+    A policy trained on a few fixed phrasings per task learns to read the exact words; a paraphrase
+    with words it never saw (which the tokenizer cuts into unfamiliar pieces) then reads as another
+    task. Noised words teach it that any one word may be missing or unknown, and that the scene,
+    which tells these tasks apart by itself, is what to trust.
+    """
+    words = []
+    for word in text.split():
+        if rng.random() >= p:
+            words.append(word)
+        elif rng.random() < 0.5:
+            letters = rng.integers(ord("a"), ord("z") + 1, int(rng.integers(2, 9)))
+            words.append("".join(map(chr, letters)))
+    return " ".join(words)
 
 
 def concat_frames(parts: list[Frames]) -> Frames:
@@ -377,7 +418,9 @@ def build_datasets(config: DataConfig, seed: int = 0) -> tuple[Frames, ChunkData
     if config.max_episodes is not None:
         episodes = episodes[: config.max_episodes]
     train_eps, val_eps = split_episodes(episodes, config.val_fraction)
-    train = ChunkDataset(frames, train_eps, shift=config.shift, seed=seed)
+    train = ChunkDataset(
+        frames, train_eps, shift=config.shift, seed=seed, instruction_noise=config.instruction_noise
+    )
     val = ChunkDataset(frames, val_eps, shift=0, seed=seed) if val_eps else None
     return frames, train, val
 

@@ -36,6 +36,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.json"
 TOKENIZER_FILE = "tokenizer.json"
+TEXT_CACHE_SIZE = 4096  # instructions whose token ids are kept
 FORMAT_VERSION = layout.FORMAT_VERSION
 
 IMAGE_KEY = "observation.image"
@@ -170,7 +171,8 @@ class VLAPolicy(nn.Module):
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.config.max_text_tokens]
             if self.tokenizer.bos_token_id is not None:
                 ids = [self.tokenizer.bos_token_id] + ids
-            self._text_cache[text] = ids
+            if len(self._text_cache) < TEXT_CACHE_SIZE:  # noised training instructions are all new
+                self._text_cache[text] = ids
         return ids
 
     def _text_embeddings(self, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--val-fraction", type=float, default=0.1, help="share of episodes held out")
     data.add_argument("--shift", type=int, default=4, help="random-shift augmentation in pixels (0 = off)")
+    data.add_argument(
+        "--instruction-noise",
+        type=float,
+        default=0.0,
+        help="per-word probability of dropping or scrambling an instruction word in training (0 = off)",
+    )
     data.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes")
     data.add_argument(
         "--image-keys",
@@ -192,6 +198,7 @@ def main(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         val_fraction=args.val_fraction,
         shift=args.shift,
+        instruction_noise=args.instruction_noise,
         max_episodes=args.max_episodes,
         image_keys=args.image_keys,
         image_size=args.image_size,

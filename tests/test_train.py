@@ -12,8 +12,10 @@ from ceed_vla.policy import NextTokenLoss, TrainConfig, Trainer, VLAPolicy
 from ceed_vla.policy.checkpoint_io import CheckpointError
 from ceed_vla.policy.data import (
     ChunkDataset,
+    DataConfig,
     DatasetFeatureError,
     load_frames,
+    noisy_instruction,
     open_dataset,
     split_episodes,
 )
@@ -65,6 +67,38 @@ def test_shift_augmentation_is_a_function_of_seed_epoch_and_index(policy_dataset
     assert torch.equal(a, ds[3]["observation.image"])
     ds.set_epoch(1)
     assert not torch.equal(a, ds[3]["observation.image"])
+
+
+def test_instruction_noise_drops_or_scrambles_words_at_its_rate():
+    import numpy as np
+
+    text = "push the puck over to the green target"
+    rng = np.random.default_rng(0)
+    kept = scrambled = total = 0
+    for _ in range(400):
+        out = noisy_instruction(text, 0.3, rng).split()
+        kept += sum(w in text.split() for w in out)
+        scrambled += sum(w not in text.split() for w in out)
+        assert all(w.isalpha() and w.islower() and 2 <= len(w) <= 8 for w in out)
+        total += len(text.split())
+    assert abs(kept / total - 0.7) < 0.03  # each word survives with probability 1 - p
+    assert abs(scrambled / total - 0.15) < 0.03  # half the noised words are replaced, half dropped
+    assert noisy_instruction(text, 0.0, rng) == text
+    assert noisy_instruction(text, 1.0, np.random.default_rng(1)).split()[0] not in text.split()
+
+
+def test_instruction_noise_is_a_function_of_seed_epoch_and_index_and_only_in_training(policy_dataset):
+    frames = load_frames(*policy_dataset, chunk_size=4)
+    ds = ChunkDataset(frames, [0, 1], seed=7, instruction_noise=0.5)
+    texts = [ds[i]["task"] for i in range(32)]
+    assert texts == [ds[i]["task"] for i in range(32)]  # reproducible: another worker sees the same
+    assert any(t != frames.tasks[int(ds.rows[i])] for i, t in enumerate(texts))
+    ds.set_epoch(1)
+    assert texts != [ds[i]["task"] for i in range(32)]
+    clean = ChunkDataset(frames, [0, 1], seed=7)
+    assert [clean[i]["task"] for i in range(32)] == [frames.tasks[int(clean.rows[i])] for i in range(32)]
+    with pytest.raises(ValueError, match="instruction_noise"):
+        DataConfig(roots=[policy_dataset[1]], instruction_noise=1.5)
 
 
 def test_learning_rate_warms_up_then_decays_by_cosine():
