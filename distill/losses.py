@@ -9,6 +9,10 @@ are taken over the n_bins action rows only, as in greedy decoding.
 - Local consistency: the same against the next state y_{j+1} instead of y*.
 - Positions whose whole context already equals the target's (the converged prefix, and the first
   position after it) see identical inputs in both forwards and are masked.
+- Target model (`target`): "self" (the paper's: the stop-gradient student) or "teacher" (the frozen
+  teacher on the fixed point, i.e. its own AR distribution at every position). With the teacher as
+  target every position counts, the converged prefix included: there the term is plain knowledge
+  distillation along the teacher's path, which keeps the student's own greedy policy the teacher's.
 - L_AR: teacher-forced next-token cross-entropy on mixed labels: the teacher's tokens for samples
   where the teacher's action is within delta (mean L1 as a fraction of each dimension's q01..q99 range) of the ground truth, else the
   ground-truth tokens.
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 
 LABEL_MODES = ("mixed", "teacher", "gt")
 CONSISTENCY_MODES = ("global", "local", "none")
+TARGET_MODELS = ("self", "teacher")
 
 # Batch keys the distillation dataset adds next to the observation keys.
 STATE = "distill.state"  # [B, n] long: intermediate Jacobi state (or its noised variant)
@@ -102,12 +107,17 @@ class DistillLossConfig:
     labels: "mixed" (the rule above), "teacher" or "gt" (ablations).
     consistency: "global" (against the fixed point), "local" (against the next Jacobi state; the
         dataset must then give next states as targets) or "none" (ablation: AR loss only).
+    target: whose distribution on the target state the student is pulled to: "self" (the stop-gradient
+        student, as in CLLM and CEED-VLA) or "teacher" (the frozen model the student started from;
+        global consistency only). Self-targets move with the student, and with them its fixed point
+        and its greedy policy; the teacher's stay where the teacher's success is.
     """
 
     w_ar: float = 0.1
     delta: float = 0.05
     labels: str = "mixed"
     consistency: str = "global"
+    target: str = "self"
 
     def __post_init__(self) -> None:
         if self.w_ar < 0:
@@ -120,6 +130,13 @@ class DistillLossConfig:
             raise ValueError(f"consistency must be one of {CONSISTENCY_MODES}, got {self.consistency!r}")
         if self.consistency == "none" and self.w_ar == 0:
             raise ValueError("consistency='none' with w_ar=0 leaves no loss; set w_ar > 0")
+        if self.target not in TARGET_MODELS:
+            raise ValueError(f"target must be one of {TARGET_MODELS}, got {self.target!r}")
+        if self.target == "teacher" and self.consistency != "global":
+            raise ValueError(
+                f"target='teacher' is the teacher's distribution on the fixed point, which needs "
+                f"consistency='global', got {self.consistency!r}"
+            )
 
 
 class DistillLoss:
@@ -128,10 +145,27 @@ class DistillLoss:
     The policy provides `prefix_embeddings(batch) -> (embeds [B, P, H], mask [B, P])` and
     `action_logits(embeds, mask, bins [B, n]) -> [B, n, n_bins]` (teacher-forced, row i predicts
     bin i); the batch carries the observation keys plus the `distill.*` keys of `DistillDataset`.
+    `teacher` (the same interface, frozen here) is needed for `target="teacher"`.
     """
 
-    def __init__(self, config: DistillLossConfig | None = None):
+    def __init__(self, config: DistillLossConfig | None = None, teacher=None):
         self.config = config or DistillLossConfig()
+        if self.config.target == "teacher":
+            if teacher is None:
+                raise ValueError("target='teacher' needs the teacher model: DistillLoss(config, teacher=...)")
+            teacher.eval().requires_grad_(False)
+        self.teacher = teacher if self.config.target == "teacher" else None
+
+    def _target_logits(self, batch: dict[str, Any], logits, state: torch.Tensor, target: torch.Tensor):
+        """(target logits [B, n, n_bins], mask [B, n] of the positions that count), without gradient."""
+        if self.teacher is None:
+            return logits(target), consistency_mask(state, target)
+        if next(self.teacher.parameters()).device != state.device:  # follow the student's device
+            self.teacher.to(state.device)
+        prefix, mask = self.teacher.prefix_embeddings(batch)  # [B, P, H], [B, P]
+        return self.teacher.action_logits(prefix, mask, target.long()), torch.ones_like(
+            state, dtype=torch.bool
+        )
 
     def __call__(self, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
@@ -148,8 +182,7 @@ class DistillLoss:
         if cfg.consistency != "none":
             state, target = batch[STATE], batch[TARGET]
             with torch.no_grad():
-                target_logits = logits(target)  # [B, n, n_bins], stop-gradient
-            cmask = consistency_mask(state, target)  # [B, n]
+                target_logits, cmask = self._target_logits(batch, logits, state, target)  # [B, n, V], [B, n]
             loss_c = consistency_loss(logits(state), target_logits, cmask)
             loss = loss + loss_c
             info["loss_consistency"] = loss_c.item()

@@ -50,8 +50,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     loss.add_argument("--labels", choices=["mixed", "teacher", "gt"], default="mixed")
     loss.add_argument("--consistency", choices=["global", "local", "none"], default="global")
+    loss.add_argument(
+        "--target",
+        choices=["self", "teacher"],
+        default=DistillLossConfig.target,
+        help="consistency target: the stop-gradient student (self) or the frozen teacher on the fixed point",
+    )
     loss.add_argument("--noise", type=float, default=0.0, help="share of noise-augmented states")
     loss.add_argument("--noise-bins", type=int, default=3)
+    loss.add_argument(
+        "--initial-state-share",
+        type=float,
+        default=0.0,
+        help="probability of training on the initial guess rather than a uniformly drawn Jacobi state",
+    )
 
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=2000)
@@ -106,7 +118,11 @@ def build_datasets(args, student, store: TrajectoryStore):
         )
     train_rows, val_rows = split_rows(traj, frames.episode.numpy(), args.val_fraction)
     sampling = StateSampling(
-        consistency=args.consistency, noise=args.noise, noise_bins=args.noise_bins, n_bins=student.n_bins
+        consistency=args.consistency,
+        noise=args.noise,
+        noise_bins=args.noise_bins,
+        n_bins=student.n_bins,
+        initial=args.initial_state_share,
     )
     train_set = DistillDataset(frame_set, traj, train_rows, sampling, seed=args.seed)
     val_set = (
@@ -134,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     loss_cfg = DistillLossConfig(
-        w_ar=args.w_ar, delta=args.delta, labels=args.labels, consistency=args.consistency
+        w_ar=args.w_ar, delta=args.delta, labels=args.labels, consistency=args.consistency, target=args.target
     )
     student = load_policy(args.teacher)
     store = TrajectoryStore.open(args.trajectories, teacher_hash=teacher_fingerprint(student), mode="r")
@@ -167,10 +183,13 @@ def main(args: argparse.Namespace) -> int:
         "loss": asdict(loss_cfg),
         "noise": args.noise,
         "noise_bins": args.noise_bins,
+        "initial_state_share": args.initial_state_share,
         "teacher_label_share": float((traj.l1 <= args.delta).mean()),
     }
     extra = {"distill.json": json.dumps(info, indent=2)}
-    trainer = Trainer(student, DistillLoss(loss_cfg), train_set, cfg, val_set=val_set, extra_files=extra)
+    teacher = load_policy(args.teacher) if loss_cfg.target == "teacher" else None
+    loss = DistillLoss(loss_cfg, teacher=teacher)
+    trainer = Trainer(student, loss, train_set, cfg, val_set=val_set, extra_files=extra)
     if trainer.info.main:
         print(
             f"distilling {len(train_set)} trajectories (val {info['val_samples']}), teacher labels on "

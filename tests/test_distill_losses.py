@@ -79,6 +79,8 @@ def test_ar_loss_known_value():
         ({"delta": -0.1}, "delta"),
         ({"labels": "x"}, "'x'"),
         ({"consistency": "y"}, "'y'"),
+        ({"target": "ema"}, "'ema'"),
+        ({"target": "teacher", "consistency": "local"}, "global"),
     ],
 )
 def test_loss_config_rejects_bad_values(kwargs, match):
@@ -125,3 +127,46 @@ def test_distill_loss_parts(tiny_block_policy):
     _, info = L.DistillLoss(L.DistillLossConfig(w_ar=1.0, consistency="none"))(p, batch)
     assert "loss_consistency" not in info
     assert info["loss"] == pytest.approx(info["loss_ar"])
+
+
+def test_teacher_target_counts_every_position_and_trains_only_the_student(tiny_block_policy):
+    import copy
+
+    torch.manual_seed(0)
+    student = tiny_block_policy
+    teacher = copy.deepcopy(student)
+    n = student.chunk_tokens
+    fixed = torch.randint(0, student.n_bins, (2, n))
+    gt = torch.randint(0, student.n_bins, (2, n))
+    l1 = torch.tensor([0.0, 0.0])
+    cfg = L.DistillLossConfig(w_ar=0.0, target="teacher")
+    with pytest.raises(ValueError, match="teacher model"):
+        L.DistillLoss(cfg)
+    loss_fn = L.DistillLoss(cfg, teacher=teacher)
+    # The same weights on the fixed point: nothing to learn, but every position is counted.
+    _, info = loss_fn(student, _distill_batch(student, fixed.clone(), fixed, fixed, gt, l1))
+    assert info["loss_consistency"] == pytest.approx(0.0, abs=1e-6)
+    assert info["consistency_positions"] == 1.0
+    # Once the student has moved, the converged prefix carries a signal too (self-targets mask it).
+    with torch.no_grad():
+        for w in student.lm.parameters():
+            w.add_(0.05 * torch.randn_like(w))
+    batch = _distill_batch(student, fixed.clone(), fixed, fixed, gt, l1)
+    loss, info = loss_fn(student, batch)
+    assert info["loss_consistency"] > 1e-4
+    assert L.DistillLoss(L.DistillLossConfig(w_ar=0.0))(student, batch)[1]["loss_consistency"] == 0.0
+    loss.backward()
+    assert student.lm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    # The target is the teacher's distribution on the fixed point, whatever state the student sees.
+    with torch.no_grad():
+        prefix, mask = teacher.prefix_embeddings(batch)
+        expected = teacher.action_logits(prefix, mask, fixed)
+        s_prefix, s_mask = student.prefix_embeddings(batch)
+        state = (fixed + 3) % student.n_bins
+        state[:, 0] = fixed[:, 0]
+        kl = L.consistency_loss(
+            student.action_logits(s_prefix, s_mask, state), expected, torch.ones_like(state, dtype=torch.bool)
+        )
+        _, info = loss_fn(student, _distill_batch(student, state, fixed, fixed, gt, l1))
+    assert info["loss_consistency"] == pytest.approx(kl.item(), rel=1e-5)
