@@ -32,12 +32,15 @@ class StateSampling:
     noise: probability of replacing the Jacobi state by the fixed point with noise from a random
         position on (each later token moved by 1..noise_bins bins with probability 1/2), which
         trains the student on states near the fixed point that early exit stops at.
+    initial: probability of taking the initial guess (the state a first iteration starts from, and
+        all that early exit at sigma 1 sees) instead of a uniformly drawn intermediate state.
     """
 
     consistency: str = "global"
     noise: float = 0.0
     noise_bins: int = 3
     n_bins: int = 256
+    initial: float = 0.0
 
     def __post_init__(self) -> None:
         if self.consistency not in CONSISTENCY_MODES:
@@ -46,6 +49,8 @@ class StateSampling:
             raise ValueError(f"noise is a probability in [0, 1], got {self.noise}")
         if self.noise_bins < 1:
             raise ValueError(f"noise_bins must be >= 1, got {self.noise_bins}")
+        if not 0.0 <= self.initial <= 1.0:
+            raise ValueError(f"initial is a probability in [0, 1], got {self.initial}")
 
 
 def sample_state(
@@ -58,7 +63,10 @@ def sample_state(
         return noised_fixed_point(fixed, rng, cfg), fixed.copy()
     if len(states) == 1:  # the guess was already the fixed point: nothing to learn from it
         return fixed.copy(), fixed.copy()
-    j = int(rng.integers(0, len(states) - 1))  # an intermediate state, never the fixed point
+    if cfg.initial > 0 and rng.random() < cfg.initial:
+        j = 0  # the initial guess
+    else:
+        j = int(rng.integers(0, len(states) - 1))  # an intermediate state, never the fixed point
     target = states[j + 1] if cfg.consistency == "local" else fixed
     return states[j].copy(), target.copy()
 

@@ -126,6 +126,17 @@ def test_sample_state_rules():
     assert s.tolist() == t.tolist() == [5, 1, 2, 3]
 
 
+def test_initial_state_share_draws_the_initial_guess_that_often():
+    states = np.array([[5, 0, 0, 0], [5, 1, 0, 0], [5, 1, 2, 0], [5, 1, 2, 3]])
+    rng = np.random.default_rng(0)
+    drawn = [tuple(sample_state(states, rng, StateSampling(initial=0.5))[0]) for _ in range(3000)]
+    share = drawn.count(tuple(states[0])) / len(drawn)
+    assert abs(share - (0.5 + 0.5 / 3)) < 0.03  # 0.5 directly, plus its share of the uniform draws
+    assert set(drawn) == {tuple(x) for x in states[:-1]}
+    with pytest.raises(ValueError, match="initial"):
+        StateSampling(initial=2.0)
+
+
 def test_noised_fixed_point_keeps_a_prefix_and_stays_in_range():
     fixed = np.array([0, 10, 20, 30, 63, 63], dtype=np.int16)
     rng = np.random.default_rng(1)
