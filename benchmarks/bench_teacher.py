@@ -37,7 +37,8 @@ DEFAULT_TRAIN_ARGS = ["--precision", "bf16", "--first-step-weight", "8", "--save
 TASKS = "reach,push,drawer-open,button-press-topdown,door-open"
 
 
-def _ceed(argv: list[str], log: Path) -> float:
+def run_ceed(argv: list[str], log: Path) -> float:
+    """`ceed ARGV` in a subprocess with its output in `log`; returns its seconds."""
     print("$ ceed " + shlex.join(argv), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -47,6 +48,59 @@ def _ceed(argv: list[str], log: Path) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"`ceed {shlex.join(argv)}` failed with status {proc.returncode}; see {log}")
     return time.perf_counter() - t0
+
+
+def validation_args(args) -> list[str]:
+    """`ceed eval` options for the validation episodes of a lever run (training wording)."""
+    return [
+        "--tasks",
+        args.tasks,
+        "--episodes",
+        str(args.eval_episodes),
+        "--seed",
+        str(args.eval_seed),
+        "--split",
+        "validation",
+        "--image-size",
+        str(args.image_size),
+        "--instructions",
+        "train",
+        "--camera",
+        args.camera,
+        "--goal-marker-radius",
+        str(args.goal_marker_radius),
+    ]
+
+
+def run_eval(cmd: list[str], out: Path, threads: int) -> dict:
+    """`ceed eval ... --output out` (not rerun when its report exists) -> the record a lever keeps:
+    success with its interval, per task, ms per chunk, iterations and every episode's outcome."""
+    cmd = [*cmd, "--output", str(out)]
+    seconds = None
+    if not (out / "report.json").is_file():
+        env_threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        try:
+            seconds = run_ceed(cmd, out.parent / f"{out.name}.log")
+        finally:
+            if env_threads is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = env_threads
+    report = json.loads((out / "report.json").read_text())
+    o = report["overall"]
+    return {
+        "success_rate": o["success_rate"],
+        "success_ci95": o["success_ci95"],
+        "episodes": o["episodes"],
+        "per_task": {t: r["success_rate"] for t, r in report["per_task"].items()},
+        "chunk_ms_p50": o.get("chunk_ms_p50"),
+        "iterations_per_chunk": o.get("iterations_per_chunk"),
+        "mean_steps_to_success": o.get("mean_steps_to_success"),
+        "outcomes": [[e["task"], e["seed"], e["success"]] for e in report["episodes"]],
+        "eval_seconds": seconds,
+        "command": "ceed " + shlex.join(cmd),
+    }
 
 
 def _checkpoint(run: Path, name: str) -> Path:
@@ -206,7 +260,7 @@ def main() -> int:
     train_cmd = ["train", "--dataset-root", *args.dataset_root, "--output", str(run)]
     train_cmd += ["--threads", str(args.threads), *DEFAULT_TRAIN_ARGS, *train_args]
     if not (run / "final" / "config.json").is_file():
-        _ceed(
+        run_ceed(
             train_cmd + (["--resume"] if (run / "checkpoints" / "last").is_file() else []),
             run.parent / "train.log",
         )
@@ -216,44 +270,13 @@ def main() -> int:
     for ckpt in args.checkpoints.split(","):
         for steps in (int(s) for s in args.execute_steps.split(",")):
             out = run.parent / f"eval_{ckpt}_exec{steps}"
-            cmd = ["eval", "--policy", str(_checkpoint(run, ckpt)), "--tasks", args.tasks]
-            cmd += [
-                "--episodes",
-                str(args.eval_episodes),
-                "--seed",
-                str(args.eval_seed),
-                "--split",
-                "validation",
-            ]
-            cmd += ["--image-size", str(args.image_size), "--instructions", "train", "--decoding", "ar"]
-            cmd += ["--camera", args.camera, "--goal-marker-radius", str(args.goal_marker_radius)]
-            cmd += ["--execute-steps", str(steps), "--output", str(out)]
-            if not (out / "report.json").is_file():
-                env_threads = os.environ.get("OMP_NUM_THREADS")
-                os.environ["OMP_NUM_THREADS"] = str(args.threads)
-                seconds = _ceed(cmd, run.parent / f"eval_{ckpt}_exec{steps}.log")
-                if env_threads is None:
-                    os.environ.pop("OMP_NUM_THREADS")
-            else:
-                seconds = None
-            report = json.loads((out / "report.json").read_text())
-            o = report["overall"]
-            evals[f"{ckpt}/exec{steps}"] = {
-                "checkpoint": ckpt,
-                "execute_steps": steps,
-                "success_rate": o["success_rate"],
-                "success_ci95": o["success_ci95"],
-                "episodes": o["episodes"],
-                "per_task": {t: r["success_rate"] for t, r in report["per_task"].items()},
-                "chunk_ms_p50": o.get("chunk_ms_p50"),
-                "mean_steps_to_success": o.get("mean_steps_to_success"),
-                "outcomes": [[e["task"], e["seed"], e["success"]] for e in report["episodes"]],
-                "eval_seconds": seconds,
-                "command": "ceed " + shlex.join(cmd),
-            }
+            cmd = ["eval", "--policy", str(_checkpoint(run, ckpt))]
+            cmd += validation_args(args) + ["--decoding", "ar", "--execute-steps", str(steps)]
+            ev = run_eval(cmd, out, args.threads)
+            evals[f"{ckpt}/exec{steps}"] = {"checkpoint": ckpt, "execute_steps": steps, **ev}
             print(
-                f"{args.name} {ckpt} exec{steps}: {o['success_rate']:.2f} "
-                + " ".join(f"{t}={r['success_rate']:.1f}" for t, r in report["per_task"].items())
+                f"{args.name} {ckpt} exec{steps}: {ev['success_rate']:.2f} "
+                + " ".join(f"{t}={r:.1f}" for t, r in ev["per_task"].items())
             )
 
     record = {
