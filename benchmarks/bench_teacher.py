@@ -14,6 +14,9 @@ benchmark resumes at its evaluations. `--checkpoints step_000750,final` evaluate
 final weights (the training-length lever without retraining); `step_003000_raw` is that EMA
 checkpoint's raw weights (the EMA lever without retraining).
 
+`--run DIR` evaluates a finished run instead (the demo's teacher stage, say), and `--wordings
+train,eval` adds the held-out paraphrases (keys `.../exec8_heldout`).
+
     python benchmarks/bench_teacher.py compare sp96/final/exec8:sp96/final/exec4
 
 pairs two recorded evaluations on their common episodes (both / only A / only B / neither and the
@@ -50,8 +53,9 @@ def run_ceed(argv: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def validation_args(args) -> list[str]:
-    """`ceed eval` options for the validation episodes of a lever run (training wording)."""
+def validation_args(args, wording: str = "train") -> list[str]:
+    """`ceed eval` options for the validation episodes of a lever run, in the training wording or
+    (`wording="eval"`) the held-out paraphrases."""
     return [
         "--tasks",
         args.tasks,
@@ -64,7 +68,7 @@ def validation_args(args) -> list[str]:
         "--image-size",
         str(args.image_size),
         "--instructions",
-        "train",
+        wording,
         "--camera",
         args.camera,
         "--goal-marker-radius",
@@ -252,32 +256,52 @@ def main() -> int:
     parser.add_argument("--checkpoints", default="final", help="comma-separated checkpoint names")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="", help="what the lever is, in words")
+    parser.add_argument(
+        "--wordings",
+        default="train",
+        help="instruction wordings to evaluate: train, eval (the held-out paraphrases) or both",
+    )
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="evaluate this finished `ceed train` run (e.g. the demo's teacher stage) instead of training",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "teacher_levers.json")
     args = parser.parse_args(own)
 
-    run = args.work / args.name / "train"
-    run.parent.mkdir(parents=True, exist_ok=True)
-    train_cmd = ["train", "--dataset-root", *args.dataset_root, "--output", str(run)]
-    train_cmd += ["--threads", str(args.threads), *DEFAULT_TRAIN_ARGS, *train_args]
+    run = args.run or args.work / args.name / "train"
+    if args.run is not None:
+        if train_args:
+            raise SystemExit("--run evaluates a finished run: drop the training options after --")
+        if not (run / "final" / "config.json").is_file():
+            raise SystemExit(f"--run {run} has no final/ checkpoint: finish its training first")
+        train_cmd = ["(the run at " + str(run) + ")"]
+    else:
+        train_cmd = ["train", "--dataset-root", *args.dataset_root, "--output", str(run)]
+        train_cmd += ["--threads", str(args.threads), *DEFAULT_TRAIN_ARGS, *train_args]
+    out_dir = args.work / args.name
+    out_dir.mkdir(parents=True, exist_ok=True)
     if not (run / "final" / "config.json").is_file():
         run_ceed(
             train_cmd + (["--resume"] if (run / "checkpoints" / "last").is_file() else []),
-            run.parent / "train.log",
+            out_dir / "train.log",
         )
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
 
     evals = {}
     for ckpt in args.checkpoints.split(","):
         for steps in (int(s) for s in args.execute_steps.split(",")):
-            out = run.parent / f"eval_{ckpt}_exec{steps}"
-            cmd = ["eval", "--policy", str(_checkpoint(run, ckpt))]
-            cmd += validation_args(args) + ["--decoding", "ar", "--execute-steps", str(steps)]
-            ev = run_eval(cmd, out, args.threads)
-            evals[f"{ckpt}/exec{steps}"] = {"checkpoint": ckpt, "execute_steps": steps, **ev}
-            print(
-                f"{args.name} {ckpt} exec{steps}: {ev['success_rate']:.2f} "
-                + " ".join(f"{t}={r:.1f}" for t, r in ev["per_task"].items())
-            )
+            for wording in args.wordings.split(","):
+                key = f"{ckpt}/exec{steps}" + ("_heldout" if wording == "eval" else "")
+                cmd = ["eval", "--policy", str(_checkpoint(run, ckpt))]
+                cmd += validation_args(args, wording) + ["--decoding", "ar", "--execute-steps", str(steps)]
+                ev = run_eval(cmd, out_dir / f"eval_{key.replace('/', '_')}", args.threads)
+                evals[key] = {"checkpoint": ckpt, "execute_steps": steps, "instructions": wording, **ev}
+                print(
+                    f"{args.name} {key}: {ev['success_rate']:.2f} "
+                    + " ".join(f"{t}={r:.2f}" for t, r in ev["per_task"].items())
+                )
 
     record = {
         "name": args.name,
