@@ -16,7 +16,9 @@ Everything after `--` goes to `ceed distill train` as it is. A run whose `final/
 trained again and an evaluation whose report exists is not rerun, so an interrupted benchmark
 resumes. The teacher's AR rollouts are made once per teacher and kept under the work directory.
 Modes: `ar`, `jacobi`, `sigmaN` (early exit at N iterations), `sigmaNf` (the same with the prompt
-and the first iteration in one forward, `--fused-prefill`).
+and the first iteration in one forward, `--fused-prefill`); `@K` after any of them replans after K
+actions of each chunk (the rest of the chunk, shifted, is the next initial guess) instead of the
+whole chunk.
 """
 
 from __future__ import annotations
@@ -31,17 +33,27 @@ from pathlib import Path
 
 from bench_teacher import RESULTS, TASKS, compare, run_ceed, run_eval, validation_args
 
-MODE = re.compile(r"^(ar|jacobi|sigma(\d+)(f?))$")
+MODE = re.compile(r"^(ar|jacobi|sigma(\d+)(f?))(@(\d+))?$")
 
 
 def mode_args(mode: str) -> list[str]:
     """`ceed eval` decoding options for a mode name (see the module docstring)."""
     m = MODE.match(mode)
     if m is None:
-        raise SystemExit(f"unknown mode {mode!r}: use ar, jacobi, sigmaN or sigmaNf (fused prefill)")
-    if m.group(2) is None:
-        return ["--decoding", mode]
-    return ["--decoding", "early_exit", "--sigma", m.group(2)] + (["--fused-prefill"] if m.group(3) else [])
+        raise SystemExit(
+            f"unknown mode {mode!r}: use ar, jacobi, sigmaN or sigmaNf (fused prefill), each optionally "
+            "@K (replan after K actions)"
+        )
+    args = (
+        ["--decoding", m.group(1)]
+        if m.group(2) is None
+        else ["--decoding", "early_exit", "--sigma", m.group(2)]
+    )
+    if m.group(3):
+        args.append("--fused-prefill")
+    if m.group(5):
+        args += ["--execute-steps", m.group(5)]
+    return args
 
 
 def main() -> int:
@@ -105,7 +117,7 @@ def main() -> int:
         )
     summary = json.loads((run / "summary.json").read_text())
 
-    evals = {}
+    evals = dict(results["levers"].get(args.name, {}).get("evaluations", {}))  # earlier modes stay
     for mode in modes:
         cmd = ["eval", "--policy", str(run / "final")] + validation_args(args) + mode_args(mode)
         evals[mode] = run_eval(cmd, run.parent / f"eval_{mode}", args.threads)
