@@ -75,6 +75,11 @@ def main() -> int:
     parser.add_argument("--dataset-root", required=True)
     parser.add_argument("--work", type=Path, default=Path("outputs/student_levers"), help="run directories")
     parser.add_argument("--modes", default="jacobi,sigma1,sigma2", help="comma-separated decoding modes")
+    parser.add_argument(
+        "--teacher-modes",
+        default="ar",
+        help="the teacher's modes (AR always: every student mode is paired with it)",
+    )
     parser.add_argument("--tasks", default=TASKS)
     parser.add_argument("--eval-episodes", type=int, default=20, help="validation episodes per task")
     parser.add_argument("--eval-seed", type=int, default=0, help="run seed within the validation range")
@@ -85,7 +90,7 @@ def main() -> int:
     parser.add_argument("--note", default="", help="what the lever is, in words")
     args = parser.parse_args(own)
     modes = [m for m in args.modes.split(",") if m]
-    for m in modes:
+    for m in modes + args.teacher_modes.split(","):
         mode_args(m)  # refuse a bad mode before hours of training
 
     results = json.loads(output.read_text()) if output.is_file() else {"levers": {}}
@@ -97,13 +102,16 @@ def main() -> int:
             "give this teacher another --teacher-name"
         )
     if known is None:
-        out = args.work / teacher_key / "eval_ar"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = ["eval", "--policy", str(args.teacher)] + validation_args(args) + mode_args("ar")
-        results["levers"][teacher_key] = {
+        known = results["levers"][teacher_key] = {
             "checkpoint": str(args.teacher.resolve()),
-            "evaluations": {"ar": run_eval(cmd, out, args.threads)},
+            "evaluations": {},
         }
+    for mode in ["ar", *(m for m in args.teacher_modes.split(",") if m and m != "ar")]:
+        if mode not in known["evaluations"]:
+            out = args.work / teacher_key / f"eval_{mode}"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cmd = ["eval", "--policy", str(args.teacher)] + validation_args(args) + mode_args(mode)
+            known["evaluations"][mode] = run_eval(cmd, out, args.threads)
 
     run = args.work / args.name / "distill"
     run.parent.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,9 @@ class DemoProfile:
     threads: int | None = None
     extra_train_args: tuple[str, ...] = ()
     extra_distill_args: tuple[str, ...] = ()
+    # Actions of each chunk executed before the next observation (None: the whole chunk), in every
+    # evaluation. The rest of the chunk, shifted, is the next chunk's initial Jacobi guess.
+    execute_steps: int | None = None
     # On-policy rounds after the first: round r collects `collect_trajectories` Jacobi trajectories
     # of round r-1's student and distils it further for `refine_steps` steps. The first round's
     # trajectories come from the teacher, whose states the student stops visiting once it converges
@@ -111,6 +114,8 @@ class DemoProfile:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.sigma < 1:
             raise ValueError(f"sigma must be >= 1, got {self.sigma!r}")
+        if self.execute_steps is not None and self.execute_steps < 1:
+            raise ValueError(f"execute_steps must be >= 1 or None, got {self.execute_steps!r}")
         if self.eval_instructions not in ("train", "eval"):
             raise ValueError(f"eval_instructions must be 'train' or 'eval', got {self.eval_instructions!r}")
 
@@ -382,12 +387,19 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
         argv += ["--camera", p.camera, "--goal-marker-radius", str(p.goal_marker_radius)]
         wording = mode.instructions or p.eval_instructions
         argv += ["--instructions", wording]
+        if p.execute_steps is not None:
+            argv += ["--execute-steps", str(p.execute_steps)]
         argv += mode.cli_args() + ["--output", str(paths.eval_dir(mode.name))]
         stages.append(
             Stage(
                 f"eval_{mode.name}",
                 _eval_stage(argv),
-                {"mode": asdict(mode), "episodes": p.eval_episodes, "instructions": wording},
+                {
+                    "mode": asdict(mode),
+                    "episodes": p.eval_episodes,
+                    "instructions": wording,
+                    **({"execute_steps": p.execute_steps} if p.execute_steps is not None else {}),
+                },
                 depends_on=["teacher"] if mode.policy == "teacher" else [distill_stage(p.distill_rounds)],
             )
         )
@@ -576,6 +588,15 @@ def _held_cells(row: dict[str, Any]) -> str:
     return f"{row['held_fraction']:.0%} / {_fmt(row.get('late_chunks'), 'd')}"
 
 
+def _replan_sentence(execute_steps: int | None) -> str:
+    if execute_steps is None:
+        return " Each chunk is executed whole before the next observation."
+    return (
+        f" Each mode executes the first {execute_steps} actions of a chunk, then plans again from a new "
+        "observation; the rest of the chunk, shifted, is the next initial Jacobi guess."
+    )
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# ceed demo — profile `{report['profile']}`",
@@ -597,7 +618,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         )
         + ". The paused clock waits for the policy (as papers report); the real-time clock keeps the "
         "simulation moving while the policy computes, scheduling chunks as the robot bridge does. "
-        "Seconds to success are simulated (80 Hz control) over the episodes that succeed.",
+        "Seconds to success are simulated (80 Hz control) over the episodes that succeed."
+        + _replan_sentence(report["config"].get("execute_steps")),
         "",
         "| mode | clock | success (95% CI) | episodes | s to success | ms/chunk p50 | p95 | iterations/chunk "
         "| actions/s | speedup vs AR | held / late chunks | vs teacher AR: both / only AR / only this / neither "

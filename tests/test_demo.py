@@ -74,6 +74,21 @@ def test_every_evaluation_gets_the_profile_wording(tmp_path, monkeypatch):
         replace(PROFILE, eval_instructions="heldout")
 
 
+def test_replanning_interval_reaches_every_evaluation_and_reruns_only_them(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo.StageCommand, "__call__", lambda self, out: calls.append(self.argv))
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    profile = replace(PROFILE, execute_steps=4)
+    for stage in demo.build_stages(profile, paths):
+        if stage.name.startswith("eval_"):
+            stage.run(tmp_path)
+    assert [argv[argv.index("--execute-steps") + 1] for argv in calls] == ["4"] * len(PROFILE.modes())
+    before, after = _keys(PROFILE, tmp_path), _keys(profile, tmp_path)
+    assert {n for n in before if before[n] != after[n]} == {n for n in before if n.startswith("eval_")}
+    with pytest.raises(ValueError, match="execute_steps must be >= 1 or None, got 0"):
+        replace(PROFILE, execute_steps=0)
+
+
 def test_sweep_skips_the_headline_sigma():
     sweep = [m for m in PROFILE.modes() if m.sweep]
     assert [m.sigma for m in sweep] == [2]
