@@ -76,8 +76,8 @@ class DemoProfile:
     sweep_sigmas: tuple[int, ...]
     # Evaluation wording. Episodes are always held out (seeds disjoint from the recording); "train"
     # gives the instruction in the training wording, as benchmarks with fixed task instructions do,
-    # "eval" gives each task's held-out paraphrase (a language-generalisation test the from-scratch
-    # default tokenizer cannot pass: its vocabulary never saw those words).
+    # "eval" gives each task's held-out paraphrase, words the from-scratch tokenizer never saw (the
+    # teacher passes it through word noise in training: docs/policy.md, "Held-out wording").
     eval_instructions: str = "train"
     # How the scene is seen, the same in recording and evaluation (docs/sim.md): the workspace camera
     # frames the work area; the goal marker is the rendered sphere of reach's and push's free goal.
@@ -184,9 +184,7 @@ PROFILES: dict[str, DemoProfile] = {
         extra_distill_args=DISTILL_RECIPE,
     ),
     # Sized for the 2.5-hour budget on 2 CPU cores: the calibration on this machine showed that
-    # episodes per task, trajectories and distillation steps are what move success and passes. Its
-    # last run (100 episodes per task, 3,000 fp32 teacher steps, 20 evaluation episodes per task and
-    # mode) took 80 minutes of stages.
+    # episodes per task, trajectories and distillation steps are what move success and passes.
     "full": DemoProfile(
         name="full",
         tasks=QUICK_TASKS,
