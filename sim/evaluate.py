@@ -35,6 +35,7 @@ import argparse
 import io
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -106,6 +107,11 @@ class EvalConfig:
     output: Path | None = None
     per_camera_keys: bool = False
     """Name even one camera `observation.images.<camera>`; `for_policy` sets it from the policy."""
+    workers: int = 1
+    """Processes running episodes side by side, each with its own copy of the policy and env (1: in
+    this process). Episodes keep their seeds, so the report is the same whatever the count."""
+    threads: int | None = None
+    """torch threads in each worker (None: the machine's cores shared out between the workers)."""
     specs: tuple[TaskSpec, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +125,10 @@ class EvalConfig:
             raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.instructions not in INSTRUCTION_SETS:
             raise ValueError(f"instructions must be one of {INSTRUCTION_SETS}, got {self.instructions!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads!r}")
         if self.save_rollouts < 0:
             raise ValueError(f"save_rollouts must be >= 0, got {self.save_rollouts!r}")
         if self.split not in SPLITS:
@@ -253,40 +263,79 @@ class EvalRunner:
         self.progress = progress
 
     def run(self, policy) -> dict[str, Any]:
-        """Evaluate `policy`; returns the report dict (also written to `config.output` if set)."""
+        """Evaluate `policy`; returns the report dict (also written to `config.output` if set).
+
+        With `config.workers > 1` the policy is pickled to that many spawned processes, which take
+        episodes in order from a shared queue; the report lists them in the sequential order."""
         cfg = self.config
-        episodes: list[EpisodeResult] = []
-        saved: list[str] = []
+        jobs = [(t, i) for t in range(len(cfg.specs)) for i in range(cfg.episodes_per_task)]
+        threads = self.threads()
+        done: dict[tuple[int, int], tuple[EpisodeResult, str | None]] = {}
         bar = tqdm(
-            total=len(cfg.specs) * cfg.episodes_per_task,
-            desc=f"eval ({cfg.clock})",
+            total=len(jobs),
+            desc=f"eval ({cfg.clock})" + (f", {cfg.workers} workers" if cfg.workers > 1 else ""),
             unit="ep",
             disable=not self.progress,
         )
         try:
-            for spec in cfg.specs:
-                with MetaWorldEnv(cfg.env_config(spec)) as env:
-                    for i in range(cfg.episodes_per_task):
-                        keep = cfg.output is not None and i < cfg.save_rollouts
-                        seed = split_seed(cfg.split, cfg.seed, i)
-                        result = self.run_episode(policy, env, spec, seed, keep_frames=keep)
-                        if keep and result.frames:
-                            frames = [*result.frames, env.observe().frame()]
-                            path = save_rollout(result, frames, cfg.output / "rollouts")
-                            saved.append(str(path.relative_to(cfg.output)))
-                            result.frames = []
-                        episodes.append(result)
-                        done = [e for e in episodes if e.task == spec.name]
-                        bar.set_postfix(task=spec.name, success=f"{sum(e.success for e in done)}/{len(done)}")
-                        bar.update(1)
+            stream = self._run_here if cfg.workers == 1 else self._run_in_workers
+            for job, result, saved in stream(policy, jobs, threads):
+                done[job] = (result, saved)
+                task = [r for (t, _), (r, _) in done.items() if t == job[0]]
+                bar.set_postfix(task=result.task, success=f"{sum(r.success for r in task)}/{len(task)}")
+                bar.update(1)
         finally:
             bar.close()
+        episodes = [done[job][0] for job in jobs]
+        saved = [done[job][1] for job in jobs if done[job][1] is not None]
         report = build_report(cfg, episodes, self.predict_kwargs)
+        report["settings"]["threads"] = threads
         if saved:
             report["rollouts"] = saved  # frame strips (.png) beside GIFs of the same name
         if cfg.output is not None:
             write_report(report, cfg.output)
         return report
+
+    def threads(self) -> int | None:
+        """torch threads each worker runs with (None: this process's, untouched, without torch)."""
+        cfg = self.config
+        if cfg.threads is not None:
+            return cfg.threads
+        if cfg.workers > 1:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            return max(1, (cores or 1) // cfg.workers)
+        torch = sys.modules.get("torch")
+        return torch.get_num_threads() if torch is not None else None
+
+    def _run_here(self, policy, jobs, threads):
+        if self.config.threads is not None:
+            _set_torch_threads(threads)
+        episodes = _EpisodeJobs(self, policy)
+        try:
+            for job in jobs:
+                yield (job, *episodes(job))
+        finally:
+            episodes.close()
+
+    def _run_in_workers(self, policy, jobs, threads):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        quiet = EvalRunner(self.config, self.predict_kwargs, self.timer, progress=False)
+        pool = ProcessPoolExecutor(
+            max_workers=self.config.workers,
+            mp_context=multiprocessing.get_context(
+                "spawn"
+            ),  # no fork of a process holding GL or OpenMP state
+            initializer=_init_worker,
+            initargs=(quiet, policy, threads),
+        )
+        try:
+            futures = [pool.submit(_work, job) for job in jobs]
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def scheduler(self, policy, control_hz: float) -> ChunkScheduler:
         """A fresh scheduler for one episode, configured as this evaluation asks."""
@@ -358,6 +407,59 @@ class EvalRunner:
         result.decode_iterations.append(_mean_of(stats.iterations))
         result.decode_tokens.append(float(stats.tokens))
         result.decode_warm.append(warm_started)
+
+
+class _EpisodeJobs:
+    """Runs one episode per `(task index, episode index)` job, keeping the current task's env open."""
+
+    def __init__(self, runner: EvalRunner, policy):
+        self.runner = runner
+        self.policy = policy
+        self.task: int | None = None
+        self.env: MetaWorldEnv | None = None
+
+    def __call__(self, job: tuple[int, int]) -> tuple[EpisodeResult, str | None]:
+        cfg = self.runner.config
+        t, i = job
+        spec = cfg.specs[t]
+        if self.task != t:  # jobs come task by task: one env open at a time
+            self.close()
+            self.env, self.task = MetaWorldEnv(cfg.env_config(spec)), t
+        keep = cfg.output is not None and i < cfg.save_rollouts
+        seed = split_seed(cfg.split, cfg.seed, i)
+        result = self.runner.run_episode(self.policy, self.env, spec, seed, keep_frames=keep)
+        saved = None
+        if keep and result.frames:
+            frames = [*result.frames, self.env.observe().frame()]
+            saved = str(save_rollout(result, frames, cfg.output / "rollouts").relative_to(cfg.output))
+        result.frames = []
+        return result, saved
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        self.env = self.task = None
+
+
+_WORKER_JOBS: _EpisodeJobs | None = None
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _init_worker(runner: EvalRunner, policy, threads: int | None) -> None:
+    global _WORKER_JOBS
+    _set_torch_threads(threads)
+    _WORKER_JOBS = _EpisodeJobs(runner, policy)
+
+
+def _work(job: tuple[int, int]) -> tuple[tuple[int, int], EpisodeResult, str | None]:
+    assert _WORKER_JOBS is not None, "worker not initialised"
+    return (job, *_WORKER_JOBS(job))
 
 
 def save_rollout(result: EpisodeResult, frames: list[np.ndarray], directory: Path, strip: int = 8) -> Path:
@@ -672,6 +774,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="Jacobi modes: one forward over prompt and guess block replaces prefill + first iteration",
     )
     parser.add_argument("--device", default=None, help="torch device for a VLA checkpoint")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes running episodes side by side, each with a copy of the policy (default: 1); "
+        "the same episodes and report whatever the count",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: the cores shared out between the workers)",
+    )
     parser.add_argument("--output", type=Path, default=Path("outputs/eval"), help="report directory")
     parser.add_argument(
         "--save-rollouts",
@@ -700,6 +815,8 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
         "split": "split",
         "save_rollouts": "save_rollouts",
         "output": "output",
+        "workers": "workers",
+        "threads": "threads",
     }
     values = {field: getattr(args, arg) for field, arg in names.items() if hasattr(args, arg)}
     values["tasks"] = tuple(t for t in args.tasks.split(",") if t.strip())

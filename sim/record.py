@@ -15,13 +15,18 @@ far, so an interrupted recording stays loadable.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import logging
+import multiprocessing
 import shutil
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +100,9 @@ class RecordConfig:
     """A task fails the recording after `episodes_per_task * this` attempts without enough successes."""
     resume: bool = False
     overwrite: bool = False
+    workers: int = 1
+    """Processes rolling the expert out side by side (1: in this process). This process still saves
+    every episode, in attempt order, so the recording is the same whatever the count."""
     specs: tuple[TaskSpec, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +117,8 @@ class RecordConfig:
             raise ValueError(f"noise_std must be in [0, 1] (actions live in [-1, 1]), got {self.noise_std!r}")
         if self.max_attempts_per_episode < 1:
             raise ValueError(f"max_attempts_per_episode must be >= 1, got {self.max_attempts_per_episode!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers!r}")
         if self.resume and self.overwrite:
             raise ValueError("choose one of resume and overwrite, not both")
         if "/" not in self.repo_id:
@@ -335,9 +345,16 @@ class _Recorder:
     """One recording run: the open dataset and log, the expert, and the run's counters."""
 
     def __init__(
-        self, config: RecordConfig, dataset, log: RecordLog, on_episode: EpisodeCallback | None, bar
+        self,
+        config: RecordConfig,
+        dataset,
+        log: RecordLog,
+        on_episode: EpisodeCallback | None,
+        bar,
+        pool: ProcessPoolExecutor | None = None,
     ):
         self.config = config
+        self.pool = pool
         self.dataset = dataset
         self.log = log
         self.on_episode = on_episode
@@ -351,25 +368,52 @@ class _Recorder:
         done = self.log.count(spec.name)
         if done >= cfg.episodes_per_task:
             return
-        attempt = self.log.next_attempt(spec.name)
+        first = self.log.next_attempt(spec.name)
         budget = cfg.episodes_per_task * cfg.max_attempts_per_episode
-        with MetaWorldEnv(cfg.env_config(spec)) as env:
-            while done < cfg.episodes_per_task:
-                if attempt >= budget:
-                    raise RecordingError(
-                        f"{spec.name}: only {done} successful episodes in {attempt} attempts; the expert "
-                        f"fails too often within {cfg.max_episode_steps} steps (raise --max-steps, "
-                        "lower --noise or raise max_attempts_per_episode)"
-                    )
-                if self.attempt(env, spec, attempt, done):
+        attempts = range(first, budget)
+        rollouts = (
+            self._rollouts_here(spec, attempts)
+            if self.pool is None
+            else self._rollouts_in_pool(spec, attempts)
+        )
+        try:
+            for attempt, episode in rollouts:
+                if self.keep(spec, attempt, episode, done):
                     done += 1
-                attempt += 1
+                if done >= cfg.episodes_per_task:
+                    return
+        finally:
+            rollouts.close()
+        raise RecordingError(
+            f"{spec.name}: only {done} successful episodes in {budget} attempts; the expert "
+            f"fails too often within {cfg.max_episode_steps} steps (raise --max-steps, "
+            "lower --noise or raise max_attempts_per_episode)"
+        )
 
-    def attempt(self, env: MetaWorldEnv, spec: TaskSpec, attempt: int, done: int) -> bool:
-        """One expert rollout; saved (and True) if it succeeded."""
-        seed = record_seed(self.config.seed, attempt)
-        rng = np.random.default_rng([self.config.seed, seed])
-        episode = run_expert_episode(env, self.expert, spec, seed, self.config.noise_std, rng)
+    def _rollouts_here(self, spec: TaskSpec, attempts: range):
+        with MetaWorldEnv(self.config.env_config(spec)) as env:
+            for attempt in attempts:
+                yield attempt, rollout_attempt(env, self.expert, spec, self.config, attempt)
+
+    def _rollouts_in_pool(self, spec: TaskSpec, attempts: range):
+        """Attempts in order, rolled out by the workers a few ahead of the one being saved."""
+        ahead = 2 * self.config.workers  # keeps every worker busy while this process saves
+        pending = deque()
+        todo = iter(attempts)
+        try:
+            for attempt in itertools.islice(todo, ahead):
+                pending.append(self.pool.submit(_rollout_in_worker, spec.name, attempt))
+            while pending:
+                attempt, episode = pending.popleft().result()
+                for nxt in itertools.islice(todo, 1):
+                    pending.append(self.pool.submit(_rollout_in_worker, spec.name, nxt))
+                yield attempt, episode
+        finally:
+            for future in pending:  # attempts past the last needed one: never saved
+                future.cancel()
+
+    def keep(self, spec: TaskSpec, attempt: int, episode: _Episode, done: int) -> bool:
+        """Count one rollout; save it (and return True) if it succeeded."""
         self.attempts += 1
         self.failures += int(not episode.success)
         self.bar.set_postfix(task=spec.name, attempts=self.attempts, failed=self.failures)
@@ -378,7 +422,7 @@ class _Recorder:
         entry = EpisodeEntry(
             episode_index=len(self.log.episodes),
             task=spec.name,
-            seed=seed,
+            seed=record_seed(self.config.seed, attempt),
             attempt=attempt,
             instruction=spec.train_instruction(done),
             steps=len(episode.actions),
@@ -390,6 +434,60 @@ class _Recorder:
         if self.on_episode is not None:
             self.on_episode(entry)
         return True
+
+
+def rollout_attempt(
+    env: MetaWorldEnv, expert: ScriptedExpert, spec: TaskSpec, config: RecordConfig, attempt: int
+) -> _Episode:
+    """Attempt number `attempt` of a task: its seed and noise follow from (run seed, attempt) alone."""
+    seed = record_seed(config.seed, attempt)
+    rng = np.random.default_rng([config.seed, seed])
+    episode = run_expert_episode(env, expert, spec, seed, config.noise_std, rng)
+    if not episode.success:  # nothing of a failed attempt is kept
+        episode.images, episode.states = [], []
+    return episode
+
+
+class _RolloutWorker:
+    """A worker process's expert and its env for the task it is on."""
+
+    def __init__(self, config: RecordConfig):
+        self.config = config
+        self.expert = ScriptedExpert()
+        self.specs = {s.name: s for s in config.specs}
+        self.env: MetaWorldEnv | None = None
+        self.task: str | None = None
+
+    def __call__(self, task: str, attempt: int) -> tuple[int, _Episode]:
+        if self.task != task:  # attempts come task by task: one env open at a time
+            if self.env is not None:
+                self.env.close()
+            self.env, self.task = MetaWorldEnv(self.config.env_config(self.specs[task])), task
+        return attempt, rollout_attempt(self.env, self.expert, self.specs[task], self.config, attempt)
+
+
+_WORKER: _RolloutWorker | None = None
+
+
+def _init_rollout_worker(config: RecordConfig) -> None:
+    global _WORKER
+    _WORKER = _RolloutWorker(config)
+
+
+def _rollout_in_worker(task: str, attempt: int) -> tuple[int, _Episode]:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER(task, attempt)
+
+
+def _rollout_pool(config: RecordConfig):
+    if config.workers == 1:
+        return contextlib.nullcontext(None)
+    return ProcessPoolExecutor(
+        max_workers=config.workers,
+        mp_context=multiprocessing.get_context("spawn"),  # no fork of a process holding GL state
+        initializer=_init_rollout_worker,
+        initargs=(config,),
+    )
 
 
 def record(
@@ -405,10 +503,15 @@ def record(
     already = len(log.episodes)
     target = config.episodes_per_task * len(config.specs)
     bar = tqdm(total=target, initial=min(already, target), desc="record", unit="ep", disable=not progress)
-    recorder = _Recorder(config, dataset, log, on_episode, bar)
     try:
-        for spec in config.specs:
-            recorder.record_task(spec)
+        with _rollout_pool(config) as pool:
+            recorder = _Recorder(config, dataset, log, on_episode, bar, pool)
+            try:
+                for spec in config.specs:
+                    recorder.record_task(spec)
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
         if dataset.has_pending_frames():
@@ -457,6 +560,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="run seed: selects the recording seed range")
     parser.add_argument("--noise", type=float, default=0.0, help="DART noise std on the executed translation")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes rolling the expert out side by side (default: 1); the same recording whatever the count",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue a recording in --output")
     mode.add_argument("--overwrite", action="store_true", help="delete --output first")
@@ -471,7 +580,7 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)  # torchcodec: unused for images
     try:
         summary = record(_config_from_args(args))
-    except (UnknownTaskError, OutputExistsError, ResumeMismatchError, RecordingError) as err:
+    except (UnknownTaskError, OutputExistsError, ResumeMismatchError, RecordingError, ValueError) as err:
         print(f"ceed record: error: {err}", file=sys.stderr)
         return 2
     print(
@@ -497,4 +606,5 @@ def _config_from_args(args: argparse.Namespace) -> RecordConfig:
         noise_std=args.noise,
         resume=args.resume,
         overwrite=args.overwrite,
+        workers=args.workers,
     )

@@ -151,6 +151,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instructions", choices=("eval", "train"), default="train")
     parser.add_argument("--execute-steps", type=int, default=None, help="actions per chunk before replanning")
     parser.add_argument("--every", type=int, default=1, help="evaluate every n-th checkpoint (from the last)")
+    parser.add_argument("--workers", type=int, default=1, help="processes running episodes side by side")
 
 
 def main(args: argparse.Namespace) -> int:

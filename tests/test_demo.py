@@ -89,6 +89,29 @@ def test_replanning_interval_reaches_every_evaluation_and_reruns_only_them(tmp_p
         replace(PROFILE, execute_steps=0)
 
 
+def test_worker_count_reaches_recording_and_evaluations_and_reruns_only_the_evaluations(
+    tmp_path, monkeypatch
+):
+    calls = {}
+    monkeypatch.setattr(
+        demo.StageCommand, "__call__", lambda self, out: calls.setdefault(out.name, self.argv)
+    )
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    profile = replace(PROFILE, workers=3)
+    for stage in demo.build_stages(profile, paths):
+        if stage.name == "record" or stage.name.startswith("eval_"):
+            stage.run(tmp_path / stage.name)
+    assert {name: argv[argv.index("--workers") + 1] for name, argv in calls.items()} == {
+        name: "3" for name in calls
+    }
+    assert len(calls) == 1 + len(PROFILE.modes())
+    # the recording is the same whatever the count; evaluation timings are not
+    before, after = _keys(PROFILE, tmp_path), _keys(profile, tmp_path)
+    assert {n for n in before if before[n] != after[n]} == {n for n in before if n.startswith("eval_")}
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        replace(PROFILE, workers=0)
+
+
 def test_sweep_skips_the_headline_sigma():
     sweep = [m for m in PROFILE.modes() if m.sweep]
     assert [m.sigma for m in sweep] == [2]

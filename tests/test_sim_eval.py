@@ -277,3 +277,57 @@ def test_a_two_camera_policy_is_evaluated_with_its_own_cameras(make_policy, tmp_
     assert report["episodes"][0]["steps"] == 6
     with pytest.raises(ValueError, match=r"--camera 'corner2' renders \['observation.images.corner2'\]"):
         EvalConfig(tasks=("reach",), camera="corner2").for_policy(policy)
+
+
+def _outcomes(report) -> list[tuple]:
+    return [(e["task"], e["seed"], e["success"], e["steps"], e["policy_calls"]) for e in report["episodes"]]
+
+
+def test_workers_run_the_same_episodes_and_report_them_in_order(tmp_path):
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+    from ceed_vla.sim.experts import ScriptedExpert
+
+    base = dict(tasks=("reach", "push"), episodes_per_task=3, image_size=16, max_episode_steps=60)
+    here = EvalRunner(EvalConfig(**base), progress=False).run(ScriptedExpert())
+    out = tmp_path / "two"
+    config = EvalConfig(**base, workers=2, output=out, save_rollouts=1)
+    spread = EvalRunner(config, progress=False).run(ScriptedExpert())
+
+    assert _outcomes(spread) == _outcomes(here)  # same seeds, same order, same results
+    assert [e["task"] for e in spread["episodes"]] == ["reach"] * 3 + ["push"] * 3
+    assert spread["overall"]["successes"] == here["overall"]["successes"]
+    assert spread["settings"]["workers"] == 2 and spread["settings"]["threads"] >= 1
+    assert len(spread["rollouts"]) == 2  # the first episode of each task, saved by its worker
+    assert all((out / r).is_file() for r in spread["rollouts"])
+
+
+def test_workers_get_a_pickled_vla_policy_and_decode_as_this_process_does(make_policy):
+    from ceed_vla.decoding import DecodeConfig
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+
+    policy = make_policy()
+    decoding = {"decoding": DecodeConfig(mode="jacobi", n_bins=policy.n_bins)}
+    base = dict(tasks=("reach",), episodes_per_task=2, image_size=16, max_episode_steps=8, threads=1)
+    here = EvalRunner(EvalConfig(**base), decoding, progress=False).run(policy)
+    spread = EvalRunner(EvalConfig(**base, workers=2), decoding, progress=False).run(policy)
+    assert _outcomes(spread) == _outcomes(here)
+    assert [e["iterations_per_chunk"] for e in spread["episodes"]] == [
+        e["iterations_per_chunk"] for e in here["episodes"]
+    ]
+    assert spread["overall"]["chunk_ms_p50"] > 0
+
+
+def test_a_failing_worker_fails_the_evaluation():
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+
+    config = EvalConfig(tasks=("reach",), episodes_per_task=2, image_size=16, workers=2)
+    with pytest.raises(AttributeError, match="reset"):
+        EvalRunner(config, progress=False).run(SimpleNamespace())  # no reset(): not a policy
+
+
+@pytest.mark.parametrize(("field", "value"), [("workers", 0), ("threads", 0)])
+def test_worker_and_thread_counts_below_one_are_refused(field, value):
+    from ceed_vla.sim.evaluate import EvalConfig
+
+    with pytest.raises(ValueError, match=field):
+        EvalConfig(tasks=("reach",), **{field: value})

@@ -363,3 +363,40 @@ def test_two_episodes_of_each_mt10_task_load_with_features_and_task_texts(tmp_pa
     item = ds[len(ds) - 1]
     assert item["observation.image"].dtype.is_floating_point and float(item["observation.image"].max()) <= 1.0
     assert float(item["action"].abs().max()) <= 1.0
+
+
+def _frames(root):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("local/test", root=root)
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_workers_record_the_same_dataset_as_one_process(tmp_path):
+    import torch
+    from ceed_vla.sim.record import LOG_NAME, record
+
+    # push within 60 steps: the expert fails some attempts, which must be skipped in the same order
+    kw = dict(tasks=("push", "reach"), episodes_per_task=2, max_episode_steps=60, noise_std=0.1)
+    one = record(_config(tmp_path / "one", **kw), progress=False)
+    two = record(_config(tmp_path / "two", workers=2, **kw), progress=False)
+
+    assert one.failures > 0 and (two.attempts, two.failures) == (one.attempts, one.failures)
+    logs = [json.loads((tmp_path / d / "meta" / LOG_NAME).read_text())["episodes"] for d in ("one", "two")]
+    assert logs[0] == logs[1]
+    a, b = _frames(tmp_path / "one"), _frames(tmp_path / "two")
+    assert len(a) == len(b) == one.frames
+    for x, y in zip(a, b, strict=True):
+        for key in ("observation.image", "observation.state", "action"):
+            assert torch.equal(x[key], y[key]), key
+
+
+def test_workers_that_never_succeed_fail_the_task_and_keep_the_dataset_loadable(tmp_path):
+    from ceed_vla.sim.record import LOG_NAME, RecordingError, record
+
+    config = _config(tmp_path / "ds", tasks=("push",), episodes_per_task=1, max_episode_steps=2, workers=2)
+    with pytest.raises(RecordingError, match="push: only 0 successful episodes in 5 attempts"):
+        record(config, progress=False)
+    meta = tmp_path / "ds" / "meta"
+    assert json.loads((meta / "info.json").read_text())["total_episodes"] == 0
+    assert json.loads((meta / LOG_NAME).read_text())["episodes"] == []
