@@ -17,9 +17,15 @@ find_python() {
         fi
     done
     if command -v pyenv >/dev/null 2>&1; then
-        local v prefix
+        local v prefix root
         for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | sort -V -r); do
             prefix="$(pyenv prefix "$v" 2>/dev/null)" || continue
+            if [ -x "$prefix/bin/python3.12" ]; then echo "$prefix/bin/python3.12"; return 0; fi
+        done
+        # pyenv looks in $PYENV_ROOT, by default ~/.pyenv: with another HOME (a CI runner, sudo, a
+        # container) it lists nothing, though its own installation holds the versions
+        root="$(cd "$(dirname "$(readlink -f "$(command -v pyenv)")")/.." && pwd)"
+        for prefix in $(ls -d "$root"/versions/3.12* 2>/dev/null | sort -V -r); do
             if [ -x "$prefix/bin/python3.12" ]; then echo "$prefix/bin/python3.12"; return 0; fi
         done
     fi

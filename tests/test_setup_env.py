@@ -138,3 +138,36 @@ def test_setup_rejects_a_wrong_ceed_python(newcomer):
         assert out.returncode != 0
         assert f"CEED_PYTHON={wrong} is not a Python 3.12 interpreter" in out.stderr
     assert not (tmp / "venv").exists()
+
+
+def test_python_is_found_in_pyenvs_own_root_when_home_is_elsewhere(tmp_path):
+    """pyenv lists versions of $PYENV_ROOT (default ~/.pyenv); with a CI runner's empty HOME it lists
+    none, so the script falls back to the versions beside the pyenv executable on PATH."""
+    import sys
+
+    root = tmp_path / "opt" / "pyenv"
+    (root / "libexec").mkdir(parents=True)
+    (root / "bin").mkdir()
+    fake = root / "libexec" / "pyenv"
+    fake.write_text("#!/bin/sh\nexit 0\n")  # `pyenv versions` under an empty HOME: nothing
+    fake.chmod(0o755)
+    (root / "bin" / "pyenv").symlink_to(fake)
+    for version in ("3.11.9", "3.12.1", "3.12.10"):
+        (root / "versions" / version / "bin").mkdir(parents=True)
+    newest = root / "versions" / "3.12.10" / "bin" / "python3.12"
+    newest.symlink_to(sys.executable)
+    (root / "versions" / "3.12.1" / "bin" / "python3.12").symlink_to(sys.executable)
+    tools = tmp_path / "tools"  # the shell tools and nothing else: no python3.12 on PATH
+    tools.mkdir()
+    for tool in ("sed", "ls", "sort", "readlink", "dirname", "grep", "cat"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    env = {"HOME": str(tmp_path / "home"), "PATH": f"{root / 'bin'}:{tools}"}
+    script = f'source <(sed -n "/^find_python()/,/^}}/p" {SCRIPT}); find_python'
+    out = subprocess.run([shutil.which("bash"), "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(newest)  # the newest 3.12, never 3.11
+
+    newest.unlink()
+    (root / "versions" / "3.12.1" / "bin" / "python3.12").unlink()
+    out = subprocess.run([shutil.which("bash"), "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and out.stdout == ""
