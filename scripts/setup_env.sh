@@ -85,5 +85,8 @@ say "syncing $VENV from uv.lock"
 # --inexact: the ROS wheels also register egg-info distributions uv does not know; an exact sync
 # uninstalls them, and with them the rclpy and message modules they share with the real wheels.
 # The interpreter is always named explicitly: uv must never fetch a Python of its own.
+# TLS: the platform's certificate store, as pip and curl use (uv's own default is a bundled list,
+# which fails behind a proxy or mirror with a site CA); UV_NATIVE_TLS is the older uv's name for it.
+export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-${UV_NATIVE_TLS:-1}}" UV_NATIVE_TLS="${UV_NATIVE_TLS:-${UV_SYSTEM_CERTS:-1}}"
 UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON_DOWNLOADS=never "${UV[@]}" sync --frozen --inexact --python "$PY" --quiet
 say "ready: $VENV"
