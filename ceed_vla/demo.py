@@ -170,8 +170,8 @@ PROFILES: dict[str, DemoProfile] = {
         name="quick",
         tasks=QUICK_TASKS,
         # 30 episodes per task and 1,200 steps with the EMA: the full profile's recipe, scaled to the
-        # 30-minute budget. The teacher trains at about 51 samples/s on 2 cores, whatever the camera
-        # count: 2,400 steps took 25.7 of a 40-minute run from a clean clone (teacher AR 0.75 of 20).
+        # 30-minute budget. From a clean clone on 2 cores, 2,400 steps took 25.7 min of a 40.6-minute
+        # run (teacher AR 0.75 of 20); 1,200 steps take 11.9 min of 27.7 (teacher AR 0.65 of 20).
         record_episodes=30,
         record_noise=0.1,
         image_size=64,
