@@ -19,7 +19,7 @@ help:
 	@echo "make demo       record -> train -> distill -> evaluate on the embedded default (PROFILE=quick|full)"
 	@echo "make test       the test suite (what CI runs)"
 	@echo "make lint       ruff"
-	@echo "make gpu-check  GPU tests + decode benchmark on CUDA (on a GPU machine; CHECKPOINT=, OBSERVATIONS=)"
+	@echo "make gpu-check  GPU tests, tiny decode, 0.5B-7B cost model, training throughput (CUDA; OUT=, CHECKPOINT=)"
 	@echo "make bench      CPU benchmarks writing JSON under benchmarks/results/"
 
 venv: $(VENV)/.synced
@@ -46,6 +46,8 @@ bench: venv
 
 # On a GPU machine with no registry access the project's venv cannot be built: use the machine's own
 # Python with torch/triton/transformers and put this checkout on its path (scripts/gpu_check.sh).
+# Results go to $(OUT) (default benchmarks/results/gpu); GPU_CHECK_ALLOW_CPU=1 runs it on tiny shapes
+# without CUDA, to test the script.
 gpu-check:
 	@CHECKPOINT="$(CHECKPOINT)" OBSERVATIONS="$(OBSERVATIONS)" bash scripts/gpu_check.sh
 
