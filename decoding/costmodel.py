@@ -25,7 +25,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -381,9 +381,18 @@ def run(cfg: CostConfig, decoders: list[Decoder], report_chunk_tokens: int, log=
     """Measure every shape (a failing shape is recorded with its error; the others still run) and
     project the decoders at `report_chunk_tokens`."""
     shapes = {}
+    fallback = None  # after graphs fail once, the remaining shapes are timed eagerly
     for name in cfg.shapes:
         try:
-            record = measure_shape(cfg, name, log)
+            try:
+                record = measure_shape(fallback or cfg, name, log)
+            except Exception as err:
+                if fallback is not None or cfg.resolved_backend() != "graphs":
+                    raise
+                log(f"{name}: graphs failed ({type(err).__name__}: {err}); timing eagerly (static) instead")
+                fallback = replace(cfg, backend="static")
+                record = measure_shape(fallback, name, log)
+                record["graphs_error"] = f"{type(err).__name__}: {err}"
             record["projection"] = project(record, decoders, report_chunk_tokens)
             shapes[name] = record
         except Exception as err:  # one shape out of memory or broken must not lose the others
@@ -395,7 +404,7 @@ def run(cfg: CostConfig, decoders: list[Decoder], report_chunk_tokens: int, log=
         "device": torch.cuda.get_device_name(0) if cfg.device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra_shapes"},
-        "backend": cfg.resolved_backend(),
+        "backend": ", ".join(sorted({s["backend"] for s in shapes.values() if "backend" in s})) or None,
         "report_chunk_tokens": report_chunk_tokens,
         "decoders": [asdict(d) for d in decoders],
         "weights": "random (shapes of public models; decoding cost does not depend on the weights)",

@@ -114,6 +114,17 @@ def test_a_failing_shape_is_recorded_and_the_others_still_run(monkeypatch):
     assert record["shapes"]["tiny"]["projection"][0]["decoder"] == "teacher_ar"
 
 
+def test_graphs_failing_falls_back_to_eager_timing_and_says_so():
+    cfg = CostConfig(
+        shapes=("tiny",), prompt=4, chunk_tokens=(4,), device="cpu", dtype="fp32", backend="graphs",
+        warmup=0, rounds=1, calls=1, ar_chunk_check=None,
+    )  # fmt: skip
+    record = costmodel.run(cfg, DECODERS[:1], 4, log=lambda _: None)
+    tiny = record["shapes"]["tiny"]
+    assert tiny["backend"] == "static" and record["backend"] == "static"
+    assert "graphs" in tiny["graphs_error"] and tiny["projection"]
+
+
 def test_delay_curves_read_both_layouts_and_interpolate():
     report = {
         "success_vs_delay": [
