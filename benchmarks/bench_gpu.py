@@ -96,8 +96,8 @@ def phase_decode(args) -> int:
             return result
 
         guarded(record["backends"], backend, one)
-    record["summary"] = _decode_summary(record["backends"])
-    write_json(Path(args.out_dir) / "decode_tiny.json", record)
+        record["summary"] = _decode_summary(record["backends"])
+        write_json(Path(args.out_dir) / "decode_tiny.json", record)  # after each backend
     return 0 if all("error" not in r for r in record["backends"].values()) else 1
 
 
@@ -132,11 +132,13 @@ def phase_costmodel(args) -> int:
             chunk_tokens=tuple(sorted({8, 16, 32, 56, n})), ar_chunk_check=n,
         )  # fmt: skip
     log(f"cost model: shapes {cfg.shapes}, prompt {cfg.prompt}, n {cfg.chunk_tokens}, {device} {dtype}")
-    record = costmodel.run(cfg, decoders, n, log=log)
-    record["report"] = str(args.report)
-    print(costmodel.format_projection(record), flush=True)
     out = Path(args.out_dir)
-    write_json(out / "costmodel.json", record)
+
+    def save(partial: dict) -> None:  # after each shape: a timeout later keeps what was measured
+        write_json(out / "costmodel.json", {**partial, "report": str(args.report)})
+
+    record = costmodel.run(cfg, decoders, n, log=log, on_shape=save)
+    print(costmodel.format_projection(record), flush=True)
     try:
         costmodel.plot(record, out / "costmodel.png")
         log(f"wrote {out / 'costmodel.png'}")
@@ -168,6 +170,7 @@ def phase_train(args) -> int:
         "config": {k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in cfg.__dict__.items()},
     }
     guarded(record, "teacher", lambda: throughput.teacher_throughput(cfg, log=log))
+    write_json(Path(args.out_dir) / "train.json", record)  # kept if the distillation step times out
     guarded(record, "distill", lambda: throughput.distill_step(cfg, log=log))
     write_json(Path(args.out_dir) / "train.json", record)
     return (

@@ -377,39 +377,51 @@ def project(shape_record: dict[str, Any], decoders: list[Decoder], chunk_tokens:
     return rows
 
 
-def run(cfg: CostConfig, decoders: list[Decoder], report_chunk_tokens: int, log=print) -> dict[str, Any]:
+def run(
+    cfg: CostConfig,
+    decoders: list[Decoder],
+    report_chunk_tokens: int,
+    log: Callable[[str], None] = print,
+    on_shape: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Measure every shape (a failing shape is recorded with its error; the others still run) and
-    project the decoders at `report_chunk_tokens`."""
-    shapes = {}
-    fallback = None  # after graphs fail once, the remaining shapes are timed eagerly
-    for name in cfg.shapes:
-        try:
-            try:
-                record = measure_shape(fallback or cfg, name, log)
-            except Exception as err:
-                if fallback is not None or cfg.resolved_backend() != "graphs":
-                    raise
-                log(f"{name}: graphs failed ({type(err).__name__}: {err}); timing eagerly (static) instead")
-                fallback = replace(cfg, backend="static")
-                record = measure_shape(fallback, name, log)
-                record["graphs_error"] = f"{type(err).__name__}: {err}"
-            record["projection"] = project(record, decoders, report_chunk_tokens)
-            shapes[name] = record
-        except Exception as err:  # one shape out of memory or broken must not lose the others
-            log(f"{name}: failed: {type(err).__name__}: {err}")
-            shapes[name] = {"shape": asdict(cfg.shape(name)), "error": f"{type(err).__name__}: {err}"}
-    return {
+    project the decoders at `report_chunk_tokens`. `on_shape(record)` is called after each shape with
+    the record so far (to save partial results)."""
+    shapes: dict[str, Any] = {}
+    record = {
         "benchmark": "costmodel",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": torch.cuda.get_device_name(0) if cfg.device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra_shapes"},
-        "backend": ", ".join(sorted({s["backend"] for s in shapes.values() if "backend" in s})) or None,
+        "backend": None,
         "report_chunk_tokens": report_chunk_tokens,
         "decoders": [asdict(d) for d in decoders],
         "weights": "random (shapes of public models; decoding cost does not depend on the weights)",
         "shapes": shapes,
     }
+    fallback = None  # after graphs fail once, the remaining shapes are timed eagerly
+    for name in cfg.shapes:
+        try:
+            try:
+                measured = measure_shape(fallback or cfg, name, log)
+            except Exception as err:
+                if fallback is not None or cfg.resolved_backend() != "graphs":
+                    raise
+                log(f"{name}: graphs failed ({type(err).__name__}: {err}); timing eagerly (static) instead")
+                fallback = replace(cfg, backend="static")
+                measured = measure_shape(fallback, name, log)
+                measured["graphs_error"] = f"{type(err).__name__}: {err}"
+            measured["projection"] = project(measured, decoders, report_chunk_tokens)
+            shapes[name] = measured
+        except Exception as err:  # one shape out of memory or broken must not lose the others
+            log(f"{name}: failed: {type(err).__name__}: {err}")
+            shapes[name] = {"shape": asdict(cfg.shape(name)), "error": f"{type(err).__name__}: {err}"}
+        backends = sorted({s["backend"] for s in shapes.values() if "backend" in s})
+        record["backend"] = ", ".join(backends) or None
+        if on_shape is not None:
+            on_shape(record)
+    return record
 
 
 def plot(record: dict[str, Any], path) -> None:

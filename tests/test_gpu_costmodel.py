@@ -109,7 +109,11 @@ def test_a_failing_shape_is_recorded_and_the_others_still_run(monkeypatch):
         shapes=("broken", "tiny"), prompt=4, chunk_tokens=(4,), device="cpu", dtype="fp32", warmup=0,
         rounds=1, calls=1, ar_chunk_check=None, extra_shapes={"broken": broken},
     )  # fmt: skip
-    record = costmodel.run(cfg, DECODERS[:1], 4, log=lambda _: None)
+    saved = []
+    record = costmodel.run(
+        cfg, DECODERS[:1], 4, log=lambda _: None, on_shape=lambda r: saved.append(list(r["shapes"]))
+    )
+    assert saved == [["broken"], ["broken", "tiny"]]  # partial results after each shape
     assert "out of memory" in record["shapes"]["broken"]["error"]
     assert record["shapes"]["tiny"]["projection"][0]["decoder"] == "teacher_ar"
 
