@@ -454,7 +454,7 @@ def plot(record: dict[str, Any], path) -> None:
     left.set_ylabel(f"projected ms per chunk (n = {record['report_chunk_tokens']})")
     right.axhline(1.0, color="grey", lw=0.8, ls="--")
     right.set_xlabel("chunk tokens n (a pass forwards n - 1)")
-    right.set_ylabel("Jacobi pass / AR step (ms)")
+    right.set_ylabel("Jacobi pass time / AR step time")
     right.legend(fontsize=8)
     fig.suptitle(f"cost model: {record['device']}, {record['config']['dtype']}", fontsize=9)
     fig.tight_layout()
