@@ -217,6 +217,14 @@ def test_bench_gpu_entry_points_run_tiny(tmp_path):
     assert bench.main(["costmodel", "--tiny", "--out-dir", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "costmodel.json").read_text())
     assert record["shapes"]["tiny"]["projection"]
+    assert bench.main(["decode", "--tiny", "--out-dir", str(tmp_path)]) == 0
+    decode = json.loads((tmp_path / "decode_tiny.json").read_text())
+    sigma = json.loads(REPORT.read_text())["config"]["sigma"]
+    assert sigma in decode["sigmas"]
+    static = decode["backends"]["static"]
+    names = {row["name"] for row in static["results"]}
+    assert {"ar", "jacobi/prev_tail", f"ee/sigma={sigma}", f"ee/sigma={sigma}/fused"} <= names
+    assert decode["summary"]["ar"]["iterations"] == static["chunk_tokens"] - 1
     report = load("bench_gpu_report")
     assert report.main(["--costmodel", str(tmp_path / "costmodel.json")]) == 0
     assert "teacher_ar" in (tmp_path / "latency_table.md").read_text()
