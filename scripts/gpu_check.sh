@@ -82,7 +82,7 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"; exec >&- 2>&-; wait "$TEE_PID" 2>/dev/null' EXIT
 mkdir -p "$TMP/plugins"
 export PYTHONPATH="$TMP/plugins${PYTHONPATH:+:$PYTHONPATH}"
-if [ "${GPU_CHECK_SHIM:-0}" = 1 ] || ! "$PY" -c 'import ceed_vla.decoding' 2>/dev/null; then
+if [ "${GPU_CHECK_SHIM:-0}" = 1 ] || ! (cd / && "$PY" -c 'import ceed_vla.decoding' 2>/dev/null); then
     mkdir -p "$TMP/shim/ceed_vla"
     cat > "$TMP/shim/ceed_vla/__init__.py" <<PYEOF
 __path__ = [${REPO@Q} + "/ceed_vla", ${REPO@Q}]
