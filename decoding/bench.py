@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ceed_vla.atomic import atomic_write_bytes
+from ceed_vla.stats import percentile
 
 from .config import DecodeConfig
 from .decode import decode
@@ -152,7 +153,7 @@ def measure_prefill(policy, prefixes, cfg: DecodeBenchConfig, backend: str) -> f
             torch.cuda.synchronize(device)
         if i >= cfg.warmup:
             times.append((time.perf_counter() - t0) * 1e3)
-    return percentile(times, 0.5)
+    return percentile(times, 50)
 
 
 # ----------------------------------------------------------------------------------- model and data
@@ -264,10 +265,6 @@ def dataset_observations(root: str, repo_id: str | None, count: int, stride: int
 # ----------------------------------------------------------------------------------------- measuring
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(torch.tensor(values, dtype=torch.float64).quantile(q)) if values else float("nan")
-
-
 def run_variant(
     policy, variant: Variant, prefixes, reference_bins, steps_executed: int, cfg: DecodeBenchConfig
 ) -> dict[str, Any]:
@@ -299,8 +296,8 @@ def run_variant(
         "init": "prev_tail" if variant.prev_tail else variant.decode.init,
         "sigma": variant.decode.sigma,
         "tau": variant.decode.tau,
-        "ms_p50": percentile(times, 0.5),
-        "ms_p95": percentile(times, 0.95),
+        "ms_p50": percentile(times, 50),
+        "ms_p95": percentile(times, 95),
         "ms_mean": sum(times) / len(times),
         "iterations_per_chunk": sum(iterations) / len(iterations),
         "forward_passes_per_chunk": sum(passes) / len(passes),
