@@ -25,6 +25,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerBase
 
+from ceed_vla.keys import ACTION_KEY, FINAL_STATE_KEY, STATE_KEY, TASK_KEY
+
 from . import lerobot_layout as layout
 from .action_tokenizer import ActionTokenizer, StateNormalizer
 from .checkpoint_io import CheckpointError, atomic_directory, atomic_write_text, read_json, require_file
@@ -38,12 +40,6 @@ NORMALIZER_FILE = "normalizer.json"
 TOKENIZER_FILE = "tokenizer.json"
 TEXT_CACHE_SIZE = 4096  # instructions whose token ids are kept
 FORMAT_VERSION = layout.FORMAT_VERSION
-
-IMAGE_KEY = "observation.image"
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
-TASK_KEY = "task"
-FINAL_STATE_KEY = "episode.final_state"  # training-only: the state at the sample's episode end
 
 
 class ActionDimMismatchError(ValueError):
