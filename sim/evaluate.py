@@ -166,7 +166,7 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
         "threads": "threads",
     }
     values = {field: getattr(args, arg) for field, arg in names.items() if hasattr(args, arg)}
-    values["tasks"] = tuple(t for t in args.tasks.split(",") if t.strip())
+    values["tasks"] = args.tasks
     return EvalConfig(**{**values, **fixed})
 
 

@@ -44,7 +44,7 @@ from ceed_vla.sim.env import (
 )
 from ceed_vla.sim.experts import ScriptedExpert
 from ceed_vla.sim.seeds import record_seed
-from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, resolve_tasks
+from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, task_selection
 from tqdm.auto import tqdm
 
 from ceed_vla.atomic import atomic_write_text
@@ -107,10 +107,7 @@ class RecordConfig:
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
-        if isinstance(self.tasks, str):
-            self.tasks = (self.tasks,)
-        self.specs = resolve_tasks(self.tasks)
-        self.tasks = tuple(s.name for s in self.specs)
+        self.tasks, self.specs = task_selection(self.tasks)
         if self.episodes_per_task < 1:
             raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task!r}")
         if not 0.0 <= self.noise_std <= 1.0:
@@ -596,7 +593,7 @@ def _config_from_args(args: argparse.Namespace) -> RecordConfig:
     return RecordConfig(
         output=args.output,
         repo_id=args.repo_id,
-        tasks=tuple(t for t in args.tasks.split(",") if t.strip()),
+        tasks=args.tasks,
         episodes_per_task=args.episodes,
         image_size=args.image_size,
         camera=args.camera,

@@ -55,7 +55,7 @@ from ceed_vla.sim.env import (
 )
 from ceed_vla.sim.report import build_report, save_rollout, write_report
 from ceed_vla.sim.seeds import SPLITS, split_seed
-from ceed_vla.sim.tasks import MT10, TaskSpec, resolve_tasks
+from ceed_vla.sim.tasks import MT10, TaskSpec, task_selection
 from tqdm.auto import tqdm
 
 from ceed_vla.scheduler import (
@@ -111,10 +111,7 @@ class EvalConfig:
     specs: tuple[TaskSpec, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.tasks, str):
-            self.tasks = (self.tasks,)
-        self.specs = resolve_tasks(self.tasks)
-        self.tasks = tuple(s.name for s in self.specs)
+        self.tasks, self.specs = task_selection(self.tasks)
         if self.episodes_per_task < 1:
             raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task!r}")
         if self.clock not in CLOCKS:
