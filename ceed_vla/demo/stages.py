@@ -13,16 +13,12 @@ the log prints; `ceed_vla.pipeline` skips finished stages and reruns what a chan
 
 from __future__ import annotations
 
-import os
-import shlex
 import shutil
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ceed_vla.pipeline import Stage
+from ceed_vla.pipeline import Stage, run_job
 
 from .profiles import DemoProfile
 
@@ -70,12 +66,7 @@ class StageCommand:
     env: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, out: Path) -> None:
-        cmd = [sys.executable, "-m", "ceed_vla.cli", *self.argv]
-        print("$ ceed " + shlex.join(self.argv), file=sys.stderr, flush=True)
-        env = {**os.environ, **self.env}
-        proc = subprocess.run(cmd, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`ceed {shlex.join(self.argv)}` exited with status {proc.returncode}")
+        run_job(self.argv, env=self.env)
 
 
 def _fresh_or_resume(out: Path, content: Path) -> list[str]:
