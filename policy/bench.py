@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-from .action_tokenizer import ActionTokenizer, StateNormalizer
 from .checkpoint_io import atomic_write_text
 from .config import VisionConfig, make_config
 from .data import ChunkDataset, Frames, _episode_bounds
+from .fresh import fresh_policy
 from .modeling import VLAPolicy
-from .text_tokenizer import train_instruction_tokenizer
 from .trainer import METRICS_FILE, NextTokenLoss, TrainConfig, Trainer
 
 TASKS = ["reach the red goal", "push the puck to the goal", "open the drawer", "close the window"]
@@ -64,10 +63,7 @@ def synthetic_frames(image_size: int, chunk: int, episodes: int = 16, length: in
 def build_policy(args: argparse.Namespace, frames: Frames) -> VLAPolicy:
     config = make_config(args.preset, chunk_size=args.chunk_size)
     config.vision = VisionConfig(**{**config.vision.__dict__, "image_size": args.image_size})
-    tokenizer = train_instruction_tokenizer(TASKS, vocab_size=config.text_vocab_size)
-    return VLAPolicy.build(
-        config, tokenizer, ActionTokenizer.fit(frames.actions), StateNormalizer.fit(frames.states)
-    )
+    return fresh_policy(config, TASKS, frames.actions, frames.states)
 
 
 def train_throughput(args: argparse.Namespace, frames: Frames, precision: str) -> dict:

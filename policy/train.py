@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from .action_tokenizer import ActionTokenizer, StateNormalizer
 from .checkpoint_io import atomic_write_text
 from .config import VisionConfig, VLAConfig, make_config, spatial_vision
 from .data import DataConfig, build_datasets, train_statistics
+from .fresh import fresh_policy
 from .modeling import VLAPolicy
-from .text_tokenizer import load_tokenizer, train_instruction_tokenizer
 from .train_args import add_training_arguments, train_config_from_args
 from .trainer import NextTokenLoss, Trainer, last_checkpoint
 
@@ -125,13 +124,7 @@ def build_policy(args: argparse.Namespace, frames, train_set) -> VLAPolicy:
         fps=frames.fps,
     )
     config = model_config(args, actions.shape[-1], states.shape[-1], contract)
-    if config.lm_path:
-        tokenizer = load_tokenizer(config.lm_path)
-    else:
-        tasks = sorted(set(frames.tasks))
-        tokenizer = train_instruction_tokenizer(tasks, vocab_size=config.text_vocab_size)
-    action_tok = ActionTokenizer.fit(actions, n_bins=config.n_bins)
-    return VLAPolicy.build(config, tokenizer, action_tok, StateNormalizer.fit(states))
+    return fresh_policy(config, sorted(set(frames.tasks)), actions, states)
 
 
 def check_model_args(args: argparse.Namespace) -> None:
