@@ -102,7 +102,7 @@ TASK_ORDER = TASKS.split(",")
 
 
 def table(results_path: Path) -> int:
-    """The levers and comparisons as Markdown rows (what docs/policy.md shows)."""
+    """The levers and comparisons as Markdown rows (what docs/experiments/2026-12-policy-levers.md shows)."""
     results = json.loads(results_path.read_text())
     for name, lever in results["levers"].items():
         for key, ev in lever["evaluations"].items():

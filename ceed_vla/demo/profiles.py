@@ -51,7 +51,7 @@ class DemoProfile:
     # Evaluation wording. Episodes are always held out (seeds disjoint from the recording); "train"
     # gives the instruction in the training wording, as benchmarks with fixed task instructions do,
     # "eval" gives each task's held-out paraphrase, words the from-scratch tokenizer never saw (the
-    # teacher passes it through word noise in training: docs/policy.md, "Held-out wording").
+    # teacher passes it through word noise in training: docs/experiments/2026-12-policy-levers.md, "Held-out wording").
     eval_instructions: str = "train"
     # How the scene is seen, the same in recording and evaluation (docs/sim.md): the workspace camera
     # frames the work area; the goal marker is the rendered sphere of reach's and push's free goal.
