@@ -15,7 +15,7 @@ import argparse
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,17 @@ GROUP_HELP = {
     "bench": "benchmarks writing JSON",
     "checkpoint": "checkpoint maintenance",
 }
+
+
+def config_from_args(cls, args: argparse.Namespace, *names: str, **values):
+    """A job's config from its parsed flags: `cls(name=args.name for each name, **values)`; `values`
+    carries the fields whose flag has another name or that do not come from a flag. With no names,
+    every field of the dataclass `cls` that has a flag of the same name."""
+    if not names:
+        names = tuple(
+            f.name for f in fields(cls) if f.init and hasattr(args, f.name) and f.name not in values
+        )
+    return cls(**{n: getattr(args, n) for n in names}, **values)
 
 
 def _load(job: Job):

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from ceed_vla.policy.train_args import add_training_arguments, train_config_from_args
 
+from ceed_vla.cli import config_from_args
+
 from .collect import teacher_fingerprint
 from .data import DistillDataset, StateSampling
 from .losses import DistillLoss, DistillLossConfig
@@ -98,10 +100,12 @@ def build_datasets(args, student, store: TrajectoryStore):
             f"the store indexes frame {int(traj.dataset_index.max())} but {root} has {len(frames)}"
         )
     train_rows, val_rows = split_rows(traj, frames.episode.numpy(), args.val_fraction)
-    sampling = StateSampling(
-        consistency=args.consistency,
-        noise=args.noise,
-        noise_bins=args.noise_bins,
+    sampling = config_from_args(
+        StateSampling,
+        args,
+        "consistency",
+        "noise",
+        "noise_bins",
         n_bins=student.n_bins,
         initial=args.initial_state_share,
     )

@@ -26,6 +26,7 @@ from ceed_vla.decoding.bench import (
 )
 
 from ceed_vla.atomic import atomic_write_bytes
+from ceed_vla.cli import config_from_args
 
 from .config import make_config
 from .fresh import fresh_policy
@@ -97,30 +98,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = DecodeBenchConfig(
-        checkpoint=args.checkpoint,
-        preset=args.preset,
-        dataset=args.dataset,
-        repo_id=args.repo_id,
-        observations=args.observations,
-        save_observations=args.save_observations,
-        samples=args.samples,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        device=args.device,
-        dtype=args.dtype,
-        backend=args.backend,
-        sigmas=args.sigmas,
-        taus=args.taus,
-        fused_sigmas=args.fused_sigmas,
-        inits=args.inits,
-        sweep_init=args.sweep_init,
-        steps_executed=args.steps_executed,
-        seed=args.seed,
-        threads=args.threads,
-        out=args.out,
-        plot=args.plot,
-    )
+    cfg = config_from_args(DecodeBenchConfig, args)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     policy, source = bench_policy(cfg, *resolve_device_dtype(cfg))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ceed_vla.cli import config_from_args
+
 from .checkpoint_io import atomic_write_text
 from .config import VisionConfig, VLAConfig, make_config, spatial_vision
 from .data import DataConfig, build_datasets, train_statistics
@@ -148,17 +150,10 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    data_cfg = DataConfig(
-        roots=args.dataset_root,
-        repo_ids=args.repo_id,
-        chunk_size=args.chunk_size,
-        val_fraction=args.val_fraction,
-        shift=args.shift,
-        instruction_noise=args.instruction_noise,
-        max_episodes=args.max_episodes,
-        image_keys=args.image_keys,
-        image_size=args.image_size,
-    )
+    data_cfg = config_from_args(
+        DataConfig, args, "chunk_size", "val_fraction", "shift", "instruction_noise", "max_episodes",
+        "image_keys", "image_size", roots=args.dataset_root, repo_ids=args.repo_id,
+    )  # fmt: skip
     frames, train_set, val_set = build_datasets(data_cfg, seed=args.seed)
     cfg = train_config_from_args(args)
     if args.resume:

@@ -7,9 +7,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from ceed_vla.cli import config_from_args
+
 from .trainer import TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+# TrainConfig fields set by a flag of the same name (the others keep TrainConfig's defaults)
+_FLAGS = (
+    "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "ema_decay", "precision",
+    "save_every", "val_every", "val_batches", "log_every", "seed", "num_workers", "device",
+)  # fmt: skip
 
 
 def add_training_arguments(group, **defaults) -> None:
@@ -49,21 +56,4 @@ def add_training_arguments(group, **defaults) -> None:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The `TrainConfig` of parsed flags (`args.output` is the run directory)."""
-    return TrainConfig(
-        output_dir=args.output,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        min_lr_ratio=args.min_lr_ratio,
-        ema_decay=args.ema_decay,
-        precision=args.precision,
-        save_every=args.save_every,
-        val_every=args.val_every,
-        val_batches=args.val_batches,
-        log_every=args.log_every,
-        seed=args.seed,
-        num_workers=args.num_workers,
-        device=args.device,
-    )
+    return config_from_args(TrainConfig, args, *_FLAGS, output_dir=args.output)

@@ -48,6 +48,7 @@ from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, task_selection
 from tqdm.auto import tqdm
 
 from ceed_vla.atomic import atomic_write_text
+from ceed_vla.cli import config_from_args
 
 LOG_NAME = "ceed_record.json"
 LOG_FORMAT = 1
@@ -590,18 +591,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _config_from_args(args: argparse.Namespace) -> RecordConfig:
-    return RecordConfig(
-        output=args.output,
-        repo_id=args.repo_id,
-        tasks=args.tasks,
-        episodes_per_task=args.episodes,
-        image_size=args.image_size,
-        camera=args.camera,
-        max_episode_steps=args.max_steps,
-        goal_marker_radius=args.goal_marker_radius,
-        seed=args.seed,
-        noise_std=args.noise,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        workers=args.workers,
-    )
+    return config_from_args(
+        RecordConfig, args, "output", "repo_id", "tasks", "image_size", "camera", "goal_marker_radius", "seed",
+        "resume", "overwrite", "workers",
+        episodes_per_task=args.episodes, max_episode_steps=args.max_steps, noise_std=args.noise,
+    )  # fmt: skip
