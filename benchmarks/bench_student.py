@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from ceed_vla.sim.levers import TASKS, compare, run_eval, validation_args
+from ceed_vla.sim.levers import add_validation_arguments, compare, run_eval, validation_args
 
 from ceed_vla.pipeline import run_job
 
@@ -85,13 +85,7 @@ def main() -> int:
         default="ar",
         help="the teacher's modes (AR always: every student mode is paired with it)",
     )
-    parser.add_argument("--tasks", default=TASKS)
-    parser.add_argument("--eval-episodes", type=int, default=20, help="validation episodes per task")
-    parser.add_argument("--eval-seed", type=int, default=0, help="run seed within the validation range")
-    parser.add_argument("--image-size", type=int, default=64, help="rendered size (the recording's)")
-    parser.add_argument("--camera", default="corner2", help="the recording's camera(s)")
-    parser.add_argument("--goal-marker-radius", type=float, default=0.03, help="the recording's goal marker")
-    parser.add_argument("--threads", type=int, default=2)
+    add_validation_arguments(parser, episodes=20, image_size=64)
     parser.add_argument("--note", default="", help="what the lever is, in words")
     parser.add_argument("--output", type=Path, default=output, help="results file (one record per lever)")
     args = parser.parse_args(own)

@@ -34,7 +34,14 @@ import sys
 import time
 from pathlib import Path
 
-from ceed_vla.sim.levers import TASKS, checkpoint_path, compare, run_eval, validation_args
+from ceed_vla.sim.levers import (
+    TASKS,
+    add_validation_arguments,
+    checkpoint_path,
+    compare,
+    run_eval,
+    validation_args,
+)
 
 from ceed_vla.pipeline import run_job
 
@@ -142,15 +149,9 @@ def main() -> int:
     parser.add_argument("--name", required=True, help="lever name (the record's key)")
     parser.add_argument("--dataset-root", required=True, nargs="+")
     parser.add_argument("--work", type=Path, default=Path("outputs/teacher_levers"), help="run directories")
-    parser.add_argument("--tasks", default=TASKS)
-    parser.add_argument("--eval-episodes", type=int, default=10, help="validation episodes per task")
-    parser.add_argument("--eval-seed", type=int, default=0, help="run seed within the validation range")
-    parser.add_argument("--image-size", type=int, default=128, help="rendered size (the recording's)")
-    parser.add_argument("--camera", default="corner2", help="the recording's camera")
-    parser.add_argument("--goal-marker-radius", type=float, default=0.03, help="the recording's goal marker")
+    add_validation_arguments(parser, episodes=10, image_size=128)
     parser.add_argument("--execute-steps", default="8", help="comma-separated actions per chunk to evaluate")
     parser.add_argument("--checkpoints", default="final", help="comma-separated checkpoint names")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="", help="what the lever is, in words")
     parser.add_argument(
         "--wordings",

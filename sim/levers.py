@@ -22,6 +22,18 @@ from ceed_vla.pipeline import run_job
 TASKS = "reach,push,drawer-open,button-press-topdown,door-open"
 
 
+def add_validation_arguments(parser, episodes: int, image_size: int) -> None:
+    """The options `validation_args` reads: which validation episodes, rendered as the recording was,
+    and the threads each evaluation runs with."""
+    parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument("--eval-episodes", type=int, default=episodes, help="validation episodes per task")
+    parser.add_argument("--eval-seed", type=int, default=0, help="run seed within the validation range")
+    parser.add_argument("--image-size", type=int, default=image_size, help="rendered size (the recording's)")
+    parser.add_argument("--camera", default="corner2", help="the recording's camera(s)")
+    parser.add_argument("--goal-marker-radius", type=float, default=0.03, help="the recording's goal marker")
+    parser.add_argument("--threads", type=int, default=2)
+
+
 def validation_args(args, wording: str = "train") -> list[str]:
     """`ceed eval` options for the validation episodes of a lever run (`args`: tasks, eval_episodes,
     eval_seed, image_size, camera, goal_marker_radius), in the training wording or (`wording="eval"`)

@@ -5,7 +5,7 @@ Data only. Why each value is what it is, with the measurements behind it, is in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ceed_vla.sim.env import DEFAULT_CAMERA, DEFAULT_GOAL_MARKER_RADIUS
 
@@ -130,44 +130,35 @@ TEACHER_RECIPE = (
 DISTILL_RECIPE = ("--w-ar", "0.1", "--target", "teacher", "--initial-state-share", "0.5", "--lr", "3e-4")
 
 # Why each value: docs/demo.md, "Why the profiles".
-PROFILES: dict[str, DemoProfile] = {
-    "quick": DemoProfile(
-        name="quick",
-        tasks=QUICK_TASKS,
-        record_episodes=30,
-        record_noise=0.1,
-        image_size=64,
-        teacher_steps=1200,
-        teacher_batch=32,
-        collect_trajectories=1500,
-        distill_steps=300,
-        distill_batch=16,
-        eval_episodes=4,
-        execute_steps=4,
-        sigma=2,
-        tau=None,
-        sweep_sigmas=(1,),
-        extra_train_args=TEACHER_RECIPE,
-        extra_distill_args=DISTILL_RECIPE,
-    ),
-    "full": DemoProfile(
-        name="full",
-        tasks=QUICK_TASKS,
-        record_episodes=200,
-        record_noise=0.1,
-        image_size=64,
-        camera="corner2,gripperPOV",
-        teacher_steps=3000,
-        teacher_batch=32,
-        collect_trajectories=10000,
-        distill_steps=3000,
-        distill_batch=16,
-        eval_episodes=20,
-        execute_steps=2,
-        sigma=2,
-        tau=None,
-        sweep_sigmas=(1,),
-        extra_train_args=TEACHER_RECIPE,
-        extra_distill_args=DISTILL_RECIPE,
-    ),
-}
+QUICK = DemoProfile(
+    name="quick",
+    tasks=QUICK_TASKS,
+    record_episodes=30,
+    record_noise=0.1,
+    image_size=64,
+    teacher_steps=1200,
+    teacher_batch=32,
+    collect_trajectories=1500,
+    distill_steps=300,
+    distill_batch=16,
+    eval_episodes=4,
+    execute_steps=4,
+    sigma=2,
+    tau=None,
+    sweep_sigmas=(1,),
+    extra_train_args=TEACHER_RECIPE,
+    extra_distill_args=DISTILL_RECIPE,
+)
+# The full profile differs from the quick one in the data, the training lengths and the evaluation.
+FULL = replace(
+    QUICK,
+    name="full",
+    record_episodes=200,
+    camera="corner2,gripperPOV",
+    teacher_steps=3000,
+    collect_trajectories=10000,
+    distill_steps=3000,
+    eval_episodes=20,
+    execute_steps=2,
+)
+PROFILES: dict[str, DemoProfile] = {p.name: p for p in (QUICK, FULL)}

@@ -260,7 +260,14 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    paths: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        paths.append(out / name)
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
     rows = {n: r for n, r in report["modes"].items() if r["mode"]["clock"] == "paused"}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drawn = sorted((r["actions_per_s"], name) for name, r in rows.items() if r["actions_per_s"] is not None)
@@ -288,10 +295,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("Success vs decoding speed")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths.append(out / "pareto.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "pareto.png")
 
     tasks = list(report["config"]["tasks"])
     headline = [n for n, r in rows.items() if not r["mode"]["sweep"]]
@@ -307,10 +311,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
     ax.set_title("Success per task")
-    fig.tight_layout()
-    paths.append(out / "success_per_task.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "success_per_task.png")
 
     decoded = {n: rows[n]["chunk_iterations"] for n in headline if rows[n].get("chunk_iterations")}
     if decoded:
@@ -323,10 +324,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("chunks")
         ax.set_title("Iterations per chunk")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "iterations_hist.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        save(fig, "iterations_hist.png")
     return paths
 
 
