@@ -85,17 +85,10 @@ def load_frames_any(args):
 
 
 def train_teacher(frames, train_eps, out: Path, args):
-    from ceed_vla.policy import (
-        ActionTokenizer,
-        NextTokenLoss,
-        StateNormalizer,
-        TrainConfig,
-        Trainer,
-        VLAPolicy,
-    )
+    from ceed_vla.policy import NextTokenLoss, TrainConfig, Trainer
     from ceed_vla.policy.config import LMConfig, VisionConfig, make_config
     from ceed_vla.policy.data import ChunkDataset
-    from ceed_vla.policy.text_tokenizer import train_instruction_tokenizer
+    from ceed_vla.policy.fresh import fresh_policy
 
     train_set = ChunkDataset(frames, train_eps, shift=4, seed=args.seed)
     config = make_config(
@@ -108,12 +101,8 @@ def train_teacher(frames, train_eps, out: Path, args):
         hidden, layers = args.hidden or config.lm.hidden_size, args.layers or config.lm.num_layers
         config.lm = LMConfig(hidden_size=hidden, num_layers=layers, num_heads=4, intermediate_size=4 * hidden)
         config.vision = VisionConfig(channels=tuple(c * hidden // 256 for c in config.vision.channels))
-    policy = VLAPolicy.build(
-        config,
-        train_instruction_tokenizer(sorted(set(frames.tasks)), vocab_size=config.text_vocab_size),
-        ActionTokenizer.fit(frames.actions[train_set.rows], n_bins=config.n_bins),
-        StateNormalizer.fit(frames.states[train_set.rows]),
-    )
+    rows = train_set.rows
+    policy = fresh_policy(config, sorted(set(frames.tasks)), frames.actions[rows], frames.states[rows])
     cfg = TrainConfig(
         output_dir=str(out / "teacher_run"),
         steps=args.teacher_steps,
