@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ceed_vla.atomic import atomic_write_bytes
+from ceed_vla.keys import IMAGE_KEY, STATE_KEY, TASK_KEY
 from ceed_vla.stats import percentile
 
 from .config import DecodeConfig
@@ -172,9 +173,9 @@ def synthetic_observations(policy, count: int, seed: int) -> list[dict[str, Any]
     gen = torch.Generator().manual_seed(seed)
     return [
         {
-            "observation.image": torch.rand(1, 3, size, size, generator=gen),
-            "observation.state": torch.rand(1, policy.config.state_dim, generator=gen) * 2 - 1,
-            "task": [SYNTHETIC_TASKS[i % len(SYNTHETIC_TASKS)]],
+            IMAGE_KEY: torch.rand(1, 3, size, size, generator=gen),
+            STATE_KEY: torch.rand(1, policy.config.state_dim, generator=gen) * 2 - 1,
+            TASK_KEY: [SYNTHETIC_TASKS[i % len(SYNTHETIC_TASKS)]],
         }
         for i in range(count)
     ]
@@ -227,8 +228,8 @@ def dataset_observations(root: str, repo_id: str | None, count: int, stride: int
         observations.append(
             {
                 **{k: item[k][None].float() for k in ds.meta.camera_keys},  # every camera
-                "observation.state": item["observation.state"][None].float(),
-                "task": [item["task"]],
+                STATE_KEY: item[STATE_KEY][None].float(),
+                TASK_KEY: [item["task"]],
             }
         )
     return observations

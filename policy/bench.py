@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ceed_vla.keys import IMAGE_KEY, STATE_KEY, TASK_KEY
+
 from .checkpoint_io import atomic_write_text
 from .config import VisionConfig, make_config
 from .data import ChunkDataset, Frames, _episode_bounds
@@ -94,9 +96,9 @@ def decode_latency(args: argparse.Namespace, frames: Frames) -> dict:
     ms = []
     for i in range(args.chunks + 2):
         obs = {
-            "observation.image": frames.images[i : i + 1].float() / 255,
-            "observation.state": frames.states[i : i + 1],
-            "task": [frames.tasks[i]],
+            IMAGE_KEY: frames.images[i : i + 1].float() / 255,
+            STATE_KEY: frames.states[i : i + 1],
+            TASK_KEY: [frames.tasks[i]],
         }
         t0 = time.perf_counter()
         policy.predict_action_chunk(obs)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from ceed_vla.sim.tasks import TaskSpec, get_task
 
-from ceed_vla.keys import CAMERA_KEY_PREFIX, IMAGE_KEY
+from ceed_vla.keys import CAMERA_KEY_PREFIX, IMAGE_KEY, STATE_KEY
 
 CONTROL_HZ = 80
 """MetaWorld's control rate: frame_skip 5 x timestep 2.5 ms = 12.5 ms per env step."""
@@ -348,7 +348,7 @@ def to_policy_batch(observations: list[Observation], instructions: list[str]) ->
     env_state = torch.from_numpy(np.stack([o.environment_state for o in observations]))  # [B, 39]
     return {
         **batch,
-        "observation.state": state,
+        STATE_KEY: state,
         "observation.environment_state": env_state,
         "task": list(instructions),
     }

@@ -54,6 +54,7 @@ from ceed_vla.sim.tasks import MT10, TaskSpec, UnknownTaskError, task_selection
 from tqdm.auto import tqdm
 
 from ceed_vla.cli import config_from_args
+from ceed_vla.keys import ACTION_KEY, STATE_KEY, TASK_KEY
 
 
 class RecordingError(RuntimeError):
@@ -173,7 +174,7 @@ def run_expert_episode(
 
 def _save_episode(dataset, episode: _Episode, instruction: str) -> None:
     for images, state, action in zip(episode.images, episode.states, episode.actions, strict=True):
-        dataset.add_frame({**images, "observation.state": state, "action": action, "task": instruction})
+        dataset.add_frame({**images, STATE_KEY: state, ACTION_KEY: action, TASK_KEY: instruction})
     dataset.save_episode()
 
 

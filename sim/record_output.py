@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ceed_vla.sim.env import CONTROL_HZ, DEFAULT_CAMERA, camera_feature_keys
 
 from ceed_vla.atomic import atomic_write_text
+from ceed_vla.keys import ACTION_KEY, STATE_KEY
 
 if TYPE_CHECKING:
     from ceed_vla.sim.record import RecordConfig
@@ -41,8 +42,8 @@ def dataset_features(image_size: int, camera: str = DEFAULT_CAMERA) -> dict[str,
     }
     return {
         **images,
-        "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "z", "gripper"]},
-        "action": {"dtype": "float32", "shape": (4,), "names": ["dx", "dy", "dz", "grip"]},
+        STATE_KEY: {"dtype": "float32", "shape": (4,), "names": ["x", "y", "z", "gripper"]},
+        ACTION_KEY: {"dtype": "float32", "shape": (4,), "names": ["dx", "dy", "dz", "grip"]},
     }
 
 
