@@ -26,16 +26,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build(preset: str, device: str):
-    from ceed_vla.policy import ActionTokenizer, StateNormalizer, VLAPolicy, make_config
-    from ceed_vla.policy.text_tokenizer import train_instruction_tokenizer
+    from ceed_vla.policy import make_config
+    from ceed_vla.policy.fresh import fresh_policy
 
     config = make_config(preset)
-    tokenizer = train_instruction_tokenizer(["reach the goal", "push the puck to the goal"], vocab_size=128)
-    actions = ActionTokenizer.fit(torch.rand(256, config.action_dim) * 2 - 1, config.n_bins)
-    policy = VLAPolicy.build(
-        config, tokenizer, actions, StateNormalizer.fit(torch.randn(256, config.state_dim))
-    )
-    return policy.eval().to(device)
+    tasks = ["reach the goal", "push the puck to the goal"]
+    actions, states = torch.rand(256, config.action_dim) * 2 - 1, torch.randn(256, config.state_dim)
+    return fresh_policy(config, tasks, actions, states, text_vocab_size=128).eval().to(device)
 
 
 def main() -> int:

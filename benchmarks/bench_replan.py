@@ -16,16 +16,13 @@ Writes benchmarks/results/replan.json and replan.png (success against interval p
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
-from bench_teacher import _ceed  # runs one `ceed` job as its own process, logged
+from ceed_vla.sim.levers import TASKS, run_eval
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TASKS = "reach,push,drawer-open,button-press-topdown,door-open"
 KEEP = (
     "success_rate",
     "success_ci95",
@@ -43,15 +40,7 @@ KEEP = (
 
 
 def _eval(argv: list[str], out: Path) -> dict:
-    if not (out / "report.json").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _ceed([*argv, "--output", str(out), "--save-rollouts", "0"], out.with_suffix(".log"))
-    report = json.loads((out / "report.json").read_text())
-    row = {k: report["overall"].get(k) for k in KEEP}
-    row["per_task"] = {t: r["success_rate"] for t, r in report["per_task"].items()}
-    row["outcomes"] = [[e["task"], e["seed"], e["success"]] for e in report["episodes"]]
-    row["command"] = "ceed " + shlex.join(argv)
-    return row
+    return run_eval([*argv, "--save-rollouts", "0"], out, keep=KEEP)
 
 
 def main() -> int:

@@ -31,7 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench_teacher import RESULTS, TASKS, compare, run_ceed, run_eval, validation_args
+from ceed_vla.sim.levers import add_validation_arguments, compare, run_eval, validation_args
+
+from ceed_vla.pipeline import run_job
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 MODE = re.compile(r"^(ar|jacobi|sigma(\d+)(f?))(@(\d+))?$")
 
@@ -60,7 +64,8 @@ def main() -> int:
     argv = sys.argv[1:]
     output = RESULTS / "student_levers.json"
     if argv[:1] == ["compare"]:
-        return compare(output, argv[1:])
+        compare(output, argv[1:])
+        return 0
     distill_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
@@ -80,15 +85,11 @@ def main() -> int:
         default="ar",
         help="the teacher's modes (AR always: every student mode is paired with it)",
     )
-    parser.add_argument("--tasks", default=TASKS)
-    parser.add_argument("--eval-episodes", type=int, default=20, help="validation episodes per task")
-    parser.add_argument("--eval-seed", type=int, default=0, help="run seed within the validation range")
-    parser.add_argument("--image-size", type=int, default=64, help="rendered size (the recording's)")
-    parser.add_argument("--camera", default="corner2", help="the recording's camera(s)")
-    parser.add_argument("--goal-marker-radius", type=float, default=0.03, help="the recording's goal marker")
-    parser.add_argument("--threads", type=int, default=2)
+    add_validation_arguments(parser, episodes=20, image_size=64)
     parser.add_argument("--note", default="", help="what the lever is, in words")
+    parser.add_argument("--output", type=Path, default=output, help="results file (one record per lever)")
     args = parser.parse_args(own)
+    output = args.output
     modes = [m for m in args.modes.split(",") if m]
     for m in modes + args.teacher_modes.split(","):
         mode_args(m)  # refuse a bad mode before hours of training
@@ -119,7 +120,7 @@ def main() -> int:
     train_cmd += ["--dataset-root", args.dataset_root, "--output", str(run), "--threads", str(args.threads)]
     train_cmd += distill_args
     if not (run / "final" / "config.json").is_file():
-        run_ceed(
+        run_job(
             train_cmd + (["--resume"] if (run / "checkpoints" / "last").is_file() else []),
             run.parent / "distill.log",
         )
@@ -146,7 +147,8 @@ def main() -> int:
     from ceed_vla.atomic import atomic_write_json
 
     atomic_write_json(output, results)
-    return compare(output, [f"{teacher_key}/ar:{args.name}/{m}" for m in modes])
+    compare(output, [f"{teacher_key}/ar:{args.name}/{m}" for m in modes])
+    return 0
 
 
 if __name__ == "__main__":

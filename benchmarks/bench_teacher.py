@@ -30,121 +30,23 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ceed_vla.sim.levers import (
+    TASKS,
+    add_validation_arguments,
+    checkpoint_path,
+    compare,
+    run_eval,
+    validation_args,
+)
+
+from ceed_vla.pipeline import run_job
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_TRAIN_ARGS = ["--precision", "bf16", "--first-step-weight", "8", "--save-every", "500"]
-TASKS = "reach,push,drawer-open,button-press-topdown,door-open"
-
-
-def run_ceed(argv: list[str], log: Path) -> float:
-    """`ceed ARGV` in a subprocess with its output in `log`; returns its seconds."""
-    print("$ ceed " + shlex.join(argv), file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(
-            [sys.executable, "-m", "ceed_vla.cli", *argv], stdout=f, stderr=subprocess.STDOUT
-        )
-    if proc.returncode != 0:
-        raise SystemExit(f"`ceed {shlex.join(argv)}` failed with status {proc.returncode}; see {log}")
-    return time.perf_counter() - t0
-
-
-def validation_args(args, wording: str = "train") -> list[str]:
-    """`ceed eval` options for the validation episodes of a lever run, in the training wording or
-    (`wording="eval"`) the held-out paraphrases."""
-    return [
-        "--tasks",
-        args.tasks,
-        "--episodes",
-        str(args.eval_episodes),
-        "--seed",
-        str(args.eval_seed),
-        "--split",
-        "validation",
-        "--image-size",
-        str(args.image_size),
-        "--instructions",
-        wording,
-        "--camera",
-        args.camera,
-        "--goal-marker-radius",
-        str(args.goal_marker_radius),
-    ]
-
-
-def run_eval(cmd: list[str], out: Path, threads: int) -> dict:
-    """`ceed eval ... --output out` (not rerun when its report exists) -> the record a lever keeps:
-    success with its interval, per task, ms per chunk, iterations and every episode's outcome."""
-    cmd = [*cmd, "--output", str(out)]
-    seconds = None
-    if not (out / "report.json").is_file():
-        env_threads = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        try:
-            seconds = run_ceed(cmd, out.parent / f"{out.name}.log")
-        finally:
-            if env_threads is None:
-                os.environ.pop("OMP_NUM_THREADS")
-            else:
-                os.environ["OMP_NUM_THREADS"] = env_threads
-    report = json.loads((out / "report.json").read_text())
-    o = report["overall"]
-    return {
-        "success_rate": o["success_rate"],
-        "success_ci95": o["success_ci95"],
-        "episodes": o["episodes"],
-        "per_task": {t: r["success_rate"] for t, r in report["per_task"].items()},
-        "chunk_ms_p50": o.get("chunk_ms_p50"),
-        "iterations_per_chunk": o.get("iterations_per_chunk"),
-        "mean_steps_to_success": o.get("mean_steps_to_success"),
-        "outcomes": [[e["task"], e["seed"], e["success"]] for e in report["episodes"]],
-        "eval_seconds": seconds,
-        "command": "ceed " + shlex.join(cmd),
-    }
-
-
-def _checkpoint(run: Path, name: str) -> Path:
-    """`final`, a checkpoint name (`step_001500`), or `step_NNNNNN_raw`: that EMA checkpoint's raw
-    weights (exported once under `raw/`), so a single run pairs the EMA against its raw weights."""
-    if name.endswith("_raw"):
-        from ceed_vla.policy.trainer import export_raw_weights
-
-        out = run / "raw" / name
-        if not (out / "config.json").is_file():
-            export_raw_weights(run / "checkpoints" / name.removesuffix("_raw"), out)
-        return out
-    return run / "final" if name == "final" else run / "checkpoints" / name
-
-
-def compare(results_path: Path, pairs: list[str]) -> int:
-    """`lever/checkpoint/execN` pairs -> paired outcomes (both / only one / neither, McNemar p)."""
-    from ceed_vla.sim.metrics import paired_outcomes
-
-    from ceed_vla.atomic import atomic_write_json
-
-    results = json.loads(results_path.read_text())
-
-    def outcomes(ref: str) -> dict:
-        lever, key = ref.split("/", 1)
-        ev = results["levers"][lever]["evaluations"][key]
-        return {(t, int(seed)): bool(ok) for t, seed, ok in ev["outcomes"]}
-
-    comparisons = results.setdefault("comparisons", {})
-    for pair in pairs:
-        a, b = pair.split(":")
-        out = paired_outcomes(outcomes(a), outcomes(b))
-        comparisons[f"{a} vs {b}"] = out
-        print(
-            f"{a} vs {b}: {out['success_a']:.2f} vs {out['success_b']:.2f}; both {out['both']}, "
-            f"only A {out['only_a']}, only B {out['only_b']}, neither {out['neither']}; "
-            f"McNemar p = {out['mcnemar_p']:.3g}"
-        )
-    atomic_write_json(results_path, results)
-    return 0
 
 
 def first_step(
@@ -207,7 +109,7 @@ TASK_ORDER = TASKS.split(",")
 
 
 def table(results_path: Path) -> int:
-    """The levers and comparisons as Markdown rows (what docs/policy.md shows)."""
+    """The levers and comparisons as Markdown rows (what docs/experiments/2026-12-policy-levers.md shows)."""
     results = json.loads(results_path.read_text())
     for name, lever in results["levers"].items():
         for key, ev in lever["evaluations"].items():
@@ -230,7 +132,8 @@ def main() -> int:
     if argv[:1] == ["table"]:
         return table(RESULTS / "teacher_levers.json")
     if argv[:1] == ["compare"]:
-        return compare(RESULTS / "teacher_levers.json", argv[1:])
+        compare(RESULTS / "teacher_levers.json", argv[1:])
+        return 0
     if argv[:1] == ["first-step"]:
         p = argparse.ArgumentParser(prog="bench_teacher.py first-step")
         p.add_argument("--dataset-root", required=True)
@@ -246,15 +149,9 @@ def main() -> int:
     parser.add_argument("--name", required=True, help="lever name (the record's key)")
     parser.add_argument("--dataset-root", required=True, nargs="+")
     parser.add_argument("--work", type=Path, default=Path("outputs/teacher_levers"), help="run directories")
-    parser.add_argument("--tasks", default=TASKS)
-    parser.add_argument("--eval-episodes", type=int, default=10, help="validation episodes per task")
-    parser.add_argument("--eval-seed", type=int, default=0, help="run seed within the validation range")
-    parser.add_argument("--image-size", type=int, default=128, help="rendered size (the recording's)")
-    parser.add_argument("--camera", default="corner2", help="the recording's camera")
-    parser.add_argument("--goal-marker-radius", type=float, default=0.03, help="the recording's goal marker")
+    add_validation_arguments(parser, episodes=10, image_size=128)
     parser.add_argument("--execute-steps", default="8", help="comma-separated actions per chunk to evaluate")
     parser.add_argument("--checkpoints", default="final", help="comma-separated checkpoint names")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="", help="what the lever is, in words")
     parser.add_argument(
         "--wordings",
@@ -283,7 +180,7 @@ def main() -> int:
     out_dir = args.work / args.name
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (run / "final" / "config.json").is_file():
-        run_ceed(
+        run_job(
             train_cmd + (["--resume"] if (run / "checkpoints" / "last").is_file() else []),
             out_dir / "train.log",
         )
@@ -294,7 +191,7 @@ def main() -> int:
         for steps in (int(s) for s in args.execute_steps.split(",")):
             for wording in args.wordings.split(","):
                 key = f"{ckpt}/exec{steps}" + ("_heldout" if wording == "eval" else "")
-                cmd = ["eval", "--policy", str(_checkpoint(run, ckpt))]
+                cmd = ["eval", "--policy", str(checkpoint_path(run, ckpt))]
                 cmd += validation_args(args, wording) + ["--decoding", "ar", "--execute-steps", str(steps)]
                 ev = run_eval(cmd, out_dir / f"eval_{key.replace('/', '_')}", args.threads)
                 evals[key] = {"checkpoint": ckpt, "execute_steps": steps, "instructions": wording, **ev}

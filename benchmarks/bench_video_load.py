@@ -87,6 +87,7 @@ def main() -> int:
     p.add_argument("--length", type=int, default=240, help="frames per episode (8 s at 30 fps)")
     p.add_argument("--image-size", type=int, default=96, help="the model's image size")
     p.add_argument("--block", type=int, default=256, help="rows read per block (load_frames default)")
+    p.add_argument("--out", type=Path, default=RESULTS / "video_load.json", help="results file (appended to)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -113,8 +114,8 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "video_load.json"
+    path = args.out
+    path.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(path.read_text()) if path.is_file() else []
     runs = [runs] if isinstance(runs, dict) else runs
     path.write_text(json.dumps([*runs, record], indent=2))

@@ -15,7 +15,7 @@ import argparse
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ JOBS: dict[str | None, list[Job]] = {
     ],
     "bench": [
         Job("env", "ceed_vla.sim.bench", "env steps/s with rendering, ours vs LeRobot's MetaWorld env"),
-        Job("decode", "ceed_vla.decoding.bench", "ms per chunk and iterations for every decoding mode"),
+        Job("decode", "ceed_vla.policy.bench_decode", "ms per chunk and iterations for every decoding mode"),
         Job("train", "ceed_vla.policy.bench", "training throughput and AR decode latency"),
         Job("bridge", "ceed_vla.robot_bridge.bench", "control rate, jitter and camera-to-command latency"),
     ],
@@ -59,6 +59,17 @@ GROUP_HELP = {
     "bench": "benchmarks writing JSON",
     "checkpoint": "checkpoint maintenance",
 }
+
+
+def config_from_args(cls, args: argparse.Namespace, *names: str, **values):
+    """A job's config from its parsed flags: `cls(name=args.name for each name, **values)`; `values`
+    carries the fields whose flag has another name or that do not come from a flag. With no names,
+    every field of the dataclass `cls` that has a flag of the same name."""
+    if not names:
+        names = tuple(
+            f.name for f in fields(cls) if f.init and hasattr(args, f.name) and f.name not in values
+        )
+    return cls(**{n: getattr(args, n) for n in names}, **values)
 
 
 def _load(job: Job):

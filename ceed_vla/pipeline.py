@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +22,28 @@ from pathlib import Path
 from typing import Any
 
 from ceed_vla.atomic import atomic_write_json
+
+
+class JobError(RuntimeError):
+    """A `ceed` job run as its own process exited with an error."""
+
+
+def run_job(argv: Sequence[str], log: Path | None = None, env: dict[str, str] | None = None) -> float:
+    """`ceed ARGV` as its own process, the command echoed to stderr; its output streams through, or
+    goes to `log`. `env` adds to this process's environment. Returns its seconds."""
+    argv = [str(a) for a in argv]
+    print("$ ceed " + shlex.join(argv), file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "ceed_vla.cli", *argv]
+    t0 = time.perf_counter()
+    if log is None:
+        proc = subprocess.run(cmd, env={**os.environ, **(env or {})})
+    else:
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        where = f"; see {log}" if log is not None else ""
+        raise JobError(f"`ceed {shlex.join(argv)}` exited with status {proc.returncode}{where}")
+    return time.perf_counter() - t0
 
 
 class StageError(RuntimeError):

@@ -1,4 +1,4 @@
-"""`ceed bench decode`: ms per chunk, iterations and action deviation for every decoding mode.
+"""The decode benchmark (`ceed bench decode`): ms per chunk, iterations and action deviation for every decoding mode.
 
 For a checkpoint (or a fresh policy of a preset) and a list of observations (frames of a LeRobotDataset
 when given, else synthetic ones, which the JSON says), the prefix embeddings are computed once per
@@ -10,14 +10,12 @@ action deviation from AR and the share of chunks identical to AR.
 
 Writes one JSON record, prints a table and draws speedup versus action deviation (PNG).
 
-This job sits at the edge of the package: it imports ceed_vla.policy (lazily) to load or build the
-policy, and LeRobot only when a dataset is given.
+Decoding imports nothing else of the project: the job that loads or builds the policy and calls
+`run` is `ceed_vla.policy.bench_decode`. LeRobot is imported only when a dataset is given.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +25,8 @@ from typing import Any
 import torch
 
 from ceed_vla.atomic import atomic_write_bytes
+from ceed_vla.keys import IMAGE_KEY, STATE_KEY, TASK_KEY
+from ceed_vla.stats import percentile
 
 from .config import DecodeConfig
 from .decode import decode
@@ -152,7 +152,7 @@ def measure_prefill(policy, prefixes, cfg: DecodeBenchConfig, backend: str) -> f
             torch.cuda.synchronize(device)
         if i >= cfg.warmup:
             times.append((time.perf_counter() - t0) * 1e3)
-    return percentile(times, 0.5)
+    return percentile(times, 50)
 
 
 # ----------------------------------------------------------------------------------- model and data
@@ -168,40 +168,14 @@ def resolve_device_dtype(cfg: DecodeBenchConfig) -> tuple[torch.device, torch.dt
     return device, DTYPES[cfg.dtype]
 
 
-def load_policy(cfg: DecodeBenchConfig, device: torch.device, dtype: torch.dtype):
-    """The checkpoint, or a fresh policy of the preset (random weights, synthetic tokenizer and stats).
-    Only the LM is cast to `dtype`: decoding is what is measured; the encoders stay in fp32."""
-    from ceed_vla.policy import ActionTokenizer, StateNormalizer, VLAPolicy, make_config
-    from ceed_vla.policy.text_tokenizer import train_instruction_tokenizer
-
-    if cfg.checkpoint is not None:
-        policy = VLAPolicy.from_pretrained(cfg.checkpoint)
-        source = {"checkpoint": str(Path(cfg.checkpoint).resolve())}
-    else:
-        torch.manual_seed(cfg.seed)
-        config = make_config(cfg.preset)
-        tokenizer = train_instruction_tokenizer(SYNTHETIC_TASKS, vocab_size=config.text_vocab_size)
-        actions = torch.rand(256, config.action_dim) * 2 - 1
-        states = torch.randn(256, config.state_dim)
-        policy = VLAPolicy.build(
-            config, tokenizer, ActionTokenizer.fit(actions, config.n_bins), StateNormalizer.fit(states)
-        )
-        source = {"preset": cfg.preset, "weights": "random (fresh model)"}
-    policy = policy.eval().to(device)
-    policy.lm.to(dtype)
-    source["parameters"] = sum(p.numel() for p in policy.parameters())
-    source["lm_parameters"] = sum(p.numel() for p in policy.lm.parameters())
-    return policy, source
-
-
 def synthetic_observations(policy, count: int, seed: int) -> list[dict[str, Any]]:
     size = policy.config.vision.image_size or 64
     gen = torch.Generator().manual_seed(seed)
     return [
         {
-            "observation.image": torch.rand(1, 3, size, size, generator=gen),
-            "observation.state": torch.rand(1, policy.config.state_dim, generator=gen) * 2 - 1,
-            "task": [SYNTHETIC_TASKS[i % len(SYNTHETIC_TASKS)]],
+            IMAGE_KEY: torch.rand(1, 3, size, size, generator=gen),
+            STATE_KEY: torch.rand(1, policy.config.state_dim, generator=gen) * 2 - 1,
+            TASK_KEY: [SYNTHETIC_TASKS[i % len(SYNTHETIC_TASKS)]],
         }
         for i in range(count)
     ]
@@ -254,18 +228,14 @@ def dataset_observations(root: str, repo_id: str | None, count: int, stride: int
         observations.append(
             {
                 **{k: item[k][None].float() for k in ds.meta.camera_keys},  # every camera
-                "observation.state": item["observation.state"][None].float(),
-                "task": [item["task"]],
+                STATE_KEY: item[STATE_KEY][None].float(),
+                TASK_KEY: [item["task"]],
             }
         )
     return observations
 
 
 # ----------------------------------------------------------------------------------------- measuring
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(torch.tensor(values, dtype=torch.float64).quantile(q)) if values else float("nan")
 
 
 def run_variant(
@@ -299,8 +269,8 @@ def run_variant(
         "init": "prev_tail" if variant.prev_tail else variant.decode.init,
         "sigma": variant.decode.sigma,
         "tau": variant.decode.tau,
-        "ms_p50": percentile(times, 0.5),
-        "ms_p95": percentile(times, 0.95),
+        "ms_p50": percentile(times, 50),
+        "ms_p95": percentile(times, 95),
         "ms_mean": sum(times) / len(times),
         "iterations_per_chunk": sum(iterations) / len(iterations),
         "forward_passes_per_chunk": sum(passes) / len(passes),
@@ -337,17 +307,16 @@ def measure_step(
     return result
 
 
-def run(cfg: DecodeBenchConfig, policy=None) -> dict[str, Any]:
-    """Measure every variant; ``policy`` (already on its device) replaces loading one from ``cfg``."""
+def run(cfg: DecodeBenchConfig, policy, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure every variant on ``policy`` (a VLA policy already on its device and dtype: ``lm``,
+    ``prefix_embeddings``, ``chunk_tokens``, ...); ``source`` says where it came from (the record's
+    "model"). `ceed_vla.policy.bench_decode` loads or builds the policy for `ceed bench decode`."""
     from tqdm.auto import tqdm
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if policy is None:
-        device, dtype = resolve_device_dtype(cfg)
-        policy, source = load_policy(cfg, device, dtype)
-    else:
-        device, dtype = policy.device, policy.lm.get_input_embeddings().weight.dtype
+    device, dtype = policy.device, policy.lm.get_input_embeddings().weight.dtype
+    if source is None:
         source = {"given": type(policy).__name__, "parameters": sum(p.numel() for p in policy.parameters())}
     steps = cfg.steps_executed or policy.config.n_action_steps or policy.config.chunk_size
     if cfg.dataset:
@@ -465,85 +434,3 @@ def plot(record: dict[str, Any], path: Path) -> None:
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-# ---------------------------------------------------------------------------------------------- job
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    d = DecodeBenchConfig()
-    parser.add_argument(
-        "--checkpoint", help="policy checkpoint directory (default: a fresh policy of --preset)"
-    )
-    parser.add_argument(
-        "--preset", default=d.preset, help="policy preset for a fresh model (default: %(default)s)"
-    )
-    parser.add_argument("--dataset", help="LeRobotDataset root: decode real observations from it")
-    parser.add_argument("--repo-id", help="the dataset's repo id (default: local/<root name>)")
-    parser.add_argument(
-        "--observations", help="decode the observations of this file (from --save-observations); no LeRobot"
-    )
-    parser.add_argument("--save-observations", help="write the observations used to this .pt file")
-    parser.add_argument("--samples", type=int, default=d.samples, help="observations per variant")
-    parser.add_argument("--repeats", type=int, default=d.repeats, help="timed decodes per observation")
-    parser.add_argument("--warmup", type=int, default=d.warmup)
-    parser.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 or auto")
-    parser.add_argument("--dtype", default=d.dtype, choices=[*DTYPES, "auto"])
-    parser.add_argument("--backend", default=d.backend, choices=["auto", "hf", "static"])
-    parser.add_argument("--sigmas", type=_ints, default=d.sigmas, help="comma-separated iteration caps")
-    parser.add_argument("--taus", type=_ints, default=d.taus, help="comma-separated bin tolerances")
-    parser.add_argument(
-        "--fused-sigmas",
-        type=_ints,
-        default=d.fused_sigmas,
-        help="early-exit caps also measured with the prefill carrying the guess block (empty = none)",
-    )
-    parser.add_argument("--inits", type=lambda s: tuple(s.split(",")), default=d.inits)
-    parser.add_argument("--sweep-init", default=d.sweep_init, choices=INIT_VARIANTS)
-    parser.add_argument(
-        "--steps-executed", type=int, help="steps of a chunk executed before the next observation"
-    )
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--out", default=d.out, help="JSON path; the PNG goes next to it")
-    parser.add_argument("--no-plot", dest="plot", action="store_false")
-
-
-def main(args: argparse.Namespace) -> int:
-    cfg = DecodeBenchConfig(
-        checkpoint=args.checkpoint,
-        preset=args.preset,
-        dataset=args.dataset,
-        repo_id=args.repo_id,
-        observations=args.observations,
-        save_observations=args.save_observations,
-        samples=args.samples,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        device=args.device,
-        dtype=args.dtype,
-        backend=args.backend,
-        sigmas=args.sigmas,
-        taus=args.taus,
-        fused_sigmas=args.fused_sigmas,
-        inits=args.inits,
-        sweep_init=args.sweep_init,
-        steps_executed=args.steps_executed,
-        seed=args.seed,
-        threads=args.threads,
-        out=args.out,
-        plot=args.plot,
-    )
-    record = run(cfg)
-    print(format_table(record))
-    out = Path(cfg.out)
-    atomic_write_bytes(out, (json.dumps(record, indent=2) + "\n").encode())
-    print(f"wrote {out}")
-    if cfg.plot:
-        plot(record, out.with_suffix(".png"))
-        print(f"wrote {out.with_suffix('.png')}")
-    return 0

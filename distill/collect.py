@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ceed_vla.atomic import atomic_write_json
+from ceed_vla.cli import config_from_args
 
 from .store import StoreError, TeacherMismatchError, TrajectoryBatch, TrajectoryStore, fingerprint
 
@@ -324,13 +325,8 @@ def main(args: argparse.Namespace) -> int:
     world = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if not 0 <= rank < world:
         raise SystemExit(f"rank {rank} must lie in [0, world size {world})")
-    cfg = CollectConfig(
-        output=args.output,
-        trajectories=args.trajectories,
-        batch_size=args.batch_size,
-        warm_start=args.warm_start,
-        delta=args.delta,
-        seed=args.seed,
+    cfg = config_from_args(
+        CollectConfig, args, "output", "trajectories", "batch_size", "warm_start", "delta", "seed"
     )
     teacher = load_policy(args.teacher, device=args.device).eval()
     root = Path(args.dataset_root)

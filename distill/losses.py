@@ -100,7 +100,7 @@ class DistillLossConfig:
 
     w_ar: weight of the AR cross-entropy (the consistency term has weight 1). 0.1 lets consistency
         lead: on the full demo profile it cut exact Jacobi iterations 2.6x and kept closed-loop
-        success, where 10 (the weight first tried) cut them 1.2x (docs/distill.md).
+        success, where 10 (the weight first tried) cut them 1.2x (docs/experiments/2026-12-distill-levers.md).
     delta: the teacher's chunk is trusted as label when its mean L1 to the ground truth, as a fraction
         of each dimension's q01..q99 range (one of 256 bins is 0.0039), is at most delta; 0.05 is about
         the former 0.1 action units on MetaWorld's [-1, 1] actions, and means the same on any arm.

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ceed_vla.policy.train_args import add_training_arguments, train_config_from_args
+
+from ceed_vla.cli import config_from_args
 
 from .collect import teacher_fingerprint
 from .data import DistillDataset, StateSampling
@@ -66,27 +69,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
     train = parser.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=2000)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--warmup-steps", type=int, default=50)
-    train.add_argument("--min-lr-ratio", type=float, default=0.1)
-    train.add_argument(
-        "--ema-decay",
-        type=float,
-        default=0.0,
-        help="exponential moving average of the student's weights, saved as the student (0 = off)",
-    )
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    train.add_argument("--save-every", type=int, default=500)
-    train.add_argument("--val-every", type=int, default=250)
-    train.add_argument("--val-batches", type=int, default=8)
-    train.add_argument("--log-every", type=int, default=10)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--num-workers", type=int, default=0)
-    train.add_argument("--threads", type=int, default=None)
-    train.add_argument("--device", default="auto")
-    train.add_argument("--resume", action="store_true")
+    add_training_arguments(train, steps=2000, lr=1e-4, val_every=250, val_batches=8)
 
 
 def split_rows(traj, episodes: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -117,10 +100,12 @@ def build_datasets(args, student, store: TrajectoryStore):
             f"the store indexes frame {int(traj.dataset_index.max())} but {root} has {len(frames)}"
         )
     train_rows, val_rows = split_rows(traj, frames.episode.numpy(), args.val_fraction)
-    sampling = StateSampling(
-        consistency=args.consistency,
-        noise=args.noise,
-        noise_bins=args.noise_bins,
+    sampling = config_from_args(
+        StateSampling,
+        args,
+        "consistency",
+        "noise",
+        "noise_bins",
         n_bins=student.n_bins,
         initial=args.initial_state_share,
     )
@@ -144,7 +129,7 @@ def _first(traj, n: int):
 def main(args: argparse.Namespace) -> int:
     from ceed_vla.policy import load_policy
     from ceed_vla.policy.checkpoint_io import atomic_write_text
-    from ceed_vla.policy.trainer import TrainConfig, Trainer
+    from ceed_vla.policy.trainer import Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,23 +141,7 @@ def main(args: argparse.Namespace) -> int:
     store = TrajectoryStore.open(args.trajectories, teacher_hash=teacher_fingerprint(student), mode="r")
     traj, train_set, val_set = build_datasets(args, student, store)
     student.train()
-    cfg = TrainConfig(
-        output_dir=args.output,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        min_lr_ratio=args.min_lr_ratio,
-        ema_decay=args.ema_decay,
-        precision=args.precision,
-        save_every=args.save_every,
-        val_every=args.val_every,
-        val_batches=args.val_batches,
-        log_every=args.log_every,
-        seed=args.seed,
-        num_workers=args.num_workers,
-        device=args.device,
-    )
+    cfg = train_config_from_args(args)
     info = {
         "teacher": str(Path(args.teacher).resolve()),
         "teacher_hash": store.teacher_hash,

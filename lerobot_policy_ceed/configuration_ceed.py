@@ -11,6 +11,8 @@ from ceed_vla.policy.config import ConfigError, VLAConfig
 from lerobot.configs import FeatureType, NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamWConfig
 
+from ceed_vla.keys import ACTION_KEY, STATE_KEY
+
 DECODING_MODES = ("ar", "jacobi", "early_exit")
 
 
@@ -67,7 +69,7 @@ class CeedConfig(PreTrainedConfig, VLAConfig):
 
     def set_dataset_feature_metadata(self, features: dict) -> None:
         """Called by LeRobot's `make_policy` with the dataset's features: keep their names."""
-        for key, name in (("observation.state", "state_names"), ("action", "action_names")):
+        for key, name in ((STATE_KEY, "state_names"), (ACTION_KEY, "action_names")):
             names = (features.get(key) or {}).get("names")
             if isinstance(names, dict):  # some datasets nest names per axis
                 names = next(iter(names.values()), None)

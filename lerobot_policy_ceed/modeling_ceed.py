@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from ceed_vla.policy import VLAPolicy
+from ceed_vla.policy import VLAPolicy, load_policy
 from ceed_vla.policy import lerobot_layout as layout
 from ceed_vla.policy.checkpoint_io import CheckpointError
 from ceed_vla.policy.config import ConfigError
@@ -80,7 +80,7 @@ class CeedPolicy(PreTrainedPolicy):
             )
         if config is None:
             config = CeedConfig.from_pretrained(path)
-        model = VLAPolicy.from_pretrained(path, normalize_inside=False)
+        model = load_policy(path, normalize_inside=False)
         policy = cls(config, model=model)
         policy.to(config.device)
         policy.eval()

@@ -28,6 +28,11 @@ __all__ = [
 ]
 
 
-def load_policy(path, device=None, expected_action_dim=None) -> VLAPolicy:
-    """Load a checkpoint directory written by `ceed train` (or `VLAPolicy.save_pretrained`)."""
-    return VLAPolicy.from_pretrained(path, device=device, expected_action_dim=expected_action_dim)
+def load_policy(path, device=None, expected_action_dim=None, normalize_inside=True) -> VLAPolicy:
+    """Load a checkpoint directory written by `ceed train` (or `VLAPolicy.save_pretrained`).
+
+    The one checkpoint loader: `ceed_vla.policies.load_policy` (every job's `--policy`) and LeRobot's
+    plugin (`normalize_inside=False`: LeRobot's processors normalise) both come through here."""
+    return VLAPolicy.from_pretrained(
+        path, device=device, expected_action_dim=expected_action_dim, normalize_inside=normalize_inside
+    )

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from .action_tokenizer import ActionTokenizer, StateNormalizer
+from ceed_vla.keys import IMAGE_KEY, STATE_KEY, TASK_KEY
+
 from .checkpoint_io import atomic_write_text
 from .config import VisionConfig, make_config
 from .data import ChunkDataset, Frames, _episode_bounds
+from .fresh import fresh_policy
 from .modeling import VLAPolicy
-from .text_tokenizer import train_instruction_tokenizer
 from .trainer import METRICS_FILE, NextTokenLoss, TrainConfig, Trainer
 
 TASKS = ["reach the red goal", "push the puck to the goal", "open the drawer", "close the window"]
@@ -64,10 +65,7 @@ def synthetic_frames(image_size: int, chunk: int, episodes: int = 16, length: in
 def build_policy(args: argparse.Namespace, frames: Frames) -> VLAPolicy:
     config = make_config(args.preset, chunk_size=args.chunk_size)
     config.vision = VisionConfig(**{**config.vision.__dict__, "image_size": args.image_size})
-    tokenizer = train_instruction_tokenizer(TASKS, vocab_size=config.text_vocab_size)
-    return VLAPolicy.build(
-        config, tokenizer, ActionTokenizer.fit(frames.actions), StateNormalizer.fit(frames.states)
-    )
+    return fresh_policy(config, TASKS, frames.actions, frames.states)
 
 
 def train_throughput(args: argparse.Namespace, frames: Frames, precision: str) -> dict:
@@ -98,9 +96,9 @@ def decode_latency(args: argparse.Namespace, frames: Frames) -> dict:
     ms = []
     for i in range(args.chunks + 2):
         obs = {
-            "observation.image": frames.images[i : i + 1].float() / 255,
-            "observation.state": frames.states[i : i + 1],
-            "task": [frames.tasks[i]],
+            IMAGE_KEY: frames.images[i : i + 1].float() / 255,
+            STATE_KEY: frames.states[i : i + 1],
+            TASK_KEY: [frames.tasks[i]],
         }
         t0 = time.perf_counter()
         policy.predict_action_chunk(obs)

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ceed_vla.keys import IMAGE_KEY
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message quotes it and says what is accepted."""
@@ -136,7 +138,7 @@ class VLAConfig:
     aux_final_state_weight: float = 0.0
     # The data contract, from the dataset: camera feature keys (each camera is encoded to its own
     # tokens, in this order), the names of the state and action dimensions, and the recording rate.
-    image_keys: tuple[str, ...] = ("observation.image",)
+    image_keys: tuple[str, ...] = (IMAGE_KEY,)
     image_shapes: tuple[tuple[int, int, int], ...] | None = None  # [C, H, W] per camera as recorded
     state_names: tuple[str, ...] | None = None
     action_names: tuple[str, ...] | None = None

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .modeling import ACTION_KEY, FINAL_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
+from ceed_vla.keys import ACTION_KEY, FINAL_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
 
 REQUIRED_FEATURES = (STATE_KEY, ACTION_KEY)  # plus at least one camera
 

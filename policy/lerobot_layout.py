@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ceed_vla.keys import ACTION_KEY, STATE_KEY
+
 from .action_tokenizer import ActionTokenizer, StateNormalizer
 from .checkpoint_io import CheckpointError
 from .config import VLAConfig
@@ -31,8 +33,6 @@ from .config import VLAConfig
 POLICY_TYPE = "ceed"
 MODEL_FILE = "ceed_model.json"
 FORMAT_VERSION = 2
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
 # How LeRobot's processors normalise each kind of feature for this policy. Images stay in [0, 1]
 # (the encoders rescale themselves); the action quantiles are the ones the bins are cut from.
 NORMALIZATION_MAPPING = {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "QUANTILES"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerBase
+
+from ceed_vla.keys import ACTION_KEY, FINAL_STATE_KEY, STATE_KEY, TASK_KEY
 
 from . import lerobot_layout as layout
 from .action_tokenizer import ActionTokenizer, StateNormalizer
@@ -39,11 +41,16 @@ TOKENIZER_FILE = "tokenizer.json"
 TEXT_CACHE_SIZE = 4096  # instructions whose token ids are kept
 FORMAT_VERSION = layout.FORMAT_VERSION
 
-IMAGE_KEY = "observation.image"
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
-TASK_KEY = "task"
-FINAL_STATE_KEY = "episode.final_state"  # training-only: the state at the sample's episode end
+
+class _Parts(NamedTuple):
+    """What a checkpoint directory's files say, before the model is assembled from them."""
+
+    config: VLAConfig
+    lm_cfg: Any
+    tower_cfg: dict | None
+    action_tok: ActionTokenizer
+    state_norm: StateNormalizer
+    start: int
 
 
 class ActionDimMismatchError(ValueError):
@@ -454,19 +461,8 @@ class VLAPolicy(nn.Module):
         else:
             action_tok, state_norm = layout.identity_normalizers(config)
         action_tok.n_bins = config.n_bins
-        return cls._assemble(
-            directory,
-            config,
-            lm_cfg,
-            shell.get("vision_tower"),
-            action_tok,
-            state_norm,
-            start,
-            weights,
-            device,
-            expected_action_dim,
-            normalize_inside,
-        )
+        parts = _Parts(config, lm_cfg, shell.get("vision_tower"), action_tok, state_norm, start)
+        return cls._assemble(directory, weights, parts, device, expected_action_dim, normalize_inside)
 
     @classmethod
     def _from_legacy(cls, directory: Path, meta: dict, device, expected_action_dim) -> VLAPolicy:
@@ -481,35 +477,16 @@ class VLAPolicy(nn.Module):
             lm_cfg = AutoConfig.for_model(backbone.pop("model_type"), **backbone)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{directory / CONFIG_FILE} or {NORMALIZER_FILE} is corrupt: {e!r}") from e
-        return cls._assemble(
-            directory,
-            config,
-            lm_cfg,
-            meta.get("vision_tower"),
-            action_tok,
-            state_norm,
-            meta["action_token_start"],
-            weights,
-            device,
-            expected_action_dim,
-            True,
+        parts = _Parts(
+            config, lm_cfg, meta.get("vision_tower"), action_tok, state_norm, meta["action_token_start"]
         )
+        return cls._assemble(directory, weights, parts, device, expected_action_dim, normalize_inside=True)
 
     @classmethod
     def _assemble(
-        cls,
-        directory,
-        config,
-        lm_cfg,
-        tower_cfg,
-        action_tok,
-        state_norm,
-        start,
-        weights,
-        device,
-        expected_action_dim,
-        normalize_inside,
+        cls, directory, weights, parts: _Parts, device, expected_action_dim, normalize_inside
     ) -> VLAPolicy:
+        config, lm_cfg, tower_cfg, action_tok, state_norm, start = parts
         if expected_action_dim is not None and expected_action_dim != config.action_dim:
             raise ActionDimMismatchError(
                 f"checkpoint {directory} outputs {config.action_dim}-dim actions but the environment "

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import torch
 
-from .action_tokenizer import ActionTokenizer, StateNormalizer
+from ceed_vla.cli import config_from_args
+
 from .checkpoint_io import atomic_write_text
 from .config import VisionConfig, VLAConfig, make_config, spatial_vision
 from .data import DataConfig, build_datasets, train_statistics
+from .fresh import fresh_policy
 from .modeling import VLAPolicy
-from .text_tokenizer import load_tokenizer, train_instruction_tokenizer
-from .trainer import NextTokenLoss, TrainConfig, Trainer, last_checkpoint
+from .train_args import add_training_arguments, train_config_from_args
+from .trainer import NextTokenLoss, Trainer, last_checkpoint
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -83,32 +85,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
     train = parser.add_argument_group("training")
     train.add_argument("--output", required=True, help="run directory")
-    train.add_argument("--steps", type=int, default=1500)
-    train.add_argument("--batch-size", type=int, default=32, help="global batch over all processes")
-    train.add_argument("--lr", type=float, default=3e-4)
-    train.add_argument("--weight-decay", type=float, default=0.01)
     train.add_argument(
         "--first-step-weight",
         type=float,
         default=1.0,
         help="loss weight of the chunk's first step (default 1)",
     )
-    train.add_argument("--warmup-steps", type=int, default=50)
-    train.add_argument(
-        "--ema-decay",
-        type=float,
-        default=0.0,
-        help="exponential moving average of the weights, saved as the policy (0 = off; 0.999 is typical)",
-    )
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    train.add_argument("--save-every", type=int, default=500)
-    train.add_argument("--val-every", type=int, default=100)
-    train.add_argument("--log-every", type=int, default=10)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--num-workers", type=int, default=0)
-    train.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
-    train.add_argument("--device", default="auto")
-    train.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last")
+    add_training_arguments(train, steps=1500, lr=3e-4, val_every=100)
 
 
 def model_config(args: argparse.Namespace, action_dim: int, state_dim: int, contract=None) -> VLAConfig:
@@ -143,32 +126,7 @@ def build_policy(args: argparse.Namespace, frames, train_set) -> VLAPolicy:
         fps=frames.fps,
     )
     config = model_config(args, actions.shape[-1], states.shape[-1], contract)
-    if config.lm_path:
-        tokenizer = load_tokenizer(config.lm_path)
-    else:
-        tasks = sorted(set(frames.tasks))
-        tokenizer = train_instruction_tokenizer(tasks, vocab_size=config.text_vocab_size)
-    action_tok = ActionTokenizer.fit(actions, n_bins=config.n_bins)
-    return VLAPolicy.build(config, tokenizer, action_tok, StateNormalizer.fit(states))
-
-
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        output_dir=args.output,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        ema_decay=args.ema_decay,
-        precision=args.precision,
-        save_every=args.save_every,
-        val_every=args.val_every,
-        log_every=args.log_every,
-        seed=args.seed,
-        num_workers=args.num_workers,
-        device=args.device,
-    )
+    return fresh_policy(config, sorted(set(frames.tasks)), actions, states)
 
 
 def check_model_args(args: argparse.Namespace) -> None:
@@ -192,19 +150,12 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    data_cfg = DataConfig(
-        roots=args.dataset_root,
-        repo_ids=args.repo_id,
-        chunk_size=args.chunk_size,
-        val_fraction=args.val_fraction,
-        shift=args.shift,
-        instruction_noise=args.instruction_noise,
-        max_episodes=args.max_episodes,
-        image_keys=args.image_keys,
-        image_size=args.image_size,
-    )
+    data_cfg = config_from_args(
+        DataConfig, args, "chunk_size", "val_fraction", "shift", "instruction_noise", "max_episodes",
+        "image_keys", "image_size", roots=args.dataset_root, repo_ids=args.repo_id,
+    )  # fmt: skip
     frames, train_set, val_set = build_datasets(data_cfg, seed=args.seed)
-    cfg = train_config(args)
+    cfg = train_config_from_args(args)
     if args.resume:
         # Tokenizer and statistics must be those the run started with: take them from its checkpoint.
         policy = VLAPolicy.from_pretrained(last_checkpoint(args.output))

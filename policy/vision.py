@@ -37,34 +37,44 @@ def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def _stride2_stages(config: VisionConfig, residual: bool) -> tuple[list[nn.Module], int]:
+    """One stride-2 conv + GroupNorm + GELU (and a residual block when `residual`) per entry of
+    `config.channels`; the first takes RGB, plus x and y channels with `config.coords`. Returns the
+    layers, flat (a checkpoint's parameter names follow their order), and the last width."""
+    layers: list[nn.Module] = []
+    in_ch = 5 if config.coords else 3
+    for out_ch in config.channels:
+        conv = nn.Conv2d(
+            in_ch, out_ch, kernel_size=3, stride=2, padding=1, bias=False
+        )  # GroupNorm cancels a bias
+        layers += [conv, nn.GroupNorm(min(8, out_ch), out_ch), nn.GELU()]
+        if residual:
+            layers.append(ResidualBlock(out_ch))
+        in_ch = out_ch
+    return layers, in_ch
+
+
+def _encoder_input(images: torch.Tensor, size: int | None, coords: bool) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> resized, in [-1, 1], with x and y channels appended when `coords`."""
+    x = _resize(images, size) * 2.0 - 1.0  # x: [B, 3, H, W]
+    return with_coords(x) if coords else x  # [B, 3 or 5, H, W]
+
+
 class ConvEncoder(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
-        layers: list[nn.Module] = []
         self.coords = config.coords
-        in_ch = 5 if config.coords else 3
-        for out_ch in config.channels:
-            layers += [
-                nn.Conv2d(
-                    in_ch, out_ch, kernel_size=3, stride=2, padding=1, bias=False
-                ),  # GroupNorm cancels a bias
-                nn.GroupNorm(min(8, out_ch), out_ch),
-                nn.GELU(),
-            ]
-            in_ch = out_ch
+        layers, width = _stride2_stages(config, residual=False)
         self.net = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(config.grid)
-        self.pos = nn.Parameter(torch.zeros(config.num_patches, in_ch))
+        self.pos = nn.Parameter(torch.zeros(config.num_patches, width))
         nn.init.normal_(self.pos, std=0.02)
         self.image_size = config.image_size
-        self.out_dim = in_ch
+        self.out_dim = width
         self.num_tokens = config.num_patches
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = _resize(images, self.image_size) * 2.0 - 1.0  # x: [B, 3, H, W] in [-1, 1]
-        if self.coords:
-            x = with_coords(x)  # [B, 5, H, W]
-        x = self.pool(self.net(x))  # x: [B, C, G, G]
+        x = self.pool(self.net(_encoder_input(images, self.image_size, self.coords)))  # x: [B, C, G, G]
         return x.flatten(2).transpose(1, 2) + self.pos  # [B, G*G, C]
 
 
@@ -123,17 +133,8 @@ class SpatialEncoder(nn.Module):
 
     def __init__(self, config: VisionConfig):
         super().__init__()
-        stages: list[nn.Module] = []
         self.coords = config.coords
-        in_ch = 5 if config.coords else 3
-        for out_ch in config.channels:
-            stages += [
-                nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False),
-                nn.GroupNorm(min(8, out_ch), out_ch),
-                nn.GELU(),
-                ResidualBlock(out_ch),
-            ]
-            in_ch = out_ch
+        stages, in_ch = _stride2_stages(config, residual=True)
         self.trunk = nn.Sequential(*stages)
         self.keypoints = SpatialSoftmax(in_ch, config.keypoints)
         self.grid = config.grid
@@ -146,10 +147,7 @@ class SpatialEncoder(nn.Module):
         self.num_tokens = config.keypoints + self.grid * self.grid
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = _resize(images, self.image_size) * 2.0 - 1.0  # x: [B, 3, H, W] in [-1, 1]
-        if self.coords:
-            x = with_coords(x)  # [B, 5, H, W]
-        feats = self.trunk(x)  # [B, C, h, w]
+        feats = self.trunk(_encoder_input(images, self.image_size, self.coords))  # [B, C, h, w]
         tokens = [self.keypoints(feats)]  # [B, K, C]
         if self.grid:
             tokens.append(self.pool(feats).flatten(2).transpose(1, 2) + self.pos)  # [B, G*G, C]

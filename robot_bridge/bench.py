@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ceed_vla.atomic import atomic_write_json
+from ceed_vla.stats import percentile
 
 from .policies import load_policy
 
@@ -49,10 +50,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _percentiles(values_ms: list[float]) -> dict[str, float]:
-    if not values_ms:
-        return {"p50": float("nan"), "p99": float("nan")}
-    arr = np.asarray(values_ms)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
+    return {f"p{q}": percentile(values_ms, q) if values_ms else float("nan") for q in (50, 99)}
 
 
 def measure(rate_hz: float, args: argparse.Namespace, context, policy) -> dict:

@@ -22,6 +22,7 @@ from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
 from ceed_vla.sim.tasks import get_task
 
 from ceed_vla.atomic import atomic_write_text
+from ceed_vla.cli import config_from_args
 
 
 @dataclass
@@ -159,13 +160,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        cfg = EnvBenchConfig(
-            task=args.task,
-            image_size=args.image_size,
-            steps=args.steps,
-            lerobot_steps=args.lerobot_steps,
-            seed=args.seed,
-            output=args.out,
+        cfg = config_from_args(
+            EnvBenchConfig, args, "task", "image_size", "steps", "lerobot_steps", "seed", output=args.out
         )
     except ValueError as err:
         print(f"ceed bench env: error: {err}", file=sys.stderr)

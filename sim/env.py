@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from ceed_vla.sim.tasks import TaskSpec, get_task
 
+from ceed_vla.keys import CAMERA_KEY_PREFIX, IMAGE_KEY, STATE_KEY
+
 CONTROL_HZ = 80
 """MetaWorld's control rate: frame_skip 5 x timestep 2.5 ms = 12.5 ms per env step."""
 
@@ -39,8 +41,7 @@ DEFAULT_GOAL_MARKER_RADIUS = 0.03
 DEFAULT_CAMERA = "corner2"
 """The camera recordings, evaluations and the sim robot use unless told otherwise."""
 
-SINGLE_CAMERA_KEY = "observation.image"
-CAMERA_KEY_PREFIX = "observation.images."
+SINGLE_CAMERA_KEY = IMAGE_KEY
 
 _CORNER_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 
@@ -347,7 +348,7 @@ def to_policy_batch(observations: list[Observation], instructions: list[str]) ->
     env_state = torch.from_numpy(np.stack([o.environment_state for o in observations]))  # [B, 39]
     return {
         **batch,
-        "observation.state": state,
+        STATE_KEY: state,
         "observation.environment_state": env_state,
         "task": list(instructions),
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ceed_vla.stats import percentile as percentile  # one definition, for every part
+
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
@@ -25,17 +27,6 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / denom
     # Mathematically low <= p <= high; clamp the rounding (10/10 otherwise gives high = 0.9999999999999999).
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (linear interpolation), or None for no values."""
-    if not values:
-        return None
-    data = sorted(values)
-    pos = (len(data) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
 
 
 def mean(values: Sequence[float]) -> float | None:

@@ -24,11 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ceed_vla.sim.evaluate import EvalConfig, EvalRunner, config_from_args, decoding_kwargs, load_policy
+from ceed_vla.sim.evaluate import EvalConfig, EvalRunner, config_from_args, decoding_kwargs
 from ceed_vla.sim.seeds import is_validation_seed
 from ceed_vla.sim.tasks import UnknownTaskError
 
 from ceed_vla.atomic import atomic_directory, atomic_write_text
+from ceed_vla.policies import load_policy
 
 SELECTION_FILE = "selection.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -133,7 +134,7 @@ def write_selected(selection: dict[str, Any], output: Path) -> Path:
 
 
 def rollout(checkpoint: Path, config: EvalConfig, decoding: str = "ar") -> dict[str, Any]:
-    policy = load_policy(str(checkpoint))
+    policy = load_policy(str(checkpoint), action_dim=4)
     config = config.for_policy(policy)
     return EvalRunner(config, decoding_kwargs(policy, decoding, None, None), progress=False).run(policy)
 

@@ -476,6 +476,12 @@ def resolve_tasks(names: str | Iterable[str]) -> tuple[TaskSpec, ...]:
     return tuple(out)
 
 
+def task_selection(tasks: str | Iterable[str]) -> tuple[tuple[str, ...], tuple[TaskSpec, ...]]:
+    """(names, specs) of a job's `tasks` option: the one task resolver of `ceed record` and `ceed eval`."""
+    specs = resolve_tasks(tasks)
+    return tuple(s.name for s in specs), specs
+
+
 def task_for_instruction(text: str) -> TaskSpec:
     """The task an instruction (training or held-out paraphrase) asks for."""
     name = _BY_INSTRUCTION.get(text.strip())

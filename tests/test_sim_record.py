@@ -264,7 +264,7 @@ def test_cli_refuses_non_empty_output_with_a_message(tmp_path, capsys):
 
 
 def test_a_recording_from_before_the_marker_setting_resumes_with_the_old_radius(tmp_path):
-    from ceed_vla.sim.record import ResumeMismatchError, _check_same_settings
+    from ceed_vla.sim.record_output import ResumeMismatchError, _check_same_settings
 
     old = {k: v for k, v in _config(tmp_path / "ds").settings().items() if k != "goal_marker_radius"}
     _check_same_settings(old, _config(tmp_path / "ds").settings(), tmp_path)  # 0.03 then and now

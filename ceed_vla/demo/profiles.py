@@ -1,0 +1,164 @@
+"""The demo's profiles: what each `ceed demo --profile NAME` records, trains, distils and evaluates.
+
+Data only. Why each value is what it is, with the measurements behind it, is in docs/demo.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ceed_vla.sim.env import DEFAULT_CAMERA, DEFAULT_GOAL_MARKER_RADIUS
+
+
+@dataclass(frozen=True)
+class EvalMode:
+    """One row of the comparison: which checkpoint, which decoding, which clock."""
+
+    name: str
+    policy: str  # "teacher" | "student"
+    decoding: str  # "ar" | "jacobi" | "early_exit"
+    sigma: int | None = None
+    tau: int | None = None
+    clock: str = "paused"
+    sweep: bool = False  # part of the sigma/tau sweep rather than a headline row
+    instructions: str | None = None  # "train" | "eval" wording; None: the profile's `eval_instructions`
+
+    def cli_args(self) -> list[str]:
+        args = ["--decoding", self.decoding, "--clock", self.clock]
+        if self.sigma is not None:
+            args += ["--sigma", str(self.sigma)]
+        if self.tau is not None:
+            args += ["--tau", str(self.tau)]
+        return args
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    name: str
+    tasks: tuple[str, ...]
+    record_episodes: int
+    record_noise: float
+    image_size: int
+    teacher_steps: int
+    teacher_batch: int
+    collect_trajectories: int
+    distill_steps: int
+    distill_batch: int
+    eval_episodes: int
+    sigma: int
+    tau: int | None
+    sweep_sigmas: tuple[int, ...]
+    # Evaluation wording. Episodes are always held out (seeds disjoint from the recording); "train"
+    # gives the instruction in the training wording, as benchmarks with fixed task instructions do,
+    # "eval" gives each task's held-out paraphrase, words the from-scratch tokenizer never saw (the
+    # teacher passes it through word noise in training: docs/experiments/2026-12-policy-levers.md, "Held-out wording").
+    eval_instructions: str = "train"
+    # How the scene is seen, the same in recording and evaluation (docs/sim.md): the workspace camera
+    # frames the work area; the goal marker is the rendered sphere of reach's and push's free goal.
+    camera: str = DEFAULT_CAMERA
+    goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
+    seed: int = 0
+    threads: int | None = None
+    # Recording and evaluation run episodes in this many processes side by side, each on its own share
+    # of the cores: a MuJoCo rollout with rendering is single-threaded, and decoding this small a
+    # model is bound by per-operation overhead (one thread decodes a chunk as fast as two), so two
+    # workers do about twice the episodes. The recording and the evaluated episodes do not depend on
+    # it, and every evaluation mode is timed the same way.
+    workers: int = 2
+    extra_train_args: tuple[str, ...] = ()
+    extra_distill_args: tuple[str, ...] = ()
+    # Actions of each chunk executed before the next observation (None: the whole chunk), in every
+    # evaluation. The rest of the chunk, shifted, is the next chunk's initial Jacobi guess.
+    execute_steps: int | None = None
+    # On-policy rounds after the first: round r collects `collect_trajectories` Jacobi trajectories
+    # of round r-1's student and distils it further for `refine_steps` steps. The first round's
+    # trajectories come from the teacher, whose states the student stops visiting once it converges
+    # faster; its own states are what it meets when decoding.
+    distill_rounds: int = 1
+    refine_steps: int = 1000
+    extra_refine_args: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise ValueError("a demo profile needs at least one task")
+        for name in (
+            "record_episodes",
+            "teacher_steps",
+            "collect_trajectories",
+            "distill_steps",
+            "eval_episodes",
+            "distill_rounds",
+            "refine_steps",
+            "workers",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.sigma < 1:
+            raise ValueError(f"sigma must be >= 1, got {self.sigma!r}")
+        if self.execute_steps is not None and self.execute_steps < 1:
+            raise ValueError(f"execute_steps must be >= 1 or None, got {self.execute_steps!r}")
+        if self.eval_instructions not in ("train", "eval"):
+            raise ValueError(f"eval_instructions must be 'train' or 'eval', got {self.eval_instructions!r}")
+
+    def modes(self) -> list[EvalMode]:
+        headline = [
+            EvalMode("teacher_ar", "teacher", "ar"),
+            EvalMode("teacher_jacobi", "teacher", "jacobi"),
+            EvalMode("student_jacobi", "student", "jacobi"),
+            EvalMode("student_early_exit", "student", "early_exit", sigma=self.sigma, tau=self.tau),
+            EvalMode("teacher_ar_heldout_wording", "teacher", "ar", instructions="eval"),
+            EvalMode("teacher_ar_realtime", "teacher", "ar", clock="realtime"),
+            EvalMode(
+                "student_early_exit_realtime", "student", "early_exit", self.sigma, self.tau, clock="realtime"
+            ),
+        ]
+        sweep = [
+            EvalMode(f"student_sigma{s}", "student", "early_exit", sigma=s, tau=self.tau, sweep=True)
+            for s in self.sweep_sigmas
+            if s != self.sigma
+        ]
+        return headline + sweep
+
+
+QUICK_TASKS = ("reach", "push", "drawer-open", "button-press-topdown", "door-open")
+
+# The teacher's recipe and the distillation's: docs/demo.md, "Why the recipes".
+TEACHER_RECIPE = (
+    *("--first-step-weight", "8", "--shift", "0", "--aux-final-state", "1.0"),
+    *("--ema-decay", "0.999", "--instruction-noise", "0.3"),
+)
+DISTILL_RECIPE = ("--w-ar", "0.1", "--target", "teacher", "--initial-state-share", "0.5", "--lr", "3e-4")
+
+# Why each value: docs/demo.md, "Why the profiles".
+QUICK = DemoProfile(
+    name="quick",
+    tasks=QUICK_TASKS,
+    record_episodes=30,
+    record_noise=0.1,
+    image_size=64,
+    teacher_steps=1200,
+    teacher_batch=32,
+    collect_trajectories=1500,
+    distill_steps=300,
+    distill_batch=16,
+    eval_episodes=4,
+    execute_steps=4,
+    sigma=2,
+    tau=None,
+    sweep_sigmas=(1,),
+    extra_train_args=TEACHER_RECIPE,
+    extra_distill_args=DISTILL_RECIPE,
+)
+# The full profile differs from the quick one in the data, the training lengths and the evaluation.
+FULL = replace(
+    QUICK,
+    name="full",
+    record_episodes=200,
+    camera="corner2,gripperPOV",
+    teacher_steps=3000,
+    collect_trajectories=10000,
+    distill_steps=3000,
+    eval_episodes=20,
+    execute_steps=2,
+)
+PROFILES: dict[str, DemoProfile] = {p.name: p for p in (QUICK, FULL)}

@@ -1,0 +1,382 @@
+"""The demo's report: assembled from each evaluation's report.json, written as Markdown, plots and the
+README block (`ceed demo --report-only` redraws them from report.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ceed_vla.atomic import atomic_write_text
+from ceed_vla.sim.metrics import episode_outcomes, paired_outcomes
+
+from .profiles import DemoProfile
+from .stages import DemoPaths
+
+REPORT_KEYS = (
+    "success_rate",
+    "success_ci95",
+    "episodes",
+    "ms_per_chunk_p50",
+    "ms_per_chunk_p95",
+    "iterations_per_chunk",
+    "tokens_per_chunk",
+    "actions_per_s",
+    "speedup_vs_ar",
+    "paired_vs_teacher_ar",
+    "seconds_to_success",
+    "held_fraction",
+    "late_chunks",
+)
+
+
+def mode_row(eval_report: dict[str, Any]) -> dict[str, Any]:
+    overall = eval_report["overall"]
+    return {
+        "success_rate": overall["success_rate"],
+        "success_ci95": overall["success_ci95"],
+        "episodes": overall["episodes"],
+        "ms_per_chunk_p50": overall.get("chunk_ms_p50"),
+        "ms_per_chunk_p95": overall.get("chunk_ms_p95"),
+        "iterations_per_chunk": overall.get("iterations_per_chunk"),
+        "tokens_per_chunk": overall.get("tokens_per_chunk"),
+        "actions_per_s": overall.get("actions_per_s"),
+        "held_fraction": overall.get("held_fraction"),
+        "late_chunks": overall.get("late_chunks"),
+        "seconds_to_success": overall.get("mean_seconds_to_success"),
+        "iterations_per_chunk_warm": overall.get("iterations_per_chunk_warm"),
+        "iterations_per_chunk_cold": overall.get("iterations_per_chunk_cold"),
+        "per_task": {t: r["success_rate"] for t, r in eval_report["per_task"].items()},
+        "chunk_iterations": [
+            x for e in eval_report.get("episodes", []) for x in e.get("iterations_per_chunk", [])
+        ],
+    }
+
+
+def _eval_report(paths: DemoPaths, mode: str) -> dict[str, Any]:
+    return json.loads((paths.eval_dir(mode) / "report.json").read_text())
+
+
+def build_report(
+    profile: DemoProfile, paths: DemoPaths, summary: dict[str, dict], commit: str | None = None
+) -> dict[str, Any]:
+    """commit: the code the stages ran with (taken when the run started); default: HEAD now."""
+    modes: dict[str, Any] = {}
+    for mode in profile.modes():
+        modes[mode.name] = {**mode_row(_eval_report(paths, mode.name)), "mode": asdict(mode)}
+    ar_ms = modes["teacher_ar"]["ms_per_chunk_p50"]
+    reference = episode_outcomes(_eval_report(paths, "teacher_ar"))
+    for name, row in modes.items():
+        ms = row["ms_per_chunk_p50"]
+        row["speedup_vs_ar"] = (ar_ms / ms) if (ar_ms and ms) else None
+        # a = teacher AR, b = this mode, on the same (task, seed) episodes
+        row["paired_vs_teacher_ar"] = paired_outcomes(reference, episode_outcomes(_eval_report(paths, name)))
+    missing = [(n, k) for n, r in modes.items() for k in REPORT_KEYS if k not in r]
+    if missing:
+        raise RuntimeError(f"report rows lack keys: {missing}")
+    return {
+        "profile": profile.name,
+        "config": asdict(profile),
+        "modes": modes,
+        "stages": summary,
+        "machine": machine_info(),
+        "git_commit": commit or git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _recorded_seconds(stage: dict) -> float:
+    """What a stage took when it ran (reports written before this was recorded give this run's)."""
+    return stage.get("recorded_seconds", stage["seconds"])
+
+
+def stage_minutes(report: dict) -> tuple[float, float]:
+    """(minutes of stages run by this run, minutes of all stages as each recorded when it ran)."""
+    stages = report["stages"].values()
+    return sum(s["seconds"] for s in stages) / 60, sum(_recorded_seconds(s) for s in stages) / 60
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """HEAD of the checkout at `repo` (default: this package's), with "-dirty" when tracked code
+    differs from it; None outside a git checkout."""
+    repo = repo or Path(__file__).parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=repo,
+            check=True,
+        )
+        # the demo's own outputs (reports/, the README block) do not make the code dirty
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)reports",
+                ":(top,exclude)README.md",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=repo,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _mode_wordings(report: dict[str, Any]) -> dict[str, str]:
+    """Modes whose instruction wording differs from the profile's."""
+    default = report["config"].get("eval_instructions", "eval")
+    return {
+        name: r["mode"]["instructions"]
+        for name, r in report["modes"].items()
+        if r["mode"].get("instructions") not in (None, default)
+    }
+
+
+def mode_order(report: dict[str, Any]) -> list[str]:
+    """The profile's own order of modes (JSON on disk has its keys sorted)."""
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in report["config"].items()}
+    try:
+        order = [m.name for m in DemoProfile(**config).modes()]
+    except TypeError:  # a report written by another version of the profile
+        order = []
+    return [n for n in order if n in report["modes"]] + sorted(set(report["modes"]) - set(order))
+
+
+def _paired_cells(paired: dict[str, Any] | None) -> str:
+    """`both / only AR / only this / neither | p` (dashes for reports written before pairing)."""
+    if not paired:
+        return "- | -"
+    return (
+        f"{paired['both']} / {paired['only_a']} / {paired['only_b']} / {paired['neither']} "
+        f"| {paired['mcnemar_p']:.3g}"
+    )
+
+
+def _held_cells(row: dict[str, Any]) -> str:
+    """Real-time rows: the share of ticks held and the chunks that came too late; '-' when paused."""
+    if row.get("held_fraction") is None:
+        return "-"
+    return f"{row['held_fraction']:.0%} / {_fmt(row.get('late_chunks'), 'd')}"
+
+
+def _replan_sentence(execute_steps: int | None) -> str:
+    if execute_steps is None:
+        return " Each chunk is executed whole before the next observation."
+    return (
+        f" Each mode executes the first {execute_steps} actions of a chunk, then plans again from a new "
+        "observation; the rest of the chunk, shifted, is the next initial Jacobi guess."
+    )
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# ceed demo — profile `{report['profile']}`",
+        "",
+        f"Commit `{report['git_commit']}`, {report['machine']['platform']}, "
+        f"{report['machine']['cpu_count']} CPUs, torch {report['machine']['torch']}"
+        + (f", {report['machine']['cuda']}" if report["machine"]["cuda"] else ", CPU only")
+        + f". Tasks: {', '.join(report['config']['tasks'])}.",
+        "",
+        f"Every mode runs the same {report['config']['eval_episodes']} held-out episodes per task (seeds "
+        "disjoint from the recording) with the instruction in the "
+        + {"train": "training wording", "eval": "held-out wording (a paraphrase never trained on)"}[
+            report["config"].get("eval_instructions", "eval")
+        ]
+        + "".join(
+            f"; {name} gives the "
+            + {"train": "training wording", "eval": "held-out paraphrase (never trained on)"}[wording]
+            for name, wording in _mode_wordings(report).items()
+        )
+        + ". The paused clock waits for the policy (as papers report); the real-time clock keeps the "
+        "simulation moving while the policy computes, scheduling chunks as the robot bridge does. "
+        "Seconds to success are simulated (80 Hz control) over the episodes that succeed."
+        + _replan_sentence(report["config"].get("execute_steps")),
+        "",
+        "| mode | clock | success (95% CI) | episodes | s to success | ms/chunk p50 | p95 | iterations/chunk "
+        "| actions/s | speedup vs AR | held / late chunks | vs teacher AR: both / only AR / only this / neither "
+        "| McNemar p |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in mode_order(report):
+        r = report["modes"][name]
+        lo, hi = r["success_ci95"]
+        lines.append(
+            f"| {name} | {r['mode']['clock']} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "
+            f"| {_fmt(r.get('seconds_to_success'), '.2f')} "
+            f"| {_fmt(r['ms_per_chunk_p50'], '.1f')} | {_fmt(r['ms_per_chunk_p95'], '.1f')} "
+            f"| {_fmt(r['iterations_per_chunk'], '.2f')} | {_fmt(r['actions_per_s'], '.0f')} "
+            f"| {_fmt(r['speedup_vs_ar'], '.2f')}x | {_held_cells(r)} "
+            f"| {_paired_cells(r.get('paired_vs_teacher_ar'))} |"
+        )
+    this_run_s, all_s = stage_minutes(report)
+    lines += [
+        "",
+        f"Stage time: {all_s:.1f} min for all stages, each as recorded when it ran; {this_run_s:.1f} min in "
+        "this run (skipped stages count 0). Per stage, in minutes: "
+        + ", ".join(f"{name} {_recorded_seconds(s) / 60:.1f}" for name, s in report["stages"].items())
+        + ".",
+        "",
+    ]
+    lines += [
+        "![success vs actions per second](pareto.png)",
+        "",
+        "![success per task](success_per_task.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        paths.append(out / name)
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
+    rows = {n: r for n, r in report["modes"].items() if r["mode"]["clock"] == "paused"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = sorted((r["actions_per_s"], name) for name, r in rows.items() if r["actions_per_s"] is not None)
+    for i, (_, name) in enumerate(drawn):
+        r = rows[name]
+        lo, hi = r["success_ci95"]
+        marker = "s" if r["mode"]["sweep"] else "o"
+        ax.errorbar(
+            r["actions_per_s"],
+            r["success_rate"],
+            yerr=[[r["success_rate"] - lo], [hi - r["success_rate"]]],
+            fmt=marker,
+            capsize=3,
+        )
+        ax.annotate(
+            name,
+            (r["actions_per_s"], r["success_rate"]),
+            textcoords="offset points",
+            xytext=(4, 4 if i % 2 == 0 else -10),  # neighbours in speed alternate above and below
+            fontsize=7,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("actions per second (policy compute only, log)")
+    ax.set_ylabel("success rate (95% Wilson CI)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Success vs decoding speed")
+    ax.grid(alpha=0.3)
+    save(fig, "pareto.png")
+
+    tasks = list(report["config"]["tasks"])
+    headline = [n for n, r in rows.items() if not r["mode"]["sweep"]]
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(tasks) + 2), 4.2))
+    width = 0.8 / max(1, len(headline))
+    for i, name in enumerate(headline):
+        vals = [rows[name]["per_task"].get(t) or 0.0 for t in tasks]
+        ax.bar([j + i * width for j in range(len(tasks))], vals, width, label=name)
+    ax.set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=30, ha="right", fontsize=8
+    )
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title("Success per task")
+    save(fig, "success_per_task.png")
+
+    decoded = {n: rows[n]["chunk_iterations"] for n in headline if rows[n].get("chunk_iterations")}
+    if decoded:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        top = max(max(v) for v in decoded.values())
+        bins = [b - 0.5 for b in range(1, int(top) + 3)]
+        for name, iters in decoded.items():
+            ax.hist(iters, bins=bins, histtype="step", linewidth=1.5, label=name)
+        ax.set_xlabel("forward passes after prefill, per chunk")
+        ax.set_ylabel("chunks")
+        ax.set_title("Iterations per chunk")
+        ax.legend(fontsize=7)
+        save(fig, "iterations_hist.png")
+    return paths
+
+
+README_BEGIN = "<!-- demo-report:begin -->"
+README_END = "<!-- demo-report:end -->"
+
+
+def readme_markers(profile: str) -> tuple[str, str]:
+    """The README block a profile's report goes into (`quick` keeps the original unnamed block)."""
+    if profile == "quick":
+        return README_BEGIN, README_END
+    return f"<!-- demo-report-{profile}:begin -->", f"<!-- demo-report-{profile}:end -->"
+
+
+def update_readme(readme: Path, report: dict[str, Any], reports: Path) -> None:
+    """Replace the profile's generated block of `readme` with this report's table and main plot."""
+    text = readme.read_text()
+    begin, end = readme_markers(report["profile"])
+    if begin not in text or end not in text:
+        raise ValueError(f"{readme} has no {begin} ... {end} block to replace; add one")
+    rel = os.path.relpath(reports, readme.parent)
+    table = [line for line in report_markdown(report).splitlines() if line.startswith("|")]
+    block = [
+        begin,
+        f"Profile `{report['profile']}`, commit `{report['git_commit']}`, "
+        f"{report['machine']['cpu_count']} CPUs{_eval_workers_note(report)}, "
+        f"stages {stage_minutes(report)[1]:.0f} min "
+        f"(this run {report['wall_seconds'] / 60:.0f} min; written by `ceed demo`; full report: "
+        f"[{rel}/report.md]({rel}/report.md)).",
+        "",
+        *table,
+        "",
+        f"![success vs actions per second]({rel}/pareto.png)",
+        end,
+    ]
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    atomic_write_text(readme, head + "\n".join(block) + tail)
+
+
+def _eval_workers_note(report: dict[str, Any]) -> str:
+    workers = report["config"].get("workers", 1)
+    if workers == 1:
+        return ""
+    return f" (recording and evaluations in {workers} processes sharing them, every mode timed alike)"
+
+
+def write_views(report: dict[str, Any], reports: Path, readme: Path | None) -> str:
+    """What is drawn from report.json: the plots, report.md and the README block; returns the Markdown."""
+    write_plots(report, reports)
+    markdown = report_markdown(report)
+    atomic_write_text(reports / "report.md", markdown)
+    if readme:
+        update_readme(readme, report, reports)
+    return markdown

@@ -1,0 +1,59 @@
+"""The training flags of both trainers' command lines (`ceed train`, `ceed distill train`): one
+definition, read into the shared trainer's `TrainConfig`. Each job keeps its own defaults for the
+few flags where teacher training and distillation differ (steps, learning rate, validation)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ceed_vla.cli import config_from_args
+
+from .trainer import TrainConfig
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+# TrainConfig fields set by a flag of the same name (the others keep TrainConfig's defaults)
+_FLAGS = (
+    "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "ema_decay", "precision",
+    "save_every", "val_every", "val_batches", "log_every", "seed", "num_workers", "device",
+)  # fmt: skip
+
+
+def add_training_arguments(group, **defaults) -> None:
+    """Add the trainer's flags to `group` (a parser or an argument group); `defaults` overrides
+    `TrainConfig`'s defaults by field name (e.g. `steps=2000, lr=1e-4`)."""
+    unknown = set(defaults) - set(_DEFAULTS)
+    if unknown:
+        raise ValueError(f"no TrainConfig field named {sorted(unknown)}")
+    d = {**_DEFAULTS, **defaults}
+    group.add_argument("--steps", type=int, default=d["steps"])
+    group.add_argument(
+        "--batch-size", type=int, default=d["batch_size"], help="global batch over all processes"
+    )
+    group.add_argument("--lr", type=float, default=d["lr"])
+    group.add_argument("--weight-decay", type=float, default=d["weight_decay"])
+    group.add_argument("--warmup-steps", type=int, default=d["warmup_steps"])
+    group.add_argument(
+        "--min-lr-ratio", type=float, default=d["min_lr_ratio"], help="cosine decays to lr * this"
+    )
+    group.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d["ema_decay"],
+        help="exponential moving average of the weights, saved as the policy (0 = off; 0.999 is typical)",
+    )
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d["precision"])
+    group.add_argument("--save-every", type=int, default=d["save_every"])
+    group.add_argument("--val-every", type=int, default=d["val_every"])
+    group.add_argument("--val-batches", type=int, default=d["val_batches"])
+    group.add_argument("--log-every", type=int, default=d["log_every"])
+    group.add_argument("--seed", type=int, default=d["seed"])
+    group.add_argument("--num-workers", type=int, default=d["num_workers"])
+    group.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
+    group.add_argument("--device", default=d["device"])
+    group.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last")
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` of parsed flags (`args.output` is the run directory)."""
+    return config_from_args(TrainConfig, args, *_FLAGS, output_dir=args.output)

@@ -1,0 +1,199 @@
+"""The report of `ceed eval`: statistics over episodes, report.json, Markdown, the success plot and the
+rollout media (GIF and frame strip)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from ceed_vla.sim.env import CONTROL_HZ
+from ceed_vla.sim.metrics import mean, percentile, wilson_interval
+
+from ceed_vla.atomic import atomic_savefig, atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from ceed_vla.sim.runner import EpisodeResult, EvalConfig
+
+
+def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
+    """Success with a 95% Wilson interval, steps to success and speed over some episodes."""
+    n = len(episodes)
+    wins = sum(e.success for e in episodes)
+    low, high = wilson_interval(wins, n)
+    calls = [ms for e in episodes for ms in e.call_ms]
+    decode_ms = [ms for e in episodes for ms in e.decode_ms]
+    policy_s = sum(e.policy_seconds for e in episodes)
+    env_s = sum(e.env_seconds for e in episodes)
+    steps = sum(e.steps for e in episodes)
+    wall = sum(e.wall_seconds for e in episodes)
+    actions = sum(e.actions_from_policy for e in episodes)
+    out: dict[str, Any] = {
+        "episodes": n,
+        "successes": wins,
+        "success_rate": wins / n if n else None,
+        "success_ci95": [low, high],
+        # an episode ends at its first success, so its steps are the steps to success
+        "mean_steps_to_success": mean([e.steps for e in episodes if e.success]),
+        # what a user feels: simulated seconds from reset to success
+        "mean_seconds_to_success": mean([e.steps / CONTROL_HZ for e in episodes if e.success]),
+        "policy_calls": len(calls),
+        "policy_ms_p50": percentile(calls, 50),
+        "policy_ms_p95": percentile(calls, 95),
+        "actions_per_s": actions / policy_s if policy_s > 0 else None,
+        "env_steps_per_s": steps / env_s if env_s > 0 else None,
+        "loop_hz": steps / wall if wall > 0 else None,
+        # the same quantities under the names `lerobot-eval` reports them by
+        "pc_success": 100.0 * wins / n if n else None,
+        "avg_sum_reward": mean([e.reward_sum for e in episodes]),
+        "avg_max_reward": mean([e.reward_max for e in episodes if e.steps]),
+        "eval_s": wall,
+        "eval_ep_s": wall / n if n else None,
+    }
+    if decode_ms:
+        out["chunk_ms_p50"] = percentile(decode_ms, 50)
+        out["chunk_ms_p95"] = percentile(decode_ms, 95)
+        out["iterations_per_chunk"] = mean([x for e in episodes for x in e.decode_iterations])
+        out["tokens_per_chunk"] = mean([x for e in episodes for x in e.decode_tokens])
+        pairs = [(x, w) for e in episodes for x, w in zip(e.decode_iterations, e.decode_warm, strict=True)]
+        # split by initial guess: a chunk with an earlier chunk to start from, and one without
+        out["iterations_per_chunk_warm"] = mean([x for x, w in pairs if w])
+        out["iterations_per_chunk_cold"] = mean([x for x, w in pairs if not w])
+        out["warm_start_share"] = mean([float(w) for _, w in pairs])
+    if clock == "realtime":
+        out["held_steps"] = sum(e.held_steps for e in episodes)
+        out["dropped_actions"] = sum(e.dropped_actions for e in episodes)
+        out["held_fraction"] = out["held_steps"] / steps if steps else None
+        out["late_chunks"] = sum(e.late_chunks for e in episodes)
+    return out
+
+
+def build_report(
+    config: EvalConfig, episodes: list[EpisodeResult], predict_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    per_task = {
+        spec.name: summarise([e for e in episodes if e.task == spec.name], config.clock)
+        for spec in config.specs
+    }
+    settings = {k: v for k, v in asdict(config).items() if k not in ("specs", "output")}
+    settings["decoding"] = {k: _jsonable(v) for k, v in predict_kwargs.items()}
+    return {
+        "settings": settings,
+        "overall": summarise(episodes, config.clock),
+        "per_task": per_task,
+        "episodes": [
+            {
+                "task": e.task,
+                "seed": e.seed,
+                "success": e.success,
+                "steps": e.steps,
+                "policy_calls": e.policy_calls,
+                "iterations_per_chunk": e.decode_iterations,
+                "warm_started": e.decode_warm,
+                "held_steps": e.held_steps,
+                "late_chunks": e.late_chunks,
+                "sum_reward": e.reward_sum,
+            }
+            for e in episodes
+        ],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        f"# Evaluation ({s['clock']} clock)",
+        "",
+        f"{s['episodes_per_task']} episodes per task, {s.get('split', 'eval')} seeds (run seed {s['seed']}), {s['image_size']} px, "
+        f"horizon {s['max_episode_steps']} steps, {s['instructions']} instructions.",
+        "",
+        "| task | success | 95% CI | episodes | steps to success | policy ms p50 | p95 | actions/s | env steps/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = [*report["per_task"].items(), ("**overall**", report["overall"])]
+    for name, r in rows:
+        low, high = r["success_ci95"]
+        lines.append(
+            f"| {name} | {r['success_rate']:.2f} | [{low:.2f}, {high:.2f}] | {r['episodes']} | "
+            f"{_fmt(r['mean_steps_to_success'])} | {_fmt(r['policy_ms_p50'], '.2f')} | {_fmt(r['policy_ms_p95'], '.2f')} | "
+            f"{_fmt(r['actions_per_s'], '.0f')} | {_fmt(r['env_steps_per_s'], '.0f')} |"
+        )
+    overall = report["overall"]
+    if "chunk_ms_p50" in overall:
+        lines += [
+            "",
+            f"Decoding: {overall['chunk_ms_p50']:.1f} ms per chunk (p50), {overall['chunk_ms_p95']:.1f} (p95), "
+            f"{overall['iterations_per_chunk']:.2f} iterations, {overall['tokens_per_chunk']:.0f} tokens per chunk.",
+        ]
+    if "held_steps" in overall:
+        lines += [
+            "",
+            f"Real-time clock: {overall['held_steps']} steps held while the policy computed "
+            f"({overall['held_fraction']:.1%} of all steps), {overall['dropped_actions']} stale actions dropped, "
+            f"{overall['late_chunks']} chunks arrived too late to use.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_success(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["per_task"])
+    rates = [float(report["per_task"][n]["success_rate"]) for n in names]
+    ci = [report["per_task"][n]["success_ci95"] for n in names]
+    below = [max(0.0, r - lo) for r, (lo, _) in zip(rates, ci, strict=True)]
+    above = [max(0.0, hi - r) for r, (_, hi) in zip(rates, ci, strict=True)]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(names) + 1.5), 3.6))
+    ax.bar(range(len(names)), rates, color="#4c72b0")
+    ax.errorbar(range(len(names)), rates, yerr=[below, above], fmt="none", ecolor="black", capsize=3)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate (95% Wilson CI)")
+    overall = report["overall"]["success_rate"]
+    ax.set_title(f"{report['settings']['clock']} clock, overall {overall:.2f}", fontsize=10)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+
+
+def write_report(report: dict[str, Any], output: Path) -> None:
+    """`report.json`, `report.md` and `success.png` in `output`."""
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(output / "report.md", report_markdown(report))
+    plot_success(report, output / "success.png")
+
+
+def save_rollout(result: EpisodeResult, frames: list[np.ndarray], directory: Path, strip: int = 8) -> Path:
+    """`<task>_<seed>_<success|failure>.gif` (every planning frame) and `.png` (`strip` of them)."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{result.task}_{result.seed}_{'success' if result.success else 'failure'}"
+    images = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
+    atomic_write_bytes(directory / f"{stem}.gif", buf.getvalue())
+    picks = np.linspace(0, len(frames) - 1, num=min(strip, len(frames))).round().astype(int)
+    row = np.concatenate([frames[i] for i in picks], axis=1)  # [H, strip * W, 3]
+    buf = io.BytesIO()
+    Image.fromarray(row).save(buf, format="PNG")
+    atomic_write_bytes(directory / f"{stem}.png", buf.getvalue())
+    return directory / f"{stem}.png"
