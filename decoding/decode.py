@@ -118,23 +118,23 @@ def _fused_first_iteration(
 
 class _Deadline:
     """When to stop iterating: the next iteration is started only if it is expected to end by
-    ``deadline``, its expected cost being the longest step measured so far in this call (before the
-    first iteration, the prefill). Without a deadline the clock is never read."""
+    ``deadline``, its expected cost being the duration of the most recent step (before the first
+    iteration, the prefill). The most recent step, not the longest: one slow step (a first-call
+    compile, a graph capture, a busy core) then costs one decision, not the rest of the call. Without
+    a deadline the clock is never read."""
 
     def __init__(self, deadline: float | None, clock: Callable[[], float], start: float | None):
         self.deadline = deadline
         self.clock = clock
         self.last = start
-        self.longest = 0.0
 
     def passed(self) -> bool:
         """Call once per loop, after the sync that ends the previous step."""
         if self.deadline is None:
             return False
         now = self.clock()
-        self.longest = max(self.longest, now - self.last)
-        self.last = now
-        return now + self.longest > self.deadline
+        step, self.last = now - self.last, now
+        return now + step > self.deadline
 
 
 def _decode_jacobi(

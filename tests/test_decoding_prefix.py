@@ -186,10 +186,11 @@ class ForwardClock:
         self.now = 100.0
         self.forwards = 0
         self.cost = cost
+        self.cost_of = None  # a callable giving each forward's cost, when set
         lm.model.norm.register_forward_hook(self._tick)
 
     def _tick(self, *_):
-        self.now += self.cost
+        self.now += self.cost if self.cost_of is None else self.cost_of()
         self.forwards += 1
 
     def __call__(self) -> float:
@@ -202,7 +203,7 @@ def deadline_case():
     clock = ForwardClock(lm)
     embeds, mask = make_prompt(27, 2, 6, lm.config.hidden_size, [0, 3])
     exact = decode(lm, embeds, mask, 18, ACTION_START, DecodeConfig(mode="jacobi"))
-    assert int(exact.stats.iterations.min()) >= 4  # the deadlines below stop it short
+    assert int(exact.stats.iterations.min()) >= 8  # the deadlines below stop it short
     return lm, clock, embeds, mask, exact
 
 
@@ -227,7 +228,7 @@ def test_the_deadline_stops_iterations_before_one_would_end_late(deadline_case, 
     assert torch.equal(far.stats.iterations, exact.stats.iterations)
 
 
-def test_the_cost_estimate_is_the_longest_step_so_far(deadline_case):
+def test_the_cost_estimate_is_the_last_step(deadline_case):
     lm, clock, embeds, mask, _ = deadline_case
     jacobi = DecodeConfig(mode="jacobi")
     clock.cost = 2.0  # the prefill costs 2: with 3 left, one 2-unit iteration fits, a second would not
@@ -236,6 +237,30 @@ def test_the_cost_estimate_is_the_longest_step_so_far(deadline_case):
     finally:
         clock.cost = 1.0
     assert out.stats.iterations.tolist() == [1, 1] and out.stats.stopped_by == "deadline"
+
+
+def test_one_slow_step_does_not_stop_the_iterations_after_it(deadline_case):
+    lm, clock, embeds, mask, exact = deadline_case
+    costs = iter([1.0, 5.0])  # the prefill, then one slow iteration; every later forward costs 1
+    clock.cost_of = lambda: next(costs, 1.0)
+    try:
+        # ends: prefill +1, iteration 1 +6, iteration 2 +7 (expected to cost 5: 11 fits), then each
+        # expected to cost 1: iterations 3..7 end at +8..+12 (the longest step, 5, would stop at 3)
+        out = decode(
+            lm,
+            embeds,
+            mask,
+            18,
+            ACTION_START,
+            DecodeConfig(mode="jacobi"),
+            deadline=clock.now + 12,
+            clock=clock,
+        )
+    finally:
+        clock.cost_of = None
+    assert out.stats.iterations.tolist() == [7, 7] and out.stats.stopped_by == "deadline"
+    capped = decode(lm, embeds, mask, 18, ACTION_START, DecodeConfig(mode="early_exit", sigma=7))
+    assert torch.equal(out.bins, capped.bins)
 
 
 def test_a_deadline_already_passed_returns_the_prefilled_guess(deadline_case):
