@@ -25,6 +25,26 @@ observation and this one, is the next chunk's initial Jacobi guess (`ChunkReques
 as `ceed_vla.decoding.guess_from_previous_chunk` lays them out). Where no earlier chunk of this
 episode exists, or the gap is more than a whole chunk, the guess is None: the decoder's constant guess.
 
+Forced prefix (real-time chunking, `SchedulerConfig.forced_prefix`): the d steps that will execute
+while a chunk is computed are already in the queue. At the request they are *committed* (no merge
+may change them any more) and their bins go to the policy as the chunk's forced first d steps, so the
+model decodes the rest as its own continuation of what the arm actually does. d is the latency
+estimate in ticks, ceil(q / period) + `prefix_margin_ticks`, where q is the `latency_quantile` of the
+last `latency_window` measured latencies (a high quantile, not the mean: a chunk later than d ticks
+executes old, unconditioned steps). d is capped by the queued steps whose bins are known and by
+K - 1. A chunk with a forced prefix is not cross-faded: its step d follows the committed steps it was
+conditioned on. The refill decision then uses the same quantile.
+
+    ticks:        t_obs ..... now ......................
+    queue at request:  [c c c o o]            (c = committed: d = 3)
+    new chunk:         [c c c x x x x x]      (its first d steps are the forced c)
+    merged:                  [c x x x x x]    (now = t_obs + 2: the committed c still to run, then x)
+
+Deadline (`SchedulerConfig.decode_deadline`): the request carries the time by which the chunk must
+arrive, when the queue would run dry (the queued ticks times the period after the request) less
+`deadline_margin_s`, on the scheduler's clock; the Jacobi decoder stops iterating by then. With an
+empty queue (the arm holds anyway) there is no deadline.
+
 The bridge calls this from three threads (ROS callbacks, the control timer, the inference worker);
 `ceed eval` from one. Both drive it through the same methods, so the simulator schedules exactly as
 the robot does: the real-time clock of `ceed eval` advances the simulation by the measured latency
@@ -36,6 +56,9 @@ from __future__ import annotations
 import inspect
 import math
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,20 +73,43 @@ ROBOT_REFILL_MARGIN_TICKS = 1
 """The bridge's default refill margin (ticks); `ceed eval --clock realtime` uses it too."""
 
 
+def _accepts(policy, *names: str) -> bool:
+    try:
+        params = inspect.signature(policy.predict_action_chunk).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return all(name in params for name in names)
+
+
 def policy_accepts_init_guess(policy) -> bool:
     """Whether `policy.predict_action_chunk` takes a warm-start `init_guess` (the VLA does)."""
-    try:
-        return "init_guess" in inspect.signature(policy.predict_action_chunk).parameters
-    except (TypeError, ValueError):
-        return False
+    return _accepts(policy, "init_guess")
+
+
+def policy_accepts_forced_prefix(policy) -> bool:
+    """Whether `policy.predict_action_chunk` takes `forced_bins`, the chunk's first steps given (the
+    VLA does); `SchedulerConfig.forced_prefix` is for such policies only."""
+    return _accepts(policy, "forced_bins")
+
+
+def policy_accepts_deadline(policy) -> bool:
+    """Whether `policy.predict_action_chunk` takes a `deadline` and its `clock` (the VLA does);
+    `SchedulerConfig.decode_deadline` is for such policies only."""
+    return _accepts(policy, "deadline", "clock")
 
 
 def predict_chunk(policy, observation: dict, predict_kwargs: dict, request: ChunkRequest, warm: bool):
-    """`policy.predict_action_chunk` for `request`, with its warm-start guess when the policy takes
-    one (`warm`, from `policy_accepts_init_guess`). Returns (chunk [1, K, D], whether it was warm)."""
+    """`policy.predict_action_chunk` for `request`: with its warm-start guess when the policy takes
+    one (`warm`, from `policy_accepts_init_guess`), its forced prefix and its deadline when the
+    scheduler set them (only for policies that take them). Returns (chunk [1, K, D], whether it was
+    warm)."""
     kwargs = dict(predict_kwargs)
     if warm and request.init_guess is not None:
         kwargs["init_guess"] = request.init_guess
+    if request.forced_bins is not None:
+        kwargs["forced_bins"] = request.forced_bins
+    if request.deadline is not None:
+        kwargs["deadline"], kwargs["clock"] = request.deadline, request.clock
     return policy.predict_action_chunk(observation, **kwargs), "init_guess" in kwargs
 
 
@@ -81,6 +127,16 @@ class SchedulerConfig:
     refill_margin_ticks: int = 0
     replan_every: int | None = None  # ticks between observations; None = only when the queue runs low
     init: str = "tail"  # "tail": warm start from the previous chunk; "constant": the decoder's guess
+    forced_prefix: bool = False
+    """Commit the queue's next d steps at each request and hand their bins to the policy as the
+    chunk's forced first steps (policies where `policy_accepts_forced_prefix`)."""
+    latency_quantile: float = 0.9  # the latency estimate behind d (and the refill, with a forced prefix)
+    latency_window: int = 20  # how many recent latencies the quantile is taken over
+    prefix_margin_ticks: int = 0  # added to ceil(latency quantile / period) to give d
+    decode_deadline: bool = False
+    """Give each request the time the queue would run dry, less `deadline_margin_s`, as the decode
+    deadline (policies where `policy_accepts_deadline`)."""
+    deadline_margin_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.action_dim, int) and self.action_dim > 0):
@@ -95,6 +151,14 @@ class SchedulerConfig:
             raise ValueError(f"replan_every must be >= 1 or None, got {self.replan_every!r}")
         if self.init not in INIT_CHOICES:
             raise ValueError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
+        if not 0.0 <= self.latency_quantile <= 1.0:
+            raise ValueError(f"latency_quantile must be in [0, 1], got {self.latency_quantile!r}")
+        if not (isinstance(self.latency_window, int) and self.latency_window >= 1):
+            raise ValueError(f"latency_window must be an int >= 1, got {self.latency_window!r}")
+        if self.prefix_margin_ticks < 0:
+            raise ValueError(f"prefix_margin_ticks must be >= 0, got {self.prefix_margin_ticks!r}")
+        if not (math.isfinite(self.deadline_margin_s) and self.deadline_margin_s >= 0):
+            raise ValueError(f"deadline_margin_s must be finite and >= 0, got {self.deadline_margin_s!r}")
 
 
 @dataclass
@@ -103,6 +167,10 @@ class ChunkRequest:
     generation: int  # queue generation; a result from an older generation is discarded
     init_guess: torch.Tensor | None  # [1, n] bins: the previous chunk's tail shifted into place
     shift: int | None  # ticks since the previous chunk's observation (None: no previous chunk)
+    forced_steps: int = 0  # d: the chunk's first steps that are given, not decoded (committed)
+    forced_bins: torch.Tensor | None = None  # [1, d * D] their bins (None when d = 0)
+    deadline: float | None = None  # on `clock`: when the chunk must arrive (None: no deadline)
+    clock: Callable[[], float] | None = None  # the clock of `deadline`
 
 
 @dataclass
@@ -112,10 +180,17 @@ class MergeResult:
     blended: int  # ticks where old and new were cross-faded
     length: int  # queue length after the merge
     stale: bool = False  # requested before a flush: belongs to an earlier episode or task
+    kept: int = 0  # committed ticks still queued, kept as they were (the chunk's steps for them unused)
+
+
+UNKNOWN_BIN = -1
+"""The bin of a queued action that no token stands behind (a cross-faded action, a policy without
+bins): such a step cannot be forced."""
 
 
 class ChunkQueue:
-    """Thread-safe queue of future actions indexed by control tick."""
+    """Thread-safe queue of future actions indexed by control tick, with the bins behind each action
+    and a commitment: actions for ticks before `committed_until` are never changed by a merge."""
 
     def __init__(self, action_dim: int, blend_steps: int):
         self.action_dim = action_dim
@@ -123,6 +198,8 @@ class ChunkQueue:
         self._lock = threading.Lock()
         self._start = 0  # tick of self._actions[0]
         self._actions = np.zeros((0, action_dim))  # [T, D]
+        self._bins = np.zeros((0, action_dim), dtype=np.int64)  # [T, D], UNKNOWN_BIN where none
+        self._committed_until: int | None = None
 
     def __len__(self) -> int:
         with self._lock:
@@ -131,6 +208,8 @@ class ChunkQueue:
     def clear(self) -> None:
         with self._lock:
             self._actions = np.zeros((0, self.action_dim))
+            self._bins = np.zeros((0, self.action_dim), dtype=np.int64)
+            self._committed_until = None
 
     def pop(self, tick: int) -> np.ndarray | None:
         """The action for `tick` ([D]) or None on underrun; actions for earlier ticks are discarded."""
@@ -139,7 +218,7 @@ class ChunkQueue:
             if self._actions.shape[0] == 0 or self._start != tick:
                 return None
             action = self._actions[0].copy()
-            self._actions = self._actions[1:]
+            self._actions, self._bins = self._actions[1:], self._bins[1:]
             self._start = tick + 1
             return action
 
@@ -149,39 +228,81 @@ class ChunkQueue:
             self._drop_before(tick)
             return self._actions.copy() if self._start == tick else np.zeros((0, self.action_dim))
 
-    def merge(self, chunk: np.ndarray, obs_tick: int, now_tick: int) -> MergeResult:
-        """Merge a chunk [K, D] predicted for ticks obs_tick.. into the queue, `now_tick` being next."""
+    def remaining_bins(self, tick: int) -> np.ndarray:
+        """The bins behind the actions queued for `tick` and later, [T, D] int64 (UNKNOWN_BIN where none)."""
+        with self._lock:
+            self._drop_before(tick)
+            if self._start != tick:
+                return np.zeros((0, self.action_dim), dtype=np.int64)
+            return self._bins.copy()
+
+    @property
+    def committed_until(self) -> int | None:
+        return self._committed_until
+
+    def commit(self, until_tick: int) -> None:
+        """Commit the queued actions for ticks before `until_tick`: no merge changes them any more."""
+        with self._lock:
+            if self._committed_until is None or until_tick > self._committed_until:
+                self._committed_until = until_tick
+
+    def merge(
+        self,
+        chunk: np.ndarray,
+        obs_tick: int,
+        now_tick: int,
+        bins: np.ndarray | None = None,
+        blend: bool = True,
+    ) -> MergeResult:
+        """Merge a chunk [K, D] predicted for ticks obs_tick.. into the queue, `now_tick` being next;
+        `bins` [K, D] are its tokens. Committed ticks keep their queued actions; the chunk takes over
+        after them, cross-faded into the old tail over `blend_steps` ticks when `blend`."""
         chunk = np.asarray(chunk, dtype=np.float64)
         if chunk.ndim != 2 or chunk.shape[1] != self.action_dim:
             raise ValueError(f"chunk has shape {chunk.shape}; expected [K, {self.action_dim}]")
+        if bins is None:
+            bins = np.full(chunk.shape, UNKNOWN_BIN, dtype=np.int64)
+        bins = np.asarray(bins, dtype=np.int64)
+        if bins.shape != chunk.shape:
+            raise ValueError(f"bins have shape {bins.shape}; expected the chunk's {chunk.shape}")
         dropped = max(0, now_tick - obs_tick)
-        fresh = chunk[dropped:]  # [K', D] for ticks now_tick..
         with self._lock:
             self._drop_before(now_tick)
+            queued = self._start == now_tick
+            old = self._actions if queued else np.zeros((0, self.action_dim))
+            old_bins = self._bins if queued else np.zeros((0, self.action_dim), dtype=np.int64)
+            until = now_tick if self._committed_until is None else self._committed_until
+            kept = min(max(0, until - now_tick), old.shape[0])
+            first = now_tick + kept - obs_tick  # index in the chunk of the first tick it may write
+            fresh, fresh_bins = chunk[max(first, 0) :], bins[max(first, 0) :]  # [K', D]
             if fresh.shape[0] == 0:
-                return MergeResult(False, min(dropped, chunk.shape[0]), 0, self._actions.shape[0])
-            old = self._actions if self._start == now_tick else np.zeros((0, self.action_dim))
-            blended = min(self.blend_steps, old.shape[0], fresh.shape[0])
-            merged = fresh.copy()
+                return MergeResult(False, min(dropped, chunk.shape[0]), 0, old.shape[0], kept=kept)
+            tail = old[kept:]  # the uncommitted rest of the old plan
+            blended = min(self.blend_steps, tail.shape[0], fresh.shape[0]) if blend else 0
+            merged, merged_bins = fresh.copy(), fresh_bins.copy()
             if blended:
                 w = (np.arange(1, blended + 1) / (self.blend_steps + 1))[:, None]  # [b, 1]
-                merged[:blended] = (1 - w) * old[:blended] + w * fresh[:blended]
-            self._actions = merged
+                merged[:blended] = (1 - w) * tail[:blended] + w * fresh[:blended]
+                merged_bins[:blended] = UNKNOWN_BIN
+            self._actions = np.concatenate([old[:kept], merged])
+            self._bins = np.concatenate([old_bins[:kept], merged_bins])
             self._start = now_tick
-            return MergeResult(True, dropped, blended, merged.shape[0])
+            return MergeResult(True, min(dropped, chunk.shape[0]), blended, self._actions.shape[0], kept=kept)
 
     def _drop_before(self, tick: int) -> None:
         behind = tick - self._start
         if behind > 0:
-            self._actions = self._actions[behind:]
+            self._actions, self._bins = self._actions[behind:], self._bins[behind:]
             self._start = tick
 
 
 class ChunkScheduler:
-    """The queue, the refill decision, warm-start guesses and late-chunk handling, per episode."""
+    """The queue, the refill decision, warm-start guesses, the forced prefix, the decode deadline and
+    late-chunk handling, per episode. `clock` (seconds) is read only for deadlines."""
 
-    def __init__(self, config: SchedulerConfig):
+    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic):
         self.config = config
+        self.clock = clock
         self.queue = ChunkQueue(config.action_dim, config.blend_steps)
         self._lock = threading.Lock()
         self._generation = 0
@@ -189,19 +310,41 @@ class ChunkScheduler:
         self._last_obs_tick: int | None = None  # observation behind the last accepted chunk
         self._previous_bins: torch.Tensor | None = None  # [1, n] that chunk's bins (None: not a VLA)
         self.latency_ema_s = 0.0
+        self._latencies: deque[float] = deque(maxlen=config.latency_window)
         self.chunks = 0
         self.late_chunks = 0
         self.dropped_actions = 0
         self.warm_starts = 0
+        self.forced_chunks = 0  # chunks requested with a forced prefix
+        self.forced_steps = 0  # their forced steps, summed
+        self.prefix_overrun_ticks = 0  # ticks that ran old, unforced steps before such a chunk arrived
 
     # ---- planning -----------------------------------------------------------------------------
     @property
     def in_flight(self) -> bool:
         return self._in_flight
 
+    def latency_quantile_s(self) -> float:
+        """The `latency_quantile` of the last `latency_window` latencies (0 before the first)."""
+        if not self._latencies:
+            return 0.0
+        return float(
+            np.quantile(np.fromiter(self._latencies, float), self.config.latency_quantile, method="higher")
+        )
+
+    def _latency_ticks(self) -> int:
+        estimate = self.latency_quantile_s() if self.config.forced_prefix else self.latency_ema_s
+        return math.ceil(estimate / self.config.period_s - 1e-9)
+
     def lead_ticks(self) -> int:
         """Actions that must still be queued when a request goes out for the queue not to run dry."""
-        return math.ceil(self.latency_ema_s / self.config.period_s - 1e-9) + self.config.refill_margin_ticks
+        return self._latency_ticks() + self.config.refill_margin_ticks
+
+    def prefix_ticks(self) -> int:
+        """The d the latency estimate asks for (before the queue caps it); 0 before any latency is known."""
+        if not self._latencies:
+            return 0
+        return self._latency_ticks() + self.config.prefix_margin_ticks
 
     def due(self, tick: int) -> bool:
         """Whether a new observation should be taken now, `tick` being the next tick to run."""
@@ -213,8 +356,9 @@ class ChunkScheduler:
                 return True
             return len(self.queue.remaining(tick)) <= self.lead_ticks()
 
-    def request(self, tick: int) -> ChunkRequest:
-        """Mark a request in flight for an observation taken now (`tick` next to run)."""
+    def request(self, tick: int, now: float | None = None) -> ChunkRequest:
+        """Mark a request in flight for an observation taken now (`tick` next to run; `now` on the
+        scheduler's clock, read when None and a deadline is due)."""
         with self._lock:
             if self._in_flight:
                 raise RuntimeError("a chunk request is already in flight: deliver or cancel it first")
@@ -226,7 +370,32 @@ class ChunkScheduler:
                 if shift <= k:  # its last `shift` steps are filled with its final step
                     guess = guess_from_previous_chunk(self._previous_bins, shift, self.config.action_dim)
                     self.warm_starts += 1
-            return ChunkRequest(tick, self._generation, guess, shift)
+            request = ChunkRequest(tick, self._generation, guess, shift)
+            if self.config.forced_prefix:
+                self._force_prefix(request)
+            if self.config.decode_deadline:
+                queued = len(self.queue.remaining(tick))
+                if queued:
+                    now = self.clock() if now is None else now
+                    request.deadline = now + queued * self.config.period_s - self.config.deadline_margin_s
+                    request.clock = self.clock
+            return request
+
+    def _force_prefix(self, request: ChunkRequest) -> None:
+        """Commit the queue's next d steps and put their bins in the request (d = 0: nothing)."""
+        queued = self.queue.remaining_bins(request.obs_tick)  # [T, D]
+        unknown = (queued == UNKNOWN_BIN).any(axis=1)  # [T]
+        known = int(unknown.argmax()) if unknown.any() else queued.shape[0]  # leading steps with bins
+        d = min(self.prefix_ticks(), known)
+        if self._previous_bins is not None:  # leave at least one step to decode
+            d = min(d, self._previous_bins.shape[1] // self.config.action_dim - 1)
+        if d <= 0:
+            return
+        self.queue.commit(request.obs_tick + d)
+        request.forced_steps = d
+        request.forced_bins = torch.from_numpy(queued[:d].reshape(1, -1).copy())  # [1, d * D]
+        self.forced_chunks += 1
+        self.forced_steps += d
 
     def deliver(
         self,
@@ -237,14 +406,23 @@ class ChunkScheduler:
         bins: torch.Tensor | None = None,
     ) -> MergeResult:
         """Merge the chunk [K, D] decoded for `request`, `now_tick` being next to run; `bins` [1, n] are
-        its tokens (for the next warm start), `latency_s` how long it took (0 where time stood still)."""
+        its tokens (for the next warm start and forced prefix), `latency_s` how long it took (0 where
+        time stood still). The committed steps stay as they are queued."""
         with self._lock:
             self._in_flight = False
             self._record_latency(latency_s)
             if request.generation != self._generation:
                 return MergeResult(False, 0, 0, len(self.queue.remaining(now_tick)), stale=True)
-            merged = self.queue.merge(actions, request.obs_tick, now_tick)
+            actions = np.asarray(actions, dtype=np.float64)
+            step_bins = None
+            if bins is not None and bins.numel() == actions.size:
+                step_bins = bins.detach().to("cpu", torch.long).reshape(actions.shape).numpy()
+            merged = self.queue.merge(
+                actions, request.obs_tick, now_tick, bins=step_bins, blend=request.forced_steps == 0
+            )
             self.dropped_actions += merged.dropped
+            if request.forced_steps:
+                self.prefix_overrun_ticks += max(0, now_tick - request.obs_tick - request.forced_steps)
             if not merged.accepted:
                 self.late_chunks += 1
                 return merged
@@ -254,13 +432,14 @@ class ChunkScheduler:
             return merged
 
     def cancel(self) -> None:
-        """The request failed (the policy raised): nothing arrives, a new one may go out."""
+        """The request failed (the policy raised): nothing arrives, a new one may go out. Steps it
+        committed stay committed (they are queued and run as they are)."""
         with self._lock:
             self._in_flight = False
 
     def flush(self) -> None:
-        """Forget the queue and the previous chunk (a hold, a new task, a new episode); a request in
-        flight now is discarded when it arrives."""
+        """Forget the queue, its commitment and the previous chunk (a hold, a new task, a new
+        episode); a request in flight now is discarded when it arrives."""
         with self._lock:
             self.queue.clear()
             self._generation += 1
@@ -276,6 +455,7 @@ class ChunkScheduler:
         return self.queue.remaining(tick)
 
     def _record_latency(self, latency_s: float) -> None:
+        self._latencies.append(latency_s)
         if self.chunks == 0 and self.late_chunks == 0 and self.latency_ema_s == 0:
             self.latency_ema_s = latency_s
         else:

@@ -110,16 +110,23 @@ class DecodeConfig:
         return self.n_bins // 2 if self.init_bin is None else self.init_bin
 
 
+STOP_REASONS: tuple[str, ...] = ("complete", "fixed_point", "tau", "sigma", "deadline")
+
+
 @dataclass
 class DecodeStats:
     """What one `decode()` call cost.
 
-    tokens: action tokens decoded per sequence (n).
-    iterations: [B] long — per sequence, decoding steps after the prefill: AR steps (n - 1) in mode "ar",
-        Jacobi iterations in the Jacobi modes (each one forward over the block).
+    tokens: action tokens per sequence in the chunk (n), the forced ones included.
+    iterations: [B] long — per sequence, decoding steps after the prefill: AR steps (n - f - 1) in mode
+        "ar", Jacobi iterations in the Jacobi modes (each one forward over the block of free tokens).
     forward_passes: batched model forwards, the prefill included.
     wall_ms: wall-clock time of the call (synchronised on CUDA).
-    backend: the forward implementation used ("hf" or "static").
+    backend: the forward implementation used ("hf", "static" or "graphs").
+    forced: tokens per sequence given by the caller (f = d * D; 0 without a forced prefix).
+    stopped_by: what ended the call: "complete" (AR, or nothing left to decode), "fixed_point" (every
+        sequence converged), "tau" (some sequence stopped by the bin tolerance, the rest converged),
+        "sigma" (the iteration cap), "deadline" (the next iteration would have ended after it).
     """
 
     tokens: int
@@ -127,10 +134,17 @@ class DecodeStats:
     forward_passes: int
     wall_ms: float
     backend: str = ""
+    forced: int = 0
+    stopped_by: str = "complete"
+
+    @property
+    def decoded(self) -> int:
+        """Tokens per sequence the decoder chose (n - f)."""
+        return self.tokens - self.forced
 
     @property
     def tokens_per_forward(self) -> float:
-        return self.tokens / max(self.forward_passes, 1)
+        return self.decoded / max(self.forward_passes, 1)
 
     @property
     def mean_iterations(self) -> float:
@@ -139,18 +153,21 @@ class DecodeStats:
     def as_dict(self) -> dict:
         return {
             "tokens": self.tokens,
+            "forced": self.forced,
             "iterations": self.iterations.tolist(),
             "forward_passes": self.forward_passes,
             "wall_ms": self.wall_ms,
             "backend": self.backend,
             "tokens_per_forward": self.tokens_per_forward,
+            "stopped_by": self.stopped_by,
         }
 
 
 @dataclass
 class DecodeOutput:
-    """bins: [B, n] long in [0, n_bins); trajectory: every Jacobi state [B, n] (the first is the initial
-    guess with the prefill's token in place, the last is the output) when recorded, else None."""
+    """bins: [B, n] long in [0, n_bins), the forced tokens first; trajectory: every Jacobi state [B, n]
+    (the forced tokens first; the first state is the initial guess with the prefill's token in place,
+    the last is the output) when recorded, else None."""
 
     bins: torch.Tensor
     stats: DecodeStats

@@ -9,11 +9,21 @@ a batch stops on its own: a finished sequence is frozen while the others go on.
 
 `fused_prefill` folds the prefill and the first iteration into one forward over [prompt, guess
 block] (see `DecodeConfig.fused_prefill`): at sigma 1 one forward per chunk.
+
+Forced prefix (real-time chunking): the caller may give the chunk's first f tokens, the actions the
+arm will execute while the chunk is computed. They join the prompt (the prefill runs over [prompt,
+forced], the fused prefill over [prompt, forced, guess]) at the positions they hold in the chunk, and
+the n - f free tokens are decoded after them exactly as a chunk of n - f tokens would be.
+
+Deadline: Jacobi is an anytime algorithm (every state is a whole chunk), so a caller may give a time
+by which the chunk must be back; iteration stops at the fixed point, sigma or that time, whichever
+comes first.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -30,6 +40,7 @@ def _check_inputs(
     n_tokens: int,
     config: DecodeConfig,
     init_guess: torch.Tensor | None,
+    forced_bins: torch.Tensor | None,
 ) -> torch.Tensor:
     if prefix_embeds.dim() != 3:
         raise DecodeInputError(f"prefix_embeds must be [B, P, H]; got shape {tuple(prefix_embeds.shape)}")
@@ -54,6 +65,16 @@ def _check_inputs(
             )
         if bool(((init_guess < 0) | (init_guess >= config.n_bins)).any()):
             raise DecodeInputError(f"init_guess holds bins outside [0, n_bins={config.n_bins})")
+    if forced_bins is not None:
+        if forced_bins.dim() != 2 or forced_bins.shape[0] != b or forced_bins.shape[1] > n_tokens:
+            raise DecodeInputError(
+                f"forced_bins must be [B, f] with B={b} and 0 <= f <= n={n_tokens}; "
+                f"got {tuple(forced_bins.shape)}"
+            )
+        if forced_bins.dtype.is_floating_point or forced_bins.dtype == torch.bool:
+            raise DecodeInputError(f"forced_bins must hold integer bins; got dtype {forced_bins.dtype}")
+        if bool(((forced_bins < 0) | (forced_bins >= config.n_bins)).any()):
+            raise DecodeInputError(f"forced_bins holds bins outside [0, n_bins={config.n_bins})")
     return mask
 
 
@@ -95,15 +116,38 @@ def _fused_first_iteration(
     return step.next_state, fixed, done
 
 
+class _Deadline:
+    """When to stop iterating: the next iteration is started only if it is expected to end by
+    ``deadline``, its expected cost being the duration of the most recent step (before the first
+    iteration, the prefill). The most recent step, not the longest: one slow step (a first-call
+    compile, a graph capture, a busy core) then costs one decision, not the rest of the call. Without
+    a deadline the clock is never read."""
+
+    def __init__(self, deadline: float | None, clock: Callable[[], float], start: float | None):
+        self.deadline = deadline
+        self.clock = clock
+        self.last = start
+
+    def passed(self) -> bool:
+        """Call once per loop, after the sync that ends the previous step."""
+        if self.deadline is None:
+            return False
+        now = self.clock()
+        step, self.last = now - self.last, now
+        return now + step > self.deadline
+
+
 def _decode_jacobi(
     backend,
     state: torch.Tensor,
     config: DecodeConfig,
     trajectory: list[torch.Tensor] | None,
+    deadline: _Deadline,
     after_fused: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Iterate to the fixed point or the early exit; `after_fused` = (final prefix length, done)
-    when the fused pass already ran the first iteration (it counts towards sigma)."""
+) -> tuple[torch.Tensor, torch.Tensor, int, str]:
+    """Iterate to the fixed point, the early exit or the deadline; `after_fused` = (final prefix
+    length, done) when the fused pass already ran the first iteration (it counts towards sigma).
+    Returns (state [B, n], iterations [B], passes, what stopped it)."""
     b, n = state.shape
     impl = resolve_step_impl(config.step_impl, state.device)
     # Position 0 (the prefill's token) is final; every iteration makes at least one more final, so
@@ -111,7 +155,6 @@ def _decode_jacobi(
     cap = n - 1 if config.sigma is None else min(config.sigma, n - 1)
     tau = -1 if config.tau is None else config.tau
     fixed = torch.ones(b, dtype=torch.long, device=state.device)  # [B] final prefix length
-    done = torch.zeros(b, dtype=torch.bool, device=state.device)  # [B]
     iterations = torch.zeros(b, dtype=torch.long, device=state.device)  # [B]
     used = 0
     if after_fused is not None:
@@ -120,17 +163,42 @@ def _decode_jacobi(
         used = 1
         if config.sigma is None:  # exact: up to n - 1 ordinary iterations after a wrong first guess
             cap += 1
+    else:
+        done = fixed >= n  # [B] a one-token block is final after the prefill
+    by_tau = done & (fixed < n)  # [B] stopped by the bin tolerance short of the fixed point
     passes = 0
-    while used + passes < cap and not bool(done.all()):
+    while True:
+        if bool(done.all()):
+            stopped = "tau" if bool(by_tau.any()) else "fixed_point"
+            break
+        if used + passes >= cap:
+            stopped = "sigma"
+            break
+        if deadline.passed():
+            stopped = "deadline"
+            break
         logits = backend.forward_actions(state[:, : n - 1], offset=0)  # [B, n-1, V]
         frozen = torch.where(done, n, fixed)  # a finished sequence keeps its state
         step = jacobi_step(logits, state, frozen, tau=tau, impl=impl)
         iterations += (~done).long()
+        by_tau |= ~done & step.done & (step.converged < n)
         state, fixed, done = step.next_state, step.converged, done | step.done
         passes += 1
         if trajectory is not None:
             trajectory.append(state.clone())
-    return state, iterations, passes
+    return state, iterations, passes, stopped
+
+
+def _append_forced(
+    lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, forced: torch.Tensor, action_token_start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt extended by the forced action tokens: embeds [B, P + f, H], mask [B, P + f]. A forced
+    token then sits at the position an action token of that offset has (len_b + j) and the free
+    tokens follow it at len_b + f + j', so every backend decodes the rest unchanged."""
+    forced_embeds = lm.get_input_embeddings()(forced + action_token_start).to(embeds.dtype)  # [B, f, H]
+    return torch.cat([embeds, forced_embeds], dim=1), torch.cat(
+        [mask, torch.ones_like(forced, dtype=torch.bool)], 1
+    )
 
 
 @torch.no_grad()  # not inference_mode: callers may feed the bins to autograd code (training)
@@ -142,47 +210,86 @@ def decode(
     action_token_start: int,
     config: DecodeConfig | None = None,
     init_guess: torch.Tensor | None = None,
+    forced_bins: torch.Tensor | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> DecodeOutput:
     """Decode ``n_tokens`` action bins greedily after the prompt.
 
     lm: a Hugging Face causal LM; prefix_embeds: [B, P, H]; prefix_mask: [B, P] bool, left padding;
     action bins 0..n_bins-1 are token ids action_token_start + bin; init_guess: [B, n] bins (Jacobi
-    modes; position 0 is replaced by the prefill's exact token) or None for ``config.init``.
-    Returns bins [B, n], stats, and the Jacobi trajectory when ``config.record_trajectory``.
+    modes; position 0 of the free tokens is replaced by the prefill's exact token) or None for
+    ``config.init``.
+
+    forced_bins: [B, f] bins (0 <= f <= n) that the chunk's first f tokens are, not decoded: the rest
+    is decoded conditioned on them, in every mode (the prefill runs over [prompt, forced]; the fused
+    prefill over [prompt, forced, guess]). Exact Jacobi still equals AR given the same forced tokens;
+    sigma counts iterations over the n - f free tokens. None or f = 0 is the plain decode.
+
+    deadline: a time on ``clock`` by which the Jacobi modes must return. An iteration is started only
+    if it is expected to end by then (see `_Deadline`); the state is a whole chunk at every
+    iteration, so the output is the best one reached. AR ignores it (it has no whole chunk before
+    its last step). ``stats.stopped_by`` says what ended the call.
+
+    Returns bins [B, n] (the forced tokens first), stats, and the Jacobi trajectory when
+    ``config.record_trajectory``.
     """
     config = config or DecodeConfig()
-    mask = _check_inputs(prefix_embeds, prefix_mask, n_tokens, config, init_guess)
+    mask = _check_inputs(prefix_embeds, prefix_mask, n_tokens, config, init_guess, forced_bins)
     device = prefix_embeds.device
     _sync(device)
     start = time.perf_counter()
+    timer = _Deadline(deadline, clock, clock() if deadline is not None else None)
     backend = make_backend(lm, config.backend, action_token_start, config.n_bins)
     embeds = prefix_embeds.to(lm.get_input_embeddings().weight.dtype)
+    b = embeds.shape[0]
+    f = 0 if forced_bins is None else forced_bins.shape[1]
+    forced = None
+    if f:
+        forced = forced_bins.to(device=device, dtype=torch.long)  # [B, f]
+        embeds, mask = _append_forced(lm, embeds, mask, forced, action_token_start)
+    m = n_tokens - f  # free tokens
+    guess = None if init_guess is None else init_guess[:, f:]
     trajectory = None
-    if config.mode == "ar":
-        first = _greedy(backend.prefill(embeds, mask, n_tokens))  # [B]
-        bins, iterations, passes = _decode_ar(backend, first, n_tokens)
-    elif config.fused_prefill and n_tokens > 1:
-        guess = guess_block(config, embeds.shape[0], n_tokens, device, init_guess)  # [B, n]
-        first_logits, block_logits = backend.prefill_with_block(embeds, mask, n_tokens, guess[:, :-1])
+    stopped = "complete"
+    if m == 0:  # the caller gave the whole chunk
+        bins = embeds.new_zeros(b, 0, dtype=torch.long)
+        iterations, passes = torch.zeros(b, dtype=torch.long, device=device), 0
+    elif config.mode == "ar":
+        first = _greedy(backend.prefill(embeds, mask, m))  # [B]
+        bins, iterations, passes = _decode_ar(backend, first, m)
+    elif config.fused_prefill and m > 1:
+        guess = guess_block(config, b, m, device, guess)  # [B, m]
+        first_logits, block_logits = backend.prefill_with_block(embeds, mask, m, guess[:, :-1])
         first = _greedy(first_logits)  # [B]
         state0 = guess.clone()
         state0[:, 0] = first
         state, fixed, done = _fused_first_iteration(block_logits, state0, guess[:, 0] == first, config)
         if config.record_trajectory:
             trajectory = [state0, state.clone()]
-        bins, iterations, block_passes = _decode_jacobi(
-            backend, state, config, trajectory, after_fused=(fixed, done)
+        bins, iterations, block_passes, stopped = _decode_jacobi(
+            backend, state, config, trajectory, timer, after_fused=(fixed, done)
         )
         passes = 1 + block_passes
     else:
-        first = _greedy(backend.prefill(embeds, mask, n_tokens))  # [B]
-        state = initial_state(config, first, n_tokens, init_guess)  # [B, n]
+        first = _greedy(backend.prefill(embeds, mask, m))  # [B]
+        state = initial_state(config, first, m, guess)  # [B, m]
         trajectory = [state.clone()] if config.record_trajectory else None
-        bins, iterations, block_passes = _decode_jacobi(backend, state, config, trajectory)
+        bins, iterations, block_passes, stopped = _decode_jacobi(backend, state, config, trajectory, timer)
         passes = 1 + block_passes
+    if forced is not None:
+        bins = torch.cat([forced, bins], dim=1)  # [B, n]
+        if trajectory is not None:
+            trajectory = [torch.cat([forced, state], dim=1) for state in trajectory]
     _sync(device)
     wall_ms = (time.perf_counter() - start) * 1e3
     stats = DecodeStats(
-        tokens=n_tokens, iterations=iterations, forward_passes=passes, wall_ms=wall_ms, backend=backend.name
+        tokens=n_tokens,
+        iterations=iterations,
+        forward_passes=passes,
+        wall_ms=wall_ms,
+        backend=backend.name,
+        forced=f,
+        stopped_by=stopped,
     )
     return DecodeOutput(bins=bins, stats=stats, trajectory=trajectory)

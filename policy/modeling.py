@@ -345,9 +345,21 @@ class VLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action_chunk(
-        self, obs: dict[str, Any], decoding=None, init_guess: torch.Tensor | None = None
+        self,
+        obs: dict[str, Any],
+        decoding=None,
+        init_guess: torch.Tensor | None = None,
+        forced_bins: torch.Tensor | None = None,
+        deadline: float | None = None,
+        clock=None,
     ):
-        """[B, K, D] actions; `decoding` is a `ceed_vla.decoding.DecodeConfig` (AR when None)."""
+        """[B, K, D] actions; `decoding` is a `ceed_vla.decoding.DecodeConfig` (AR when None).
+
+        init_guess: [B, K*D] bins, the Jacobi warm start. forced_bins: [B, d*D] bins of the chunk's
+        first d steps (the actions that execute while it is computed): they are the chunk's first d
+        steps exactly and the rest is decoded conditioned on them. deadline: a time on `clock`
+        (`time.monotonic` when None) by which Jacobi decoding returns its best chunk.
+        """
         from ceed_vla.decoding import DecodeConfig, decode
 
         config = decoding if decoding is not None else DecodeConfig(mode="ar", n_bins=self.n_bins)
@@ -355,7 +367,13 @@ class VLAPolicy(nn.Module):
             raise ConfigError(
                 f"DecodeConfig.n_bins is {config.n_bins} but this policy has {self.n_bins} action bins"
             )
+        if forced_bins is not None and forced_bins.shape[-1] % self.config.action_dim:
+            raise ConfigError(
+                f"forced_bins has {forced_bins.shape[-1]} bins, not whole steps of "
+                f"action_dim={self.config.action_dim}"
+            )
         embeds, mask = self.prefix_embeddings(obs)
+        timing = {} if clock is None else {"clock": clock}
         out = decode(
             self.lm,
             embeds,
@@ -364,6 +382,9 @@ class VLAPolicy(nn.Module):
             self.action_token_start,
             config=config,
             init_guess=None if init_guess is None else init_guess.to(self.device),
+            forced_bins=None if forced_bins is None else forced_bins.to(self.device),
+            deadline=deadline,
+            **timing,
         )
         self.last_decode_stats = out.stats
         self.last_decode_output = out
