@@ -10,7 +10,7 @@ both, before any topic is opened:
     camera_topics        one camera: camera_topic feeds it    a key the checkpoint lacks or misses
     image size           each camera's recorded H x W         it differs from the recorded size
     state_joint_names    state_names                          the count differs from state_dim
-    joint_names          action_names (trajectory mode)       the count differs from action_dim
+    joint_names          action_names (trajectory, forward)   the count differs from action_dim
     action_low/high      never: limits are the user's         missing for a dimension other than 4,
                                                               or a count other than action_dim
 
@@ -101,7 +101,8 @@ class PolicyContract:
                 f"{src} acts in {self.action_dim} dimensions{names}: set action_low and action_high "
                 f"({self.action_dim} values each) in the parameter file; safety limits are never guessed"
             )
-        if self.action_names is not None and out.get("output_mode", "forward") == "trajectory":
+        # the joints a position output commands, and whose measured positions say where the arm is
+        if self.action_names is not None and out.get("output_mode", "forward") in ("trajectory", "forward"):
             joints = out.get("joint_names")
             if not joints:
                 out["joint_names"] = list(self.action_names)
