@@ -55,7 +55,9 @@ class Rig:
             "dry_run": False,  # these tests listen on the live topics
         }
         if len(params.get("action_low") or [0.0] * 4) == 4:
-            base["initial_command"] = [0.0] * 4  # where the (absent) arm starts: the first command's reference
+            base["initial_command"] = [
+                0.0
+            ] * 4  # where the (absent) arm starts: the first command's reference
         base.update(params)  # a None leaves the parameter out (to the checkpoint's contract)
         overrides = [Parameter(k, value=v) for k, v in base.items() if v is not None]
         self.bridge = PolicyBridgeNode(context=context, policy=given, parameter_overrides=overrides)
