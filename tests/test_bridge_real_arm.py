@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import rclpy
 from ceed_vla.robot_bridge import conversions as conv
-from ceed_vla.robot_bridge import ros_params
+from ceed_vla.robot_bridge import launcher, ros_params
 from ceed_vla.robot_bridge.config import BridgeConfig, ConfigError
 from ceed_vla.robot_bridge.core import BridgeCore
-from ceed_vla.robot_bridge.launcher import LaunchError, create_nodes, node_specs
+from ceed_vla.robot_bridge.launcher import LaunchError
 from rclpy.context import Context
 from sensor_msgs.msg import Image, JointState
 
@@ -83,7 +83,7 @@ def test_a_parameter_file_binds_to_the_node_it_names_namespace_included(tmp_path
     ctx = Context()
     rclpy.init(context=ctx, args=["x", "--ros-args", "--params-file", str(path)], domain_id=199)
     try:
-        (node,) = create_nodes(path, context=ctx)
+        (node,) = launcher.create_nodes(path, context=ctx)
         try:
             assert node.get_fully_qualified_name() == fqn
             # the file's values, not the code's defaults
@@ -98,13 +98,13 @@ def test_a_parameter_file_binds_to_the_node_it_names_namespace_included(tmp_path
 def test_wildcard_and_foreign_keys(tmp_path):
     only_wild = _write(tmp_path, f"/**:\n{PARAMS}")
     with pytest.raises(LaunchError, match="names no node this launcher starts.*add --node"):
-        node_specs(only_wild)
-    (spec,) = node_specs(only_wild, ["policy_bridge"])  # a wildcard applies to the node asked for
+        launcher.node_specs(only_wild)
+    (spec,) = launcher.node_specs(only_wild, ["policy_bridge"])  # a wildcard applies to the node asked for
     assert spec.fully_qualified_name == "/policy_bridge"
     with pytest.raises(LaunchError, match="leaves the namespace open"):
-        node_specs(_write(tmp_path, f"/*/policy_bridge:\n{PARAMS}"))
+        launcher.node_specs(_write(tmp_path, f"/*/policy_bridge:\n{PARAMS}"))
     with pytest.raises(LaunchError, match="not one of"):
-        node_specs(_write(tmp_path, f"/robot/camera_driver:\n{PARAMS}"))
+        launcher.node_specs(_write(tmp_path, f"/robot/camera_driver:\n{PARAMS}"))
 
 
 def test_the_node_refuses_a_file_whose_keys_name_another_node(tmp_path):
@@ -325,7 +325,7 @@ def test_an_unquoted_camera_entry_is_explained_with_its_key_and_the_fix(tmp_path
     ):
         ros_params.load_param_file(path)
     with pytest.raises(LaunchError, match="Quote it"):
-        node_specs(path)
+        launcher.node_specs(path)
 
 
 def test_a_twist_stop_ramps_all_the_way_and_a_short_ramp_is_refused():
