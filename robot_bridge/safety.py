@@ -67,8 +67,9 @@ class SafetyFilter:
         zero-held (positions): `executing` [D] is what the controller executes now (the running
         plan's point at this tick), `measured` [D] the arm's fresh joint positions (None: not known
         or not fresh). The next step lands within max_delta of the measured position, and also of
-        the executing command where the two allow it (a tracking error up to 2 max_delta); with
-        neither known nothing changes (the last command stays the reference)."""
+        the executing command where the two allow it (a tracking error up to 2 max_delta); a hold
+        stays at the executing command moved into that window (never behind it while the arm keeps
+        up). With neither known nothing changes (the last command stays the reference)."""
         pos = ~self.zero_hold
         if not pos.any():
             return
@@ -86,8 +87,10 @@ class SafetyFilter:
         # the zero-held dimensions keep their own reference: the last command, max_delta either side
         lo = np.where(pos, lo, last - self.max_delta)
         hi = np.where(pos, hi, last + self.max_delta)
-        # the reference point itself: where the arm is, inside the window and the limits
-        self.last = np.clip(np.where(pos, np.clip(ref, lo, hi), last), self.low, self.high)
+        # the reference point itself (where a hold stays): what the controller executes, moved into
+        # the window, so a hold lags behind the command only where the arm does (by over max_delta)
+        base = np.asarray(executing if executing is not None else ref, dtype=np.float64)
+        self.last = np.clip(np.where(pos, np.clip(base, lo, hi), last), self.low, self.high)
         self.window = (np.minimum(lo, self.last), np.maximum(hi, self.last))
 
     def check(
