@@ -211,3 +211,32 @@ def test_a_far_first_chunk_ramps_from_the_measured_pose_in_radians_with_few_held
     # a 30 fps camera with normal jitter: under 5% of the ticks held for a stale input
     stale = sum(int(part.split(": ")[1]) for part in str(status["stale_holds"]).split(", ") if ": " in part)
     assert stale / max(status["ticks"], 1) < 0.05, status
+
+
+def test_the_so101_parameter_file_of_docs_real_arm_configures_the_bridge_as_written(tmp_path):
+    import re
+    from pathlib import Path
+
+    import yaml
+    from ceed_vla.robot_bridge import ros_params
+    from ceed_vla.robot_bridge.config import BridgeConfig
+    from ceed_vla.robot_bridge.contract import apply_contract
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "real_arm.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if b.startswith("# so101.yaml"))
+    path = tmp_path / "so101.yaml"
+    path.write_text(block)
+    data = ros_params.load_param_file(path)  # what rcl would refuse is refused here, with the fix
+    params = data["policy_bridge"]["ros__parameters"]
+    assert params["policy"] == "checkpoint:runs/so101_student/final"
+    params["policy"] = _contract(tmp_path / "so101")  # the same contract, written here
+    config = ros_params.from_dict(BridgeConfig, params, adjust=apply_contract)
+    assert config.dry_run and config.control_rate_hz == FPS and config.stale_timeout_s == pytest.approx(0.1)
+    assert config.joint_names == JOINTS and config.state_joint_names == JOINTS
+    assert [c.width for c in config.cameras] == [w for _, w in CAMERAS.values()]
+    # the dataset's range maps into the controller's limits: degrees to radians, the gripper's 0..100
+    scale, offset = np.asarray(config.unit_scale_array), np.asarray(config.unit_offset_array)
+    np.testing.assert_allclose(scale[:5], RAD)
+    low, high = np.asarray(config.action_low), np.asarray(config.action_high)
+    assert np.all(FAR_DEG * scale + offset >= low) and np.all(FAR_DEG * scale + offset <= high)
+    assert yaml.safe_load(block)["policy_bridge"]["ros__parameters"]["max_delta"] == [0.05]
