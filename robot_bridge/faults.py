@@ -605,7 +605,7 @@ def attack_sequence(peer: Peer, mode: str) -> list[AttackResult]:
     check_window(r, peer, start, time.monotonic())
     r.ticks = int(last.get("ticks", 0)) - int(first.get("ticks", 0))
     r.held_ticks = int(last.get("hold_ticks", 0)) - int(first.get("hold_ticks", 0))
-    r.notes.append(f"stale holds since start: {last.get('stale_holds')}")
+    r.notes.append(f"stale_timeout_ms {last.get('stale_timeout_ms')} (derived from the 30 Hz camera)")
     results.append(r)
 
     # lifecycle deactivate: the hold, then silence; activate resumes
@@ -837,7 +837,7 @@ MAX_HELD_SHARE = 0.05  # jittered_camera: at most this share of the ticks held
 
 def table(rows: list[AttackResult]) -> str:
     head = (
-        f"{'mode':<10} {'attack':<17} {'cmds':>5} {'limit':>5} {'delta':>5} {'nonfin':>6} {'moving':>6} "
+        f"{'mode':<10} {'attack':<19} {'cmds':>5} {'limit':>5} {'delta':>5} {'nonfin':>6} {'moving':>6} "
         f"{'estop':>7} {'jumps':>5} {'latency':>7} {'exit':>4} {'held':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -846,7 +846,7 @@ def table(rows: list[AttackResult]) -> str:
         latency = "-" if r.hold_latency_periods is None else f"{r.hold_latency_periods:.1f}"
         code = "-" if r.exit_code is None else str(r.exit_code)
         lines.append(
-            f"{r.mode:<10} {r.attack:<17} {r.commands:>5} {r.limit_violations:>5} {r.delta_violations:>5} "
+            f"{r.mode:<10} {r.attack:<19} {r.commands:>5} {r.limit_violations:>5} {r.delta_violations:>5} "
             f"{r.non_finite:>6} {r.motion_while_holding:>6} {estop:>7} {r.estop_jumps:>5} {latency:>7} {code:>4} "
             f"{'-' if r.held_ticks is None else f'{r.held_ticks}/{r.ticks}':>7}"
         )
