@@ -51,7 +51,7 @@ from trajectory_msgs.msg import JointTrajectory
 from . import conversions as conv
 from . import ros_params
 from .config import BridgeConfig, OutputMode
-from .contract import apply_contract
+from .contract import apply_contract, contract_for, image_size_note
 from .core import BridgeCore, TickResult
 from .inference import InferenceWorker
 from .policies import load_policy
@@ -108,6 +108,15 @@ class PolicyBridgeNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"parameters: {ros_params.describe(self.config)}")
+        contract = contract_for(self.config.policy)
+        if contract is not None:
+            note = image_size_note(contract)
+            if note:
+                self.get_logger().warning(note)
+            elif contract.image_size:
+                self.get_logger().info(
+                    f"the policy encodes frames at {contract.image_size} px (its training size)"
+                )
         self.core = BridgeCore(self.config)
         self._create_subscriptions()
         self._create_publishers()

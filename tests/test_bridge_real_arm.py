@@ -363,3 +363,36 @@ def test_a_joint_state_with_huge_values_is_refused_without_an_overflow_warning()
             conv.joint_state_to_vector(msg, ["a", "b"])
         with pytest.raises(conv.MalformedInputError, match="float32's range"):
             conv.joint_positions(msg, ["a", "b"])
+
+
+# ---- 6. the image size in the contract ---------------------------------------------------------------
+
+
+def test_a_pretrained_preset_checkpoint_records_the_size_its_conv_encoder_was_trained_at():
+    import argparse
+
+    from ceed_vla.policy.train import model_config
+
+    args = argparse.Namespace(
+        chunk_size=8, n_action_steps=8, preset="pretrained", lm_path="/lm", vision_tower_path=None,
+        image_size=96, vision=None, keypoints=None, grid=None, coords=None,
+    )  # fmt: skip
+    # before: vision.image_size None, and at deployment the encoder ran at the cameras' 480x640
+    assert model_config(args, 6, 6).vision.image_size == 96
+
+
+def test_the_contract_carries_the_image_size_and_warns_when_a_large_camera_has_none(tmp_path):
+    import json
+
+    from ceed_vla.robot_bridge.contract import PolicyContract, image_size_note
+
+    base = {"type": "ceed", "action_dim": 6, "state_dim": 6, "image_keys": ["observation.images.front"]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text(
+        json.dumps({**base, "image_shapes": [[3, 480, 640]], "vision": {"image_size": 96}})
+    )
+    sized = PolicyContract.from_checkpoint(tmp_path / "a")
+    assert sized.image_size == 96 and image_size_note(sized) is None
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**base, "image_shapes": [[3, 480, 640]]}))
+    assert "records no vision.image_size" in image_size_note(PolicyContract.from_checkpoint(tmp_path / "b"))
