@@ -143,15 +143,16 @@ class FakeArm:
         self.node.destroy_node()
 
 
-@pytest.fixture(scope="module")
-def context():
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=30 + os.getpid() % 100)
-    yield ctx
-    rclpy.shutdown(context=ctx)
+def test_a_far_first_chunk_ramps_from_the_measured_pose_in_radians_with_few_held_ticks(tmp_path):
+    context = Context()
+    rclpy.init(context=context, domain_id=30 + os.getpid() % 100)
+    try:
+        _drive_the_fake_arm(context, tmp_path)
+    finally:
+        rclpy.shutdown(context=context)
 
 
-def test_a_far_first_chunk_ramps_from_the_measured_pose_in_radians_with_few_held_ticks(context, tmp_path):
+def _drive_the_fake_arm(context, tmp_path) -> None:
     torch.set_num_threads(1)
     policy = FarPolicy()
     params = {
