@@ -85,6 +85,10 @@ def test_hardware_launch_is_a_dry_run_by_default():
     params = yaml.safe_load((LAUNCH_DIR / "config" / "bridge_hardware.yaml").read_text())
     assert params["policy_bridge"]["ros__parameters"]["dry_run"] is True
     assert BridgeConfig.dry_run is True
+    sim = ast.parse((LAUNCH_DIR / "sim.launch.py").read_text())
+    for name in ("policy", "task"):
+        arg = next(c for c in _calls(sim, "DeclareLaunchArgument") if c.args[0].value == name)
+        assert _kw(arg, "default_value").value == ""
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
