@@ -220,6 +220,8 @@ def test_deactivate_ramps_to_the_hold_through_the_filter(rig):
     r.keep_feeding()
     assert _wait(lambda: np.abs(_values(r.commands())).max(initial=0) > 0.35)
     r.bridge.trigger_deactivate()
+    # the stop waits for the peer's reader to acknowledge; its executor thread may still be behind
+    _wait(lambda: np.all(_values(r.commands())[-1] == 0), timeout=2.0)
     values = _values(r.commands())
     assert np.all(values[-1] == 0)  # its last word is the hold ...
     assert np.abs(np.diff(values, axis=0)).max() <= 0.1 + 1e-9  # ... reached at max_delta per tick
