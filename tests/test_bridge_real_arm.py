@@ -396,3 +396,34 @@ def test_the_contract_carries_the_image_size_and_warns_when_a_large_camera_has_n
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "config.json").write_text(json.dumps({**base, "image_shapes": [[3, 480, 640]]}))
     assert "records no vision.image_size" in image_size_note(PolicyContract.from_checkpoint(tmp_path / "b"))
+
+
+def test_a_live_run_says_so_loudly_once_and_a_dry_run_not_at_all(capfd):
+    from ceed_vla.robot_bridge.node import PolicyBridgeNode
+    from ceed_vla.robot_bridge.policies import SinePolicy
+    from rclpy.parameter import Parameter
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=198)
+    try:
+        for name, dry_run in (("bridge_live", False), ("bridge_dry", True)):
+            node = PolicyBridgeNode(
+                name,
+                context=ctx,
+                policy=SinePolicy(4),
+                parameter_overrides=[
+                    Parameter("initial_command", value=[0.0] * 4),
+                    Parameter("dry_run", value=dry_run),
+                ],
+            )
+            try:
+                capfd.readouterr()
+                assert node.start()
+                node.trigger_deactivate()
+                log = capfd.readouterr()
+                text = log.out + log.err
+                assert text.count("LIVE: dry_run is false") == (0 if dry_run else 1), text
+            finally:
+                node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
