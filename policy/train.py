@@ -104,7 +104,11 @@ def model_config(args: argparse.Namespace, action_dim: int, state_dim: int, cont
         **(contract or {}),
     )
     if args.preset == "pretrained":  # `check_model_args` made sure --lm-path is there
-        return make_config("pretrained", lm_path=args.lm_path, tower_path=args.vision_tower_path, **common)
+        config = make_config("pretrained", lm_path=args.lm_path, tower_path=args.vision_tower_path, **common)
+        if config.vision.kind != "pretrained" and getattr(args, "image_size", None) is not None:
+            # the conv encoder runs at the size its frames were trained at, wherever it is deployed
+            config.vision = VisionConfig(**{**config.vision.__dict__, "image_size": args.image_size})
+        return config
     config = make_config(args.preset, **common)
     vision = dict(config.vision.__dict__)
     if args.vision and args.vision != vision["kind"]:

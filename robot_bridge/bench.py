@@ -73,6 +73,8 @@ def measure(rate_hz: float, args: argparse.Namespace, context, policy) -> dict:
         "image_height": size,
         "stale_timeout_s": max(2.0 / args.camera_hz, 1.0 / rate_hz),
         "torch_threads": args.threads,
+        "dry_run": False,  # the listener plays the controller on the live topic
+        "initial_command": [0.0] * 4,  # where the (absent) arm starts
     }
     overrides = [Parameter(k, value=v) for k, v in params.items()]
     name = f"policy_bridge_{rate_hz:g}hz".replace(

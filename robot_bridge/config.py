@@ -178,10 +178,13 @@ class BridgeConfig:
     instruction: str = ""  # used until one arrives on instruction_topic; "" = wait for it
     control_rate_hz: float = 20.0
     output_mode: OutputMode = OutputMode.FORWARD
-    dry_run: bool = False  # commands go to "<command_topic>/dry_run" only
+    # commands go to "<command_topic>/dry_run" only; a live run needs an explicit `dry_run: false`
+    dry_run: bool = True
     command_topic: str = ""  # "" = the default for output_mode
     gripper_topic: str = "/gripper_controller/commands"  # twist mode: dimensions after x, y, z
-    joint_names: list[str] = field(default_factory=list)  # trajectory mode: one per action dim
+    # one per action dim, in the controller's order: trajectory mode's joints, and in every position
+    # output the JointState entries (on state_topic) that say where the arm is
+    joint_names: list[str] = field(default_factory=list)
     twist_frame_id: str = "base_link"
     twist_scale: float = 1.0  # twist mode: m/s per action unit
     camera_topic: str = "/camera/image_raw"
@@ -202,7 +205,10 @@ class BridgeConfig:
     diagnostics_rate_hz: float = 2.0
     image_width: int = 0  # 0 = accept any width
     image_height: int = 0
-    stale_timeout_s: float = 0.0  # 0 = one control period
+    stale_timeout_s: float = 0.0  # 0 = STALE_INPUT_PERIODS periods of the inputs (input_rate_hz)
+    input_rate_hz: float = (
+        0.0  # the cameras' and state's rate; 0 = the checkpoint's fps, else the control rate
+    )
     # a header stamp may be this far ahead of the node's clock (clock skew), and no older on arrival
     # than stale_timeout_s plus this; beyond either the message is refused
     stamp_tolerance_s: float = 0.1
@@ -217,7 +223,15 @@ class BridgeConfig:
     max_delta: list[float] = field(default_factory=lambda: [0.5])
     hold_mode: str = ""  # "" = the output's natural hold: last (trajectory, forward), zero (twist)
     initial_command: list[float] = field(default_factory=list)
-    stop_ramp_s: float = 0.5  # on deactivate / shutdown: longest ramp to the hold before it jumps
+    # on deactivate / shutdown: the longest ramp to the hold; 0 = what the limits need at max_delta
+    stop_ramp_s: float = 0.0
+    # units: a command for the controller = action * unit_scale * (pi/180 for deg_to_rad, 180/pi for
+    # rad_to_deg) + unit_offset, per dimension (one value = all); the state's entries named in
+    # joint_names are converted back. action_low/high, max_delta and initial_command are in the
+    # controller's units.
+    unit_conversion: list[str] = field(default_factory=list)
+    unit_scale: list[float] = field(default_factory=list)
+    unit_offset: list[float] = field(default_factory=list)
     inference_failure_limit: int = 3  # consecutive policy failures that stop the node (0 = never)
     autostart: bool = True  # configure and activate on start (no lifecycle manager needed)
 
@@ -251,13 +265,20 @@ class BridgeConfig:
             )
         if self.torch_threads < 1:
             raise ConfigError(f"torch_threads={self.torch_threads}: need at least 1")
+        require_range(self.input_rate_hz, "input_rate_hz", 0.0, 1000.0, hint="(0 = the control rate)")
         require_range(
-            self.stale_timeout_s, "stale_timeout_s", 0.0, MAX_STALE_TIMEOUT_S, hint="(0 = one control period)"
+            self.stale_timeout_s,
+            "stale_timeout_s",
+            0.0,
+            MAX_STALE_TIMEOUT_S,
+            hint=f"(0 = {STALE_INPUT_PERIODS} periods of the inputs)",
         )
         if self.stale_timeout_s == 0:
-            self.stale_timeout_s = self.period_s
+            self.stale_timeout_s = default_stale_timeout(
+                self.input_rate_hz or self.control_rate_hz, self.period_s
+            )
         require_range(self.stamp_tolerance_s, "stamp_tolerance_s", 0.0, 10.0)
-        require_range(self.stop_ramp_s, "stop_ramp_s", 0.0, 10.0)
+        require_range(self.stop_ramp_s, "stop_ramp_s", 0.0, 10.0, hint="(0 = what the limits need)")
         if not 1 <= self.max_instruction_chars <= 100_000:
             raise ConfigError(f"max_instruction_chars={self.max_instruction_chars}: need 1 to 100000")
         if self.inference_failure_limit < 0:
@@ -308,12 +329,25 @@ class BridgeConfig:
             initial_command=list(self.initial_command),
             zero_hold=zero_hold,
         )
-        if self.output_mode is OutputMode.TRAJECTORY and len(self.joint_names) != dim:
+        if (self.output_mode is OutputMode.TRAJECTORY or self.joint_names) and len(self.joint_names) != dim:
             raise ConfigError(
-                f"output_mode=trajectory needs one joint name per action dimension: got joint_names="
-                f"{self.joint_names} for {dim} dimensions"
+                f"joint_names={self.joint_names} has {len(self.joint_names)} names for {dim} action dimensions: "
+                f"give one joint name per action dimension (output_mode={self.output_mode.value} needs them"
+                + (")" if self.output_mode is OutputMode.TRAJECTORY else " only to read the arm's position)")
             )
         require_unique(self.joint_names, "joint_names")
+        self.unit_scale_array, self.unit_offset_array = unit_conversion(
+            self.unit_conversion, self.unit_scale, self.unit_offset, dim
+        )
+        needed = self.period_s * stop_ramp_ticks(self.safety)
+        if self.stop_ramp_s == 0:
+            self.stop_ramp_s = needed
+        elif self.stop_ramp_s < needed - 1e-9:
+            raise ConfigError(
+                f"stop_ramp_s={self.stop_ramp_s} is shorter than the stop needs: {stop_ramp_ticks(self.safety)} "
+                f"ticks at max_delta={self.safety.max_delta} from the limits to the hold = {needed:.3f} s; a "
+                f"shorter ramp would end in a jump. Set stop_ramp_s >= {needed:.3f} or 0 (derived)"
+            )
         if self.output_mode is OutputMode.TWIST and dim < 3:
             raise ConfigError(f"output_mode=twist needs at least 3 action dimensions (x, y, z); got {dim}")
         if self.state_type not in ("joint_state", "pose"):
@@ -321,6 +355,13 @@ class BridgeConfig:
         if self.state_type == "joint_state" and not self.state_joint_names:
             raise ConfigError("state_joint_names is empty: name the JointState entries that form the state")
         require_unique(self.state_joint_names, "state_joint_names")
+        positions = self.output_mode is not OutputMode.TWIST and not all(self.safety.zero_hold)
+        if positions and not self.joint_names and not self.initial_command:
+            raise ConfigError(
+                f"output_mode={self.output_mode.value} with hold_mode={self.hold_mode.value} commands positions, "
+                "and the first command has no reference to clamp it to: set joint_names (the JointState "
+                "entries on state_topic that say where the arm is) or initial_command (where it is now)"
+            )
 
     def decode_kwargs(self, n_bins: int) -> dict:
         """Keyword arguments for `predict_action_chunk` selecting the decoding mode (empty: default)."""
@@ -356,6 +397,61 @@ class BridgeConfig:
         return f"{self.gripper_topic}/dry_run" if self.dry_run else self.gripper_topic
 
 
+STALE_INPUT_PERIODS = 3  # a normal camera's gaps stay well under 3 periods; a lost one is found in 3
+
+
+def default_stale_timeout(input_rate_hz: float, control_period_s: float) -> float:
+    """STALE_INPUT_PERIODS periods of the inputs, and never under two control periods: one period
+    would trip on normal jitter (about half the gaps of a 30 Hz camera exceed 33.3 ms)."""
+    return min(MAX_STALE_TIMEOUT_S, max(STALE_INPUT_PERIODS / input_rate_hz, 2 * control_period_s))
+
+
+def stop_ramp_ticks(safety: SafetyConfig) -> int:
+    """Ticks a stop needs to reach its hold at max_delta from anywhere inside the limits: the
+    zero-held dimensions ramp from their farthest limit to zero; the others hold where they are."""
+    ticks = 1
+    for zero, lo, hi, delta in zip(
+        safety.zero_hold, safety.action_low, safety.action_high, safety.max_delta, strict=True
+    ):
+        if zero:
+            ticks = max(ticks, math.ceil(max(abs(lo), abs(hi)) / delta - 1e-9))
+    return ticks
+
+
+UNIT_FACTORS = {"": 1.0, "none": 1.0, "deg_to_rad": math.pi / 180.0, "rad_to_deg": 180.0 / math.pi}
+
+
+def unit_conversion(names: list[str], scale: list[float], offset: list[float], dim: int):
+    """Per-dimension scale [D] and offset [D] from the policy's units to the controller's."""
+
+    def per_dim(values, key, fill):
+        if not values:
+            return [fill] * dim
+        if len(values) == 1:
+            return list(values) * dim
+        if len(values) != dim:
+            raise ConfigError(
+                f"{key} has {len(values)} values; expected 1 or {dim} (one per action dimension)"
+            )
+        return list(values)
+
+    unknown = sorted({n for n in names if n not in UNIT_FACTORS})
+    if unknown:
+        raise ConfigError(
+            f"unit_conversion names {unknown}: use deg_to_rad, rad_to_deg or '' (none), one per action "
+            "dimension or one for all"
+        )
+    factors = [UNIT_FACTORS[n] for n in per_dim(names, "unit_conversion", "")]
+    scales = per_dim(scale, "unit_scale", 1.0)
+    bad = [s for s in scales if not (math.isfinite(s) and s != 0)]
+    if bad:
+        raise ConfigError(
+            f"unit_scale={scale} has zero or non-finite values {bad}: give a finite, non-zero scale"
+        )
+    offsets = per_dim(offset, "unit_offset", 0.0)
+    return [f * s for f, s in zip(factors, scales, strict=True)], offsets
+
+
 def parse_enum(kind, value, name):
     try:
         return kind(value)
@@ -365,6 +461,7 @@ def parse_enum(kind, value, name):
 
 
 MAX_STALE_TIMEOUT_S = 2.0  # a watchdog slower than this is no watchdog for an arm
+NUMBER_TYPES = ("float", "int", "list[float]")
 
 
 def require_positive(value: float, name: str) -> None:
@@ -392,11 +489,16 @@ def require_unique(names: list[str], name: str) -> None:
 
 
 def require_finite(config) -> None:
-    """Every float (and list of floats) of a config dataclass is finite: NaN or inf would silently
-    disable a comparison (a NaN timeout never expires)."""
+    """Every number (and list of numbers) of a config dataclass is finite, and no boolean stands in
+    for one: NaN or inf would silently disable a comparison (a NaN timeout never expires), and
+    `true` would read as 1.0."""
     for f in fields(config):
         value = getattr(config, f.name)
         values = value if isinstance(value, list) else [value]
+        if str(f.type) in NUMBER_TYPES and any(isinstance(v, bool) for v in values):
+            raise ConfigError(
+                f"{f.name}={value!r} is a boolean where a {f.type} is needed: write the number (true is not 1)"
+            )
         bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise ConfigError(f"{f.name}={value!r} is not finite: give a finite number")

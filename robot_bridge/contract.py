@@ -10,7 +10,7 @@ both, before any topic is opened:
     camera_topics        one camera: camera_topic feeds it    a key the checkpoint lacks or misses
     image size           each camera's recorded H x W         it differs from the recorded size
     state_joint_names    state_names                          the count differs from state_dim
-    joint_names          action_names (trajectory mode)       the count differs from action_dim
+    joint_names          action_names (trajectory, forward)   the count differs from action_dim
     action_low/high      never: limits are the user's         missing for a dimension other than 4,
                                                               or a count other than action_dim
 
@@ -38,6 +38,7 @@ class PolicyContract:
     state_names: tuple[str, ...] | None
     action_names: tuple[str, ...] | None
     fps: float | None
+    image_size: int | None = None  # the square size the encoder resizes frames to (None: none recorded)
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path) -> PolicyContract:
@@ -63,6 +64,7 @@ class PolicyContract:
             state_names=None if c.get("state_names") is None else tuple(c["state_names"]),
             action_names=None if c.get("action_names") is None else tuple(c["action_names"]),
             fps=None if c.get("fps") is None else float(c["fps"]),
+            image_size=_image_size(c),
         )
 
     def shape_of(self, key: str) -> tuple[int, int] | None:
@@ -101,7 +103,8 @@ class PolicyContract:
                 f"{src} acts in {self.action_dim} dimensions{names}: set action_low and action_high "
                 f"({self.action_dim} values each) in the parameter file; safety limits are never guessed"
             )
-        if self.action_names is not None and out.get("output_mode", "forward") == "trajectory":
+        # the joints a position output commands, and whose measured positions say where the arm is
+        if self.action_names is not None and out.get("output_mode", "forward") in ("trajectory", "forward"):
             joints = out.get("joint_names")
             if not joints:
                 out["joint_names"] = list(self.action_names)
@@ -168,6 +171,28 @@ class PolicyContract:
                             f"{recorded[1]}x{recorded[0]} (width x height)"
                         )
         return out
+
+
+def _image_size(config: dict) -> int | None:
+    vision = config.get("vision") if isinstance(config.get("vision"), dict) else {}
+    size = vision.get("image_size", config.get("image_size"))
+    return None if size is None else int(size)
+
+
+def image_size_note(contract: PolicyContract) -> str | None:
+    """A warning when the checkpoint records no encoder size although its cameras were recorded
+    larger than the encoders are trained at: its tokens at deployment then come from full-size
+    frames, not the resized ones it learnt from."""
+    if contract.image_size is not None or not contract.image_shapes:
+        return None
+    largest = max(max(h, w) for _, h, w in contract.image_shapes)
+    if largest <= 128:
+        return None
+    return (
+        f"the checkpoint {contract.source} records no vision.image_size while its cameras were recorded at up to "
+        f"{largest} px: if its frames were resized for training (ceed train --image-size), the encoder now "
+        "sees other images than it learnt from; retrain with a version that records the size"
+    )
 
 
 def contract_for(policy_spec: str) -> PolicyContract | None:

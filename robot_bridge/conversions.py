@@ -22,8 +22,11 @@ class MalformedInputError(ValueError):
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8")
 
 
-def image_to_array(msg: Image, width: int = 0, height: int = 0) -> np.ndarray:
-    """sensor_msgs/Image (rgb8 or bgr8) -> uint8 [H, W, 3] RGB; width/height 0 accept any size."""
+def image_to_array(
+    msg: Image, width: int = 0, height: int = 0, size_fix: str = "set image_width/image_height"
+) -> np.ndarray:
+    """sensor_msgs/Image (rgb8 or bgr8) -> uint8 [H, W, 3] RGB; width/height 0 accept any size.
+    `size_fix`: where the expected size is set, for the message of a wrong-size frame."""
     if msg.encoding not in SUPPORTED_ENCODINGS:
         raise MalformedInputError(
             f"image encoding {msg.encoding!r} is not supported: publish one of {SUPPORTED_ENCODINGS}"
@@ -31,7 +34,7 @@ def image_to_array(msg: Image, width: int = 0, height: int = 0) -> np.ndarray:
     if (width and msg.width != width) or (height and msg.height != height):
         raise MalformedInputError(
             f"image is {msg.width}x{msg.height} but the policy expects {width}x{height}: "
-            "resize upstream or set image_width/image_height"
+            f"resize upstream or {size_fix}"
         )
     if msg.height == 0 or msg.width == 0 or msg.step < 3 * msg.width:
         raise MalformedInputError(f"image header is inconsistent: {msg.width}x{msg.height}, step {msg.step}")
@@ -72,18 +75,36 @@ def joint_state_to_vector(msg: JointState, names: list[str]) -> np.ndarray:
         raise MalformedInputError(
             f"JointState lacks joints {missing} (it has {list(msg.name)}): set state_joint_names to match"
         )
-    state = np.asarray([msg.position[index[n]] for n in names], dtype=np.float32)
-    if not np.all(np.isfinite(state)):
-        raise MalformedInputError(f"JointState positions are not finite: {state.tolist()}")
-    return state
+    return _finite_float32([msg.position[index[n]] for n in names], "JointState positions")
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite_float32(values, what: str) -> np.ndarray:
+    """float32 [N] of `values`, refused (not cast to inf with a warning) when one is not finite or
+    beyond float32's range."""
+    wide = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(wide)) or np.any(np.abs(wide) > FLOAT32_MAX):
+        raise MalformedInputError(f"{what} are not finite numbers in float32's range: {wide.tolist()}")
+    return wide.astype(np.float32)
+
+
+def joint_positions(msg: JointState, names: list[str]) -> np.ndarray | None:
+    """The positions of joints `names` [D] (float64) when the message carries all of them, else None
+    (a message that carries them must be valid: joint_state_to_vector checked it)."""
+    index = {name: i for i, name in enumerate(msg.name)}
+    if not names or any(n not in index for n in names):
+        return None
+    values = [msg.position[index[n]] for n in names]
+    _finite_float32(values, "joint positions")
+    return np.asarray(values, dtype=np.float64)
 
 
 def pose_to_vector(msg: PoseStamped) -> np.ndarray:
     """PoseStamped -> float32 [7]: position x, y, z and orientation quaternion x, y, z, w."""
     p, q = msg.pose.position, msg.pose.orientation
-    state = np.asarray([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=np.float32)
-    if not np.all(np.isfinite(state)):
-        raise MalformedInputError(f"pose is not finite: {state.tolist()}")
+    state = _finite_float32([p.x, p.y, p.z, q.x, q.y, q.z, q.w], "pose values")
     if abs(float(np.linalg.norm(state[3:])) - 1.0) > 1e-3:
         raise MalformedInputError(f"pose orientation {state[3:].tolist()} is not a unit quaternion")
     return state

@@ -97,7 +97,24 @@ class BridgeCore:
         self._last_tick_time: float | None = None
         self._images: dict[str, np.ndarray] = {}  # feature key -> [H, W, 3] uint8
         self._image_stamps: dict[str, float] = {}
-        self._state: np.ndarray | None = None  # [S] float32
+        self._state: np.ndarray | None = None  # [S] float32, in the policy's units
+        # the arm's joint positions [D] in the controller's units (`joint_names` of the state
+        # messages) and when they arrived; None until a state message carries them
+        self._measured: np.ndarray | None = None
+        self._measured_at = -math.inf
+        # trajectory mode: the running plan, (tick of its first point, points [T, D]): the
+        # controller executes point (tick - first) now, and the last point after the plan ends
+        self._plan: tuple[int, np.ndarray] | None = None
+        self.scale = np.asarray(config.unit_scale_array, dtype=np.float64)  # [D] policy -> controller
+        self.offset = np.asarray(config.unit_offset_array, dtype=np.float64)  # [D]
+        # state entries that are commanded joints: (index in the state, action dimension)
+        self._state_joints = [
+            (i, config.joint_names.index(name))
+            for i, name in enumerate(config.state_joint_names)
+            if name in config.joint_names
+        ]
+        self._positions = not all(config.safety.zero_hold)  # some dimensions command positions
+        self.stale_counts: dict[str, int] = {}  # input -> ticks held because it was stale
         self._env_state: np.ndarray | None = None  # [E] float32
         self._instruction = config.instruction.strip()
         self._invalid: dict[str, str] = {}
@@ -139,12 +156,25 @@ class BridgeCore:
             raise ValueError(f"no camera {key!r}; the policy's cameras are {sorted(self.cameras)}")
         return self.cameras[key]
 
-    def observe_state(self, state: np.ndarray, now: float, stamp_age: float | None = None) -> str | None:
-        """As `observe_image`, for the robot state [S]."""
+    def observe_state(
+        self,
+        state: np.ndarray,
+        now: float,
+        stamp_age: float | None = None,
+        positions: np.ndarray | None = None,
+    ) -> str | None:
+        """As `observe_image`, for the robot state [S] in the controller's units (converted here to
+        the policy's); `positions` [D]: the commanded joints' measured positions, when the message
+        carries them."""
         with self._lock:
             problem = self._stamp_problem(STATE, stamp_age)
             if problem is None:
+                state = np.array(state, dtype=np.float32)
+                for i, d in self._state_joints:
+                    state[i] = (float(state[i]) - self.offset[d]) / self.scale[d]
                 self._state = state
+                if positions is not None:
+                    self._measured, self._measured_at = np.asarray(positions, dtype=np.float64), now
                 self._invalid.pop(STATE, None)
                 self.watchdog.feed(STATE, now, stamp_age)
             return problem
@@ -200,6 +230,7 @@ class BridgeCore:
         returns False when it was discarded (stale or too late)."""
         with self._lock:
             self.stats.last_latency_s, self.stats.last_iterations = latency_s, iterations
+            chunk = self.to_controller(chunk)
             merged = self.scheduler.deliver(request.chunk, chunk, self._tick, latency_s, bins)
             if not merged.accepted:
                 return False
@@ -218,6 +249,10 @@ class BridgeCore:
             self._flush()
             return self.stats.consecutive_inference_errors
 
+    def to_controller(self, actions: np.ndarray) -> np.ndarray:
+        """Actions [..., D] in the policy's units -> the controller's (unit_scale, unit_offset)."""
+        return np.asarray(actions, dtype=np.float64) * self.scale + self.offset
+
     # ---- control ------------------------------------------------------------------------------
     def tick(self, now: float) -> TickResult:
         with self._lock:
@@ -225,32 +260,51 @@ class BridgeCore:
             self._tick = tick + 1
             self._record_period(now)
             reason = self._hold_reason(now)
+            trajectory = self.config.output_mode is OutputMode.TRAJECTORY
+            stamp = self._fresh_chunk_stamp
+            # where the arm is: measured when the output (re)starts or a new plan begins
+            restart = (reason is not None) != self._holding or (trajectory and stamp is not None)
+            self._rebase(tick, now, restart)
+            if reason is None and self._positions and self.safety.last is None:
+                reason = "no_reference"  # no measured position and no initial_command: never guess
             if reason is not None:
                 self._flush()
                 if reason == "inference_error":
                     self._failure_unheld = False  # held once; a good chunk resumes from here
+                if reason.startswith("stale_"):
+                    self.stale_counts[reason[6:]] = self.stale_counts.get(reason[6:], 0) + 1
                 return self._hold(tick, reason)
             plan = None
-            stamp = self._fresh_chunk_stamp
-            if stamp is not None and self.config.output_mode is OutputMode.TRAJECTORY:
+            if stamp is not None and trajectory:
                 plan = self.safety.plan(self.queue.remaining(tick))  # [T, D]
             action = self.queue.pop(tick)
             if action is None:
                 return self._hold(tick, "underrun")
-            result = self.safety.apply(action)
-            if result.command is None:
-                self._flush()
-                return self._hold(tick, result.rejected_reason)
+            executing = self._executing(tick) if plan is None else None
+            if executing is not None and self._plan is not None and tick - self._plan[0] < len(self._plan[1]):
+                command = executing  # trajectory mode: the running plan's point, filtered when planned
+            else:
+                result = self.safety.apply(action)
+                if result.command is None:
+                    self._flush()
+                    return self._hold(tick, result.rejected_reason)
+                command = result.command
+            self.safety.last, self.safety.window = command, None
+            if plan is not None and len(plan):
+                self._plan = (tick, plan)
             self._fresh_chunk_stamp = None
             self._holding, self._reason = False, "ok"
-            return TickResult(tick, result.command, False, "ok", plan=plan, image_stamp=stamp)
+            return TickResult(tick, command, False, "ok", plan=plan, image_stamp=stamp)
 
     def stop_step(self, jump: bool = False) -> TickResult:
         """One step of the stop on deactivate or shutdown: empty the queue and step toward the hold
         target (`jump`: go there at once). `at_target` of the filter result tells when it is there."""
         with self._lock:
             self._flush()
-            result = self._hold(-1, "stopping", jump=jump, force_plan=True)
+            tick = self._tick
+            self._rebase(tick, None, restart=not self._holding)
+            result = self._hold(tick, "stopping", jump=jump, force_plan=True)
+            self._tick = tick + 1  # the next step is a period later
             return result
 
     def hold_reached(self) -> bool:
@@ -292,11 +346,29 @@ class BridgeCore:
                 "clamped_commands": self.safety.clamped_count,
                 "rejected_actions": self.safety.rejected_count,
                 "observation_age_ms": self.watchdog.oldest_age(now) * 1e3,
+                "stale_timeout_ms": self.config.stale_timeout_s * 1e3,
+                "stale_holds": ", ".join(f"{k}: {v}" for k, v in sorted(self.stale_counts.items())) or "none",
                 "ticks": self.stats.ticks,
                 "hold_ticks": self.stats.hold_ticks,
             }
 
     # ---- internals (lock held) ----------------------------------------------------------------
+    def _executing(self, tick: int) -> np.ndarray | None:
+        """What the controller executes at `tick` [D]: trajectory mode, the running plan's point
+        (its last after it ends); otherwise the last published command (None: nothing yet)."""
+        if self._plan is None:
+            return self.safety.last
+        first, points = self._plan
+        return points[min(max(tick - first, 0), len(points) - 1)].copy()
+
+    def _rebase(self, tick: int, now: float | None, restart: bool) -> None:
+        """Set the filter's reference to where the arm is before this tick's step: what the
+        controller executes, and with `restart` the measured joint positions when fresh."""
+        measured = None
+        if restart and now is not None and now - self._measured_at <= self.config.stale_timeout_s:
+            measured = self._measured
+        self.safety.rebase(self._executing(tick), measured)
+
     def _hold_reason(self, now: float, for_inference: bool = False) -> str | None:
         if self.estop.latched:
             return "estop"
@@ -327,6 +399,8 @@ class BridgeCore:
         command = result.command
         moved = previous is None or bool(np.any(command != previous))
         plan = command[None] if (entering or moved or force_plan) else None  # [1, D]
+        if plan is not None and self.config.output_mode is OutputMode.TRAJECTORY:
+            self._plan = (tick, plan.copy())  # the controller goes there and stays
         return TickResult(tick, command, True, reason, plan=plan, jumped=result.jumped)
 
     def _flush(self) -> None:

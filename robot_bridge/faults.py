@@ -8,10 +8,25 @@ domain; a peer node in this process plays camera, arm and operator and records e
                 (the node's own main, a policy    flood), stale_camera, old_stamps, future_stamps,
                 whose behaviour the peer can      duplicate_joints, long_instruction,
                 switch)                           inference_exception, deactivate, then SIGINT
-    sigterm     `ceed bridge --params FILE`       SIGTERM while moving
+    sigterm     `ceed bridge --params FILE`       SIGTERM while moving (the stop ramps in every mode)
     crash       `python -m ...faults serve`       a policy that keeps raising (exit status 1)
     nan_param   `ceed bridge --params FILE`       stale_timeout_s: .nan (configure must fail)
     typo_param  `ceed bridge --params FILE`       dryrun: true for dry_run (configure must fail)
+    bool_stale  `ceed bridge --params FILE`       stale_timeout_s: true (configure must fail)
+    bool_delta  `ceed bridge --params FILE`       max_delta: [true] (configure must fail)
+    namespaced_file  `ceed bridge --params FILE`  a `/robot/policy_bridge:` key: the node runs in
+                                                  /robot on the file's values (its own topic)
+    wildcard_file    `ceed bridge --params FILE`  `/**:` and `/**/policy_bridge:` keys: the same
+    unbound_file     `ceed-policy-bridge ...`     a `/robot/policy_bridge:` file, node in /: exit 1,
+                                                  nothing published (before: code defaults, live)
+    far_first_command `ceed bridge --params FILE` the arm far from the policy's first action: the
+                                                  first command within max_delta of the arm
+
+The attacks process also gets `timer_stall` (the executor blocked 4 periods at a time, so ticks
+are missed while the controller runs the plan) and `jittered_camera` (3 s of normal running with
+the camera's 33 ms period jittered, sd 6 ms: held ticks counted; the camera is jittered throughout).
+The peer is also the arm: its /joint_states carry the commanded joints at the position the
+controller would be at (trajectory: the running plan's point now; forward: the last command).
 
 Per attack, from the commands received in its window: commands, limit / delta-clamp / non-finite
 violations, motion commands while the bridge should hold (after its first hold step, any command
@@ -55,6 +70,10 @@ TOPICS = {
 GRIPPER = "/gripper_controller/commands"
 SWITCH_TOPIC = "/fault/policy_mode"
 EPS = 1e-9
+CAMERA_HZ = 30.0
+CAMERA_JITTER_S = 0.006  # sd of the camera period: a USB camera under load
+STALL_S = 4 * PERIOD  # one blocked executor callback in `timer_stall`
+FAR_POSE = [0.55, -0.55, 0.55, -0.55]  # the arm in `far_first_command`: the sine starts up to 1.05 away
 
 
 def bridge_params(mode: str, **extra) -> dict:
@@ -62,9 +81,10 @@ def bridge_params(mode: str, **extra) -> dict:
         "instruction": "reach the red goal",
         "control_rate_hz": RATE_HZ,
         "output_mode": mode,
+        "dry_run": False,  # the peer plays the controller on the live topic
         "image_width": 16,
         "image_height": 16,
-        "stale_timeout_s": 0.1,  # the camera publishes every 33 ms: two control periods
+        "input_rate_hz": CAMERA_HZ,  # the stale timeout is derived: 3 camera periods, 0.1 s
         "diagnostics_rate_hz": 20.0,
         "action_low": [LOW] * 4,
         "action_high": [HIGH] * 4,
@@ -72,16 +92,18 @@ def bridge_params(mode: str, **extra) -> dict:
         "blend_steps": 0,
         "policy": "sine:0.5",
     }
-    if mode == "trajectory":
-        params["joint_names"] = JOINTS
+    if mode != "twist":
+        params["joint_names"] = JOINTS  # where the arm is: the reference of every start and hold
     params.update(extra)
     return params
 
 
-def write_params(path: Path, params: dict) -> Path:
+def write_params(
+    path: Path, params: dict, key: str = "policy_bridge", extra_keys: dict | None = None
+) -> Path:
     import yaml
 
-    path.write_text(yaml.safe_dump({"policy_bridge": {"ros__parameters": params}}))
+    path.write_text(yaml.safe_dump({**(extra_keys or {}), key: {"ros__parameters": params}}))
     return path
 
 
@@ -145,6 +167,9 @@ def serve(argv: list[str]) -> int:
         switch = Node("fault_switch")
 
         def set_mode(msg):
+            if msg.data.startswith("stall:"):  # block the executor: the control timer misses ticks
+                time.sleep(float(msg.data.split(":")[1]))
+                return
             policy.mode = msg.data
 
         switch.create_subscription(String, SWITCH_TOPIC, set_mode, RELIABLE)
@@ -171,6 +196,9 @@ class AttackResult:
     hold_latency_periods: float | None = None  # worst over the attack's faults; None: no hold expected
     held: bool = True  # every fault of the attack reached its hold
     exit_code: int | None = None
+    ticks: int | None = None  # jittered_camera: control ticks in the window, and how many held
+    held_ticks: int | None = None
+    expect_commands: bool = False  # the attack passes only if commands flowed (a file that binds)
     notes: list[str] = field(default_factory=list)
 
 
@@ -213,6 +241,8 @@ class Peer:
         self.msgs = {"Bool": Bool, "Empty": Empty, "String": String}
         self.image = conv.array_to_image(np.full((16, 16, 3), 128, np.uint8), n.get_clock().now().to_msg())
         self.feed = {"camera": True, "state": True, "stamp_offset": 0.0, "names": STATE_NAMES, "flood": False}
+        self.arm = np.zeros(4)  # the arm's joint positions (JOINTS) before any command
+        self.arm_plan: tuple[float, np.ndarray, np.ndarray] | None = None  # (start, times [T], points [T, D])
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(n)
         self._stop = threading.Event()
@@ -226,6 +256,24 @@ class Peer:
     def _on_command(self, msg) -> None:
         with self.lock:
             self.received.append((time.monotonic(), msg))
+            if self.mode == "forward":
+                self.arm = np.asarray(msg.data, dtype=np.float64)
+            elif self.mode == "trajectory":  # a JointTrajectoryController: a zero stamp starts now
+                now = self.node.get_clock().now().nanoseconds * 1e-9
+                start = self.conv.from_time(msg.header.stamp) or now
+                times = np.asarray([self.conv.from_duration(p.time_from_start) for p in msg.points])
+                points = np.asarray([p.positions for p in msg.points], dtype=np.float64)
+                current = self.arm_position(now)
+                self.arm_plan = (start, np.concatenate([[now - start], times]), np.vstack([current, points]))
+
+    def arm_position(self, now: float) -> np.ndarray:
+        """Where the arm is at ROS time `now` [4]: the running plan's point (trajectory), the last
+        command (forward), else where it started."""
+        if self.mode != "trajectory" or self.arm_plan is None:
+            return self.arm.copy()
+        start, times, points = self.arm_plan
+        t = min(max(now - start, times[0]), times[-1])
+        return np.asarray([np.interp(t, times, points[:, j]) for j in range(points.shape[1])])
 
     def _on_gripper(self, msg) -> None:
         with self.lock:
@@ -235,7 +283,8 @@ class Peer:
         self.diag = self.conv.diagnostic_values(msg)
 
     def _feeder(self) -> None:
-        """Camera and state at 30 Hz (300 Hz of extra frames while flooding)."""
+        """Camera and state at 30 Hz with a jittered period (300 Hz of extra frames while flooding)."""
+        rng = np.random.default_rng(0)
         next_frame = time.monotonic()
         while not self._stop.is_set():
             f = self.feed
@@ -251,13 +300,15 @@ class Peer:
                     self.image.header.stamp = stamp.to_msg()
                     self.camera.publish(self.image)
                 if f["state"]:
-                    names = f["names"]
+                    names = list(f["names"])
+                    ros_now = self.node.get_clock().now()
+                    with self.lock:
+                        arm = self.arm_position(ros_now.nanoseconds * 1e-9)
+                    values = np.concatenate([np.zeros(len(names)), arm])
                     self.state.publish(
-                        self.conv.vector_to_joint_state(
-                            np.zeros(len(names)), names, self.node.get_clock().now().to_msg()
-                        )
+                        self.conv.vector_to_joint_state(values, names + JOINTS, ros_now.to_msg())
                     )
-                next_frame += 1 / 30
+                next_frame += max(0.005, 1 / CAMERA_HZ + rng.normal(0.0, CAMERA_JITTER_S))
             elif f["flood"] and f["camera"]:
                 self.image.header.stamp = stamp.to_msg()
                 self.camera.publish(self.image)
@@ -530,6 +581,33 @@ def attack_sequence(peer: Peer, mode: str) -> list[AttackResult]:
     # the switch): the latency is counted from the switch
     window("inference_exception", lambda: peer.set_policy("raise_once"), lambda: None, motion=False)
 
+    # the executor blocked for 4 periods, 5 times: ticks are missed while the controller runs the plan
+    before = dict(peer.diag)
+
+    def stalls():
+        for _ in range(5):
+            peer.switch.publish(String(data=f"stall:{STALL_S}"))
+            time.sleep(0.5)
+
+    r = window(
+        "timer_stall", lambda: threading.Thread(target=stalls, daemon=True).start(), lambda: None, False, 3.0
+    )
+    missed = int(peer.diag.get("missed_ticks", 0)) - int(before.get("missed_ticks", 0))
+    r.notes.append(f"{missed} missed ticks")
+
+    # normal running with the jittered camera: how many ticks hold
+    r = AttackResult(mode, "jittered_camera")
+    _moving(peer)
+    first = dict(peer.diag)
+    start = time.monotonic()
+    time.sleep(3.0)
+    last = dict(peer.diag)
+    check_window(r, peer, start, time.monotonic())
+    r.ticks = int(last.get("ticks", 0)) - int(first.get("ticks", 0))
+    r.held_ticks = int(last.get("hold_ticks", 0)) - int(first.get("hold_ticks", 0))
+    r.notes.append(f"stale_timeout_ms {last.get('stale_timeout_ms')} (derived from the 30 Hz camera)")
+    results.append(r)
+
     # lifecycle deactivate: the hold, then silence; activate resumes
     r = AttackResult(mode, "deactivate")
     _moving(peer)
@@ -620,71 +698,147 @@ def run_mode(mode: str, workdir: Path, domain: int) -> list[AttackResult]:
         if proc.poll() is None:
             _finish(proc, signal.SIGKILL)
 
-    # SIGTERM through `ceed bridge`, a policy that keeps failing, and two bad parameter files
+    # processes of their own: SIGTERM through `ceed bridge`, a policy that keeps failing, bad and
+    # namespaced parameter files, and a start with the arm far from the policy's first action
+    own_topic = f"/robot_commands/{mode}"
+    bound = bridge_params(mode, command_topic=own_topic)
+
+    def file(name: str, params: dict, **kw) -> Path:
+        return write_params(workdir / f"{mode}_{name}.yaml", params, **kw)
+
     cases = [
-        (
-            "sigterm",
-            _bridge_cmd(write_params(workdir / f"{mode}_term.yaml", bridge_params(mode))),
-            signal.SIGTERM,
-        ),
-        (
-            "crash",
-            _serve_cmd(
-                write_params(workdir / f"{mode}_crash.yaml", bridge_params(mode, inference_failure_limit=3)),
-                "--fail-after",
-                "20",
+        dict(name="sigterm", cmd=_bridge_cmd(file("term", bridge_params(mode))), sig=signal.SIGTERM),
+        dict(
+            name="crash",
+            cmd=_serve_cmd(
+                file("crash", bridge_params(mode, inference_failure_limit=3)), "--fail-after", "20"
             ),
-            None,
         ),
-        (
-            "nan_param",
-            _bridge_cmd(
-                write_params(workdir / f"{mode}_nan.yaml", bridge_params(mode, stale_timeout_s=math.nan))
+        dict(name="nan_param", cmd=_bridge_cmd(file("nan", bridge_params(mode, stale_timeout_s=math.nan)))),
+        dict(name="typo_param", cmd=_bridge_cmd(file("typo", bridge_params(mode, dryrun=True)))),
+        dict(
+            name="bool_stale", cmd=_bridge_cmd(file("bool_stale", bridge_params(mode, stale_timeout_s=True)))
+        ),
+        dict(name="bool_delta", cmd=_bridge_cmd(file("bool_delta", bridge_params(mode, max_delta=[True])))),
+        dict(
+            name="namespaced_file",
+            cmd=_bridge_cmd(file("ns", bound, key="/robot/policy_bridge")),
+            sig=signal.SIGTERM,
+            topic=own_topic,
+            expect_commands=True,
+        ),
+        dict(
+            name="wildcard_file",
+            cmd=_bridge_cmd(
+                file(
+                    "wild",
+                    bound,
+                    key="/**/policy_bridge",
+                    extra_keys={"/**": {"ros__parameters": {"use_sim_time": False}}},
+                )
             ),
-            None,
+            sig=signal.SIGTERM,
+            topic=own_topic,
+            expect_commands=True,
         ),
-        (
-            "typo_param",
-            _bridge_cmd(write_params(workdir / f"{mode}_typo.yaml", bridge_params(mode, dryrun=True))),
-            None,
+        # the node started outside the file's namespace: before, it ran on its code defaults (a live
+        # forward sine on the default forward topic), so the peer listens there
+        dict(
+            name="unbound_file",
+            cmd=[
+                sys.executable,
+                "-m",
+                "ceed_vla.robot_bridge.node",
+                "--ros-args",
+                "--params-file",
+                str(file("unbound", bound, key="/robot/policy_bridge")),
+            ],
+            topic=TOPICS["forward"],
+            peer_mode="forward",
+        ),
+        dict(
+            name="far_first_command",
+            cmd=_bridge_cmd(file("far", bridge_params(mode))),
+            sig=signal.SIGTERM,
+            far=True,
         ),
     ]
-    for name, cmd, sig in cases:
+    for case in cases:
+        name, cmd, sig = case["name"], case["cmd"], case.get("sig")
         domain += 1
         proc = _start(cmd, domain)
-        peer = Peer(domain, mode, topic)
-        r = AttackResult(mode, name)
+        peer = Peer(domain, case.get("peer_mode", mode), case.get("topic", topic))
+        if case.get("far"):
+            peer.arm = np.asarray(FAR_POSE, dtype=np.float64)
+        r = AttackResult(mode, name, expect_commands=case.get("expect_commands", False))
         try:
             start = time.monotonic()
-            if name == "sigterm":
+            if sig is not None:
                 _moving(peer, 60)
                 time.sleep(0.3)
             r.exit_code, out = _finish(proc, sig, timeout=90)
             time.sleep(0.3)
+            r.mode = peer.mode  # the commands were checked as this output's
             check_window(r, peer, start, time.monotonic())
-            if name in ("sigterm", "crash"):
+            r.mode = mode
+            if case.get("far"):
+                first_command_from(r, peer, FAR_POSE if mode != "twist" else [0.0, 0.0, 0.0, 0.0])
+            if sig is not None or name == "crash":
                 last_is_hold(r, peer)
             else:
                 r.hold_latency_periods = None
                 reason = [
                     ln.split("configure failed: ", 1)[1]
-                    for ln in out.splitlines()
                     if "configure failed: " in ln
+                    else ln.split("] ", 1)[-1]
+                    for ln in out.splitlines()
+                    if "configure failed: " in ln or "refusing to run" in ln or "bad parameter file" in ln
                 ]
-                r.notes.append(reason[0][:120] if reason else "no configure error logged")
+                r.notes.append(reason[0][:160] if reason else "no configure error logged")
         finally:
             peer.close()
         results.append(r)
     return results
 
 
-EXPECTED_EXIT = {"sigint": 0, "sigterm": 0, "crash": 1, "nan_param": 1, "typo_param": 1}
+def first_command_from(result: AttackResult, peer: Peer, reference) -> None:
+    """The first command received is within max_delta of where the arm was (`reference` [D])."""
+    reference = np.asarray(reference, dtype=np.float64)
+    if peer.mode == "trajectory":
+        samples = peer.samples(-math.inf, math.inf)
+        first = np.asarray(samples[0][1].points[0].positions) if samples else None
+    else:
+        v = peer.vectors(-math.inf, math.inf)
+        first = v[0][1] if v else None
+    if first is None:
+        result.notes.append("no command")
+        result.held = False
+        return
+    gap = float(np.max(np.abs(first - reference)))
+    result.notes.append(f"first command {gap:.3f} from the arm's pose")
+    result.delta_violations += int(gap > MAX_DELTA + EPS)
+
+
+EXPECTED_EXIT = {
+    "sigint": 0,
+    "sigterm": 0,
+    "crash": 1,
+    "nan_param": 1,
+    "typo_param": 1,
+    "bool_stale": 1,
+    "bool_delta": 1,
+    "namespaced_file": 0,
+    "wildcard_file": 0,
+    "unbound_file": 1,
+    "far_first_command": 0,
+}
+MAX_HELD_SHARE = 0.05  # jittered_camera: at most this share of the ticks held
 
 
 def table(rows: list[AttackResult]) -> str:
     head = (
         f"{'mode':<10} {'attack':<19} {'cmds':>5} {'limit':>5} {'delta':>5} {'nonfin':>6} {'moving':>6} "
-        f"{'estop':>7} {'jumps':>5} {'latency':>7} {'exit':>4}"
+        f"{'estop':>7} {'jumps':>5} {'latency':>7} {'exit':>4} {'held':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -693,7 +847,8 @@ def table(rows: list[AttackResult]) -> str:
         code = "-" if r.exit_code is None else str(r.exit_code)
         lines.append(
             f"{r.mode:<10} {r.attack:<19} {r.commands:>5} {r.limit_violations:>5} {r.delta_violations:>5} "
-            f"{r.non_finite:>6} {r.motion_while_holding:>6} {estop:>7} {r.estop_jumps:>5} {latency:>7} {code:>4}"
+            f"{r.non_finite:>6} {r.motion_while_holding:>6} {estop:>7} {r.estop_jumps:>5} {latency:>7} {code:>4} "
+            f"{'-' if r.held_ticks is None else f'{r.held_ticks}/{r.ticks}':>7}"
         )
     return "\n".join(lines)
 
@@ -701,6 +856,8 @@ def table(rows: list[AttackResult]) -> str:
 def passed(r: AttackResult) -> bool:
     ok = r.limit_violations == r.delta_violations == r.non_finite == r.motion_while_holding == 0
     ok = ok and r.held and r.estop_pulses_latched == r.estop_pulses_sent
+    ok = ok and (not r.expect_commands or r.commands > 0)
+    ok = ok and (r.held_ticks is None or r.held_ticks <= MAX_HELD_SHARE * max(r.ticks or 0, 1))
     return ok and (r.exit_code is None or r.exit_code == EXPECTED_EXIT.get(r.attack, 0))
 
 
@@ -723,7 +880,8 @@ def main(args: argparse.Namespace) -> int:
         "control_rate_hz": RATE_HZ,
         "limits": [LOW, HIGH],
         "max_delta": MAX_DELTA,
-        "stale_timeout_s": 0.1,
+        "stale_timeout_s": 0.1,  # derived: 3 periods of the 30 Hz camera
+        "camera_jitter_sd_s": CAMERA_JITTER_S,
         "seconds": round(time.monotonic() - started, 1),
         "machine": {
             "cpus": os.cpu_count(),

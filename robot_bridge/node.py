@@ -24,6 +24,7 @@ Topics (names are parameters):
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -50,7 +51,7 @@ from trajectory_msgs.msg import JointTrajectory
 from . import conversions as conv
 from . import ros_params
 from .config import BridgeConfig, OutputMode
-from .contract import apply_contract
+from .contract import apply_contract, contract_for, image_size_note
 from .core import BridgeCore, TickResult
 from .inference import InferenceWorker
 from .policies import load_policy
@@ -107,6 +108,15 @@ class PolicyBridgeNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"parameters: {ros_params.describe(self.config)}")
+        contract = contract_for(self.config.policy)
+        if contract is not None:
+            note = image_size_note(contract)
+            if note:
+                self.get_logger().warning(note)
+            elif contract.image_size:
+                self.get_logger().info(
+                    f"the policy encodes frames at {contract.image_size} px (its training size)"
+                )
         self.core = BridgeCore(self.config)
         self._create_subscriptions()
         self._create_publishers()
@@ -115,6 +125,8 @@ class PolicyBridgeNode(LifecycleNode):
             f"{self.config.published_command_topic} at {self.config.control_rate_hz} Hz"
             + (" (DRY RUN)" if self.config.dry_run else "")
         )
+        if not self.config.dry_run:
+            self.get_logger().warning(live_banner(self.config))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -175,11 +187,14 @@ class PolicyBridgeNode(LifecycleNode):
             self.worker = None
 
     def _ramp_to_hold(self, core: BridgeCore) -> None:
+        """Step to the hold once per period for the steps `stop_ramp_s` allows (configure made sure
+        they are enough to reach it from anywhere inside the limits); only an e-stop jumps. The
+        steps are counted, not timed: a late wake-up must not turn the last step into a jump."""
         c = self.config
-        deadline = time.monotonic() + c.stop_ramp_s
+        steps = max(1, math.ceil(c.stop_ramp_s / c.period_s - 1e-9))
         jump = core.estop.latched
-        while True:
-            jump = jump or time.monotonic() >= deadline
+        for step in range(steps + 1):
+            jump = jump or step == steps
             result = core.stop_step(jump=jump)
             if result.command is None:
                 break  # nothing was ever published: nothing to hold
@@ -294,7 +309,7 @@ class PolicyBridgeNode(LifecycleNode):
 
     def _on_image(self, msg: Image, camera) -> None:
         try:
-            image = conv.image_to_array(msg, camera.width, camera.height)
+            image = conv.image_to_array(msg, camera.width, camera.height, self._size_fix(camera))
         except conv.MalformedInputError as exc:
             return self._reject(camera.name, exc)
         problem = self.core.observe_image(
@@ -307,15 +322,25 @@ class PolicyBridgeNode(LifecycleNode):
         if problem:
             self.get_logger().warning(f"ignoring a {camera.name} frame: {problem}", throttle_duration_sec=2.0)
 
+    def _size_fix(self, camera) -> str:
+        """Where the size a camera must have is set, for the message of a wrong-size frame."""
+        if self.config.camera_topics:
+            return f"give its size in camera_topics ('{camera.key}={camera.topic}:WIDTHxHEIGHT')"
+        return "set image_width/image_height"
+
     def _on_state(self, msg: JointState | PoseStamped) -> None:
+        positions = None
         try:
             if isinstance(msg, PoseStamped):
                 state = conv.pose_to_vector(msg)
             else:
                 state = conv.joint_state_to_vector(msg, self.config.state_joint_names)
+                positions = conv.joint_positions(msg, self.config.joint_names)
         except conv.MalformedInputError as exc:
             return self._reject("state", exc)
-        problem = self.core.observe_state(state, time.monotonic(), self._stamp_age(msg.header.stamp))
+        problem = self.core.observe_state(
+            state, time.monotonic(), self._stamp_age(msg.header.stamp), positions=positions
+        )
         if problem:
             self.get_logger().warning(f"ignoring a state message: {problem}", throttle_duration_sec=2.0)
 
@@ -419,6 +444,15 @@ class PolicyBridgeNode(LifecycleNode):
             self._pubs["gripper"].publish(conv.float_array(result.command[3:], label="gripper"))
 
 
+def live_banner(config: BridgeConfig) -> str:
+    """The one loud line of a live run: what moves, where the commands go, how to stop it."""
+    return (
+        "\n" + "!" * 78 + f"\n!! LIVE: dry_run is false: {config.output_mode.value} commands go to "
+        f"{config.published_command_topic} and the arm WILL MOVE.\n!! Stop: publish true on {config.estop_topic}, "
+        "or Ctrl-C (the bridge ramps to its hold first).\n" + "!" * 78
+    )
+
+
 def spin(nodes: list, executor=None, stop: threading.Event | None = None) -> int:
     """Spin nodes until `stop` is set (a signal), the context shuts down, or a node reports a fatal
     fault; then destroy them (a bridge publishes its hold first). Returns 0, or 1 after a fatal
@@ -467,6 +501,12 @@ def run(make_nodes, args: list[str] | None = None) -> int:
     (`make_nodes(stop)` returns them, or an int exit status when they could not be made), spin them
     until a signal or a fault. Exit status: 0 after a signal or shutdown, 1 after a crash or a
     fatal fault; the nodes are stopped safely in every case."""
+    for path in ros_params.params_files(args or []):
+        try:
+            ros_params.load_param_file(path)  # rcl's parser would only say "Couldn't parse params file"
+        except (OSError, ValueError) as exc:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"bad parameter file: {exc}")
+            return 2
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     stop_on_signals(stop)
@@ -489,15 +529,22 @@ def run(make_nodes, args: list[str] | None = None) -> int:
 def main(args: list[str] | None = None) -> int:
     """Console script `ceed-policy-bridge`: `ceed-policy-bridge --ros-args --params-file FILE`."""
 
+    argv = sys.argv if args is None else args
+
     def make(stop):
         node = PolicyBridgeNode()
+        problem = ros_params.binding_problem(ros_params.params_files(argv), node.get_fully_qualified_name())
+        if problem is not None:
+            node.get_logger().fatal(f"refusing to run on code defaults: {problem}")
+            node.destroy_node()
+            return 1
         if node.config is None and node.get_parameter("autostart").value and not node.start():
             node.get_logger().fatal("could not configure the policy bridge; see the error above")
             node.destroy_node()
             return 1
         return [node]
 
-    return run(make, sys.argv if args is None else args)
+    return run(make, argv)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from enum import StrEnum
+from pathlib import Path
 
+import yaml
 from rcl_interfaces.msg import ParameterDescriptor
 
 from .config import ConfigError
@@ -102,7 +105,36 @@ def describe(config) -> str:
     return ", ".join(out)
 
 
+FIXES = {
+    "float": "write a number, e.g. 0.5",
+    "int": "write a whole number, e.g. 3",
+    "bool": "write true or false (unquoted)",
+    "list[float]": "write a list of numbers, e.g. [0.5, 0.5]",
+    "list[str]": "write a list of quoted strings, e.g. ['a', 'b']",
+    "str": "write a quoted string",
+}
+
+
 def coerce(name: str, type_name: str, value):
+    """`value` read from ROS as the field's type, strictly: a boolean is not a number, a string is
+    not a number, a number is not a string; an int passes for a float (YAML `20` for `20.0`)."""
+    if type_name in ("float", "int", "list[float]"):
+        values = (
+            list(value) if type_name == "list[float]" and not isinstance(value, (str, bytes)) else [value]
+        )
+        if any(isinstance(v, (bool, str, bytes)) for v in values) or (
+            type_name == "list[float]" and isinstance(value, (str, bytes, bool, int, float))
+        ):
+            raise ConfigError(
+                f"parameter {name}={value!r} is not a valid {type_name}: {FIXES[type_name]}"
+                + (" (true/false are not numbers)" if any(isinstance(v, bool) for v in values) else "")
+            )
+    if type_name == "list[str]" and (
+        isinstance(value, (str, bytes)) or any(not isinstance(v, str) for v in value)
+    ):
+        raise ConfigError(f"parameter {name}={value!r} is not a valid {type_name}: {FIXES[type_name]}")
+    if type_name in ("str", "OutputMode") and not isinstance(value, (str, bytes)):
+        raise ConfigError(f"parameter {name}={value!r} is not a valid string: {FIXES['str']}")
     try:
         if type_name == "list[float]":
             out = [float(v) for v in value]
@@ -128,4 +160,86 @@ def coerce(name: str, type_name: str, value):
     except ConfigError:
         raise
     except (TypeError, ValueError):
-        raise ConfigError(f"parameter {name}={value!r} is not a valid {type_name}") from None
+        raise ConfigError(
+            f"parameter {name}={value!r} is not a valid {type_name}: {FIXES.get(type_name, 'fix its type')}"
+        ) from None
+
+
+# ---- parameter files: which node a key binds to, and what rcl's YAML parser refuses ---------------
+
+
+def key_pattern(key: str) -> re.Pattern:
+    """The fully qualified node names a parameter-file key applies to, with ROS 2's rules: a key
+    without a leading slash is in the root namespace, `*` stands for one name token and `**` for
+    any number of them (none included)."""
+    tokens = [t for t in str(key).strip().split("/") if t]
+    parts = []
+    for token in tokens:
+        if token == "**":
+            parts.append(r"(?:/[^/]+)*")
+        else:
+            parts.append("/" + ".*".join(re.escape(p) for p in token.split("*")).replace(".*", "[^/]*"))
+    return re.compile("".join(parts) + r"\Z" if parts else r"\Z")
+
+
+def key_matches(key: str, fully_qualified_name: str) -> bool:
+    return bool(key_pattern(key).match(fully_qualified_name))
+
+
+def params_files(args: list[str]) -> list[str]:
+    """The `--params-file FILE` arguments of a ROS command line, in order."""
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--params-file"]
+
+
+def load_param_file(path) -> dict:
+    """A ROS parameter YAML as a mapping of node keys, refused with the key and the fix where rcl's
+    own parser would fail with only "Couldn't parse params file" (an unquoted value holding ':'
+    inside a [...] list) or where it is not a parameter file at all."""
+    text = Path(path).read_text()
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if root is not None:
+        _refuse_unquoted_colons(root, [], path)
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} must map node names to {{ros__parameters: ...}}; got {type(data).__name__}"
+        )
+    return data
+
+
+def _refuse_unquoted_colons(node, keys: list[str], path, in_flow: bool = False) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            _refuse_unquoted_colons(v, [*keys, str(k.value)], path, in_flow or bool(node.flow_style))
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            _refuse_unquoted_colons(v, keys, path, in_flow or bool(node.flow_style))
+    elif isinstance(node, yaml.ScalarNode) and in_flow and node.style is None and ":" in node.value:
+        key = keys[-1] if keys else "?"
+        raise ConfigError(
+            f"{path}, line {node.start_mark.line + 1}: {key} holds the unquoted value {node.value!r} inside "
+            f"[...]; ROS's parameter parser refuses ':' there. Quote it: {key}: ['{node.value}']"
+        )
+
+
+def binding_problem(files: list[str], fully_qualified_name: str) -> str | None:
+    """Why the parameter files do not bind to the node `fully_qualified_name` (None: one of their
+    keys applies to it, or there are no files). rcl silently skips a key naming another node, and
+    the node would then run on its code defaults."""
+    keys = [str(k) for f in files for k in load_param_file(f)]
+    if not files or any(key_matches(k, fully_qualified_name) for k in keys):
+        return None
+    name = fully_qualified_name.rsplit("/", 1)[-1]
+    namespaces = sorted(
+        {"/" + "/".join(k.strip("/").split("/")[:-1]) for k in keys if k.rstrip("/").endswith(name)}
+    )
+    hint = (
+        f"start it in the namespace the file names ({', '.join(namespaces)}): `--ros-args -r __ns:={namespaces[0]}` "
+        f"or `ros2 launch ... namespace:={namespaces[0]}`, or `ceed bridge --params FILE`, which does so"
+        if namespaces
+        else f"name it in the file ('{name}:' or '{fully_qualified_name}:')"
+    )
+    return f"no key of {', '.join(files)} (keys: {keys}) applies to this node, {fully_qualified_name}: {hint}"

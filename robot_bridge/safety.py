@@ -2,9 +2,12 @@
 
 Nothing leaves the bridge without passing `SafetyFilter`: policy actions, holds, ramps and the
 stop on shutdown alike. In that order a command is checked finite, clipped to the per-dimension
-limits, and moved at most `max_delta` from the last command actually published. A hold is a target
-like any other: it ramps there at `max_delta`, except where it must not wait (an e-stop), where it
-jumps and counts the jump.
+limits, and moved at most `max_delta` from its reference: where the arm is. `rebase` sets that
+reference before a step: the measured joint positions when they are fresh (the first command,
+entering or leaving a hold, a new plan), and what the controller executes now (the last published
+command, or the point of the running plan at this tick). A hold is a target like any other: it
+ramps there at `max_delta`, except where it must not wait (an e-stop), where it jumps and counts
+the jump.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ class SafetyFilter:
         self.high = np.asarray(config.action_high, dtype=np.float64)  # [D]
         self.max_delta = np.asarray(config.max_delta, dtype=np.float64)  # [D]
         self.zero_hold = np.asarray(config.zero_hold, dtype=bool)  # [D]
-        self.last: np.ndarray | None = None  # [D] the last command that was published
+        self.last: np.ndarray | None = None  # [D] the reference: what the controller executes now
+        # [D] x 2: where the next step may land (set by `rebase`, used by the next step only)
+        self.window: tuple[np.ndarray, np.ndarray] | None = None
         self.clamped_count = 0
         self.rejected_count = 0
         self.jump_count = 0
@@ -48,6 +53,7 @@ class SafetyFilter:
         """Back to the start reference: `initial_command`, else zero when every dimension is zero-held
         (a velocity interface at rest), else unknown (the first command is only clipped)."""
         init = self.config.initial_command
+        self.window = None
         if init:
             self.last = np.clip(np.asarray(init, dtype=np.float64), self.low, self.high)
         elif self.zero_hold.any():
@@ -56,15 +62,53 @@ class SafetyFilter:
         else:
             self.last = None
 
-    def check(self, action: np.ndarray, previous: np.ndarray | None) -> FilterResult:
-        """Filter one action against `previous` without changing any state."""
+    def rebase(self, executing: np.ndarray | None, measured: np.ndarray | None = None) -> None:
+        """Set the reference of the next step from where the arm is, on the dimensions that are not
+        zero-held (positions): `executing` [D] is what the controller executes now (the running
+        plan's point at this tick), `measured` [D] the arm's fresh joint positions (None: not known
+        or not fresh). The next step lands within max_delta of the measured position, and also of
+        the executing command where the two allow it (a tracking error up to 2 max_delta); a hold
+        stays at the executing command moved into that window (never behind it while the arm keeps
+        up). With neither known nothing changes (the last command stays the reference)."""
+        pos = ~self.zero_hold
+        if not pos.any():
+            return
+        ref = measured if measured is not None else executing
+        if ref is None:
+            return
+        ref = np.asarray(ref, dtype=np.float64)
+        lo, hi = ref - self.max_delta, ref + self.max_delta
+        if measured is not None and executing is not None:
+            both_lo = np.maximum(lo, executing - self.max_delta)
+            both_hi = np.minimum(hi, executing + self.max_delta)
+            agree = both_lo <= both_hi + 1e-12
+            lo, hi = np.where(agree, both_lo, lo), np.where(agree, both_hi, hi)
+        last = self.last if self.last is not None else np.where(pos, ref, 0.0)
+        # the zero-held dimensions keep their own reference: the last command, max_delta either side
+        lo = np.where(pos, lo, last - self.max_delta)
+        hi = np.where(pos, hi, last + self.max_delta)
+        # the reference point itself (where a hold stays): what the controller executes, moved into
+        # the window, so a hold lags behind the command only where the arm does (by over max_delta)
+        base = np.asarray(executing if executing is not None else ref, dtype=np.float64)
+        self.last = np.clip(np.where(pos, np.clip(base, lo, hi), last), self.low, self.high)
+        self.window = (np.minimum(lo, self.last), np.maximum(hi, self.last))
+
+    def check(
+        self,
+        action: np.ndarray,
+        previous: np.ndarray | None,
+        window: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> FilterResult:
+        """Filter one action against `previous` (or into `window`) without changing any state."""
         action = np.asarray(action, dtype=np.float64).reshape(-1)  # [D]
         if action.shape != self.low.shape:
             return FilterResult(None, False, "wrong_dim")
         if not np.all(np.isfinite(action)):
             return FilterResult(None, False, "non_finite")
         out = np.clip(action, self.low, self.high)
-        if previous is not None:
+        if window is not None:
+            out = np.clip(np.clip(out, *window), self.low, self.high)
+        elif previous is not None:
             step = out - previous
             within = np.abs(step) <= self.max_delta + 1e-9  # reachable this step: land on it exactly
             out = np.where(within, out, previous + np.clip(step, -self.max_delta, self.max_delta))
@@ -73,23 +117,24 @@ class SafetyFilter:
 
     def apply(self, action: np.ndarray) -> FilterResult:
         """Filter one action and, when it passes, make it the new previous command."""
-        result = self.check(action, self.last)
+        result = self.check(action, self.last, self.window)
         self._count(result)
         if result.command is not None:
-            self.last = result.command
+            self.last, self.window = result.command, None
         return result
 
     def plan(self, actions: np.ndarray) -> np.ndarray:
-        """Filter a sequence [T, D] chained from the last command, stopping before the first rejected
-        action; returns the accepted prefix [T', D]. State is not changed: ticks commit each step."""
-        previous = self.last
+        """Filter a sequence [T, D] chained from the reference (the first point into the window),
+        stopping before the first rejected action; returns the accepted prefix [T', D]. State is not
+        changed: ticks commit each step."""
+        previous, window = self.last, self.window
         out = []
         for action in actions:
-            result = self.check(action, previous)
+            result = self.check(action, previous, window)
             if result.command is None:
                 break
             out.append(result.command)
-            previous = result.command
+            previous, window = result.command, None
         return np.stack(out) if out else np.zeros((0, self.low.shape[0]))
 
     def hold_target(self) -> np.ndarray | None:
@@ -106,12 +151,13 @@ class SafetyFilter:
         target = self.hold_target()
         if target is None:
             return None
+        window, self.window = self.window, None
         if jump:
             jumped = bool(np.any(np.abs(target - self.last) > self.max_delta + 1e-12))
             self.jump_count += int(jumped)
             self.last = target
             return FilterResult(target.copy(), False, jumped=jumped)
-        result = self.check(target, self.last)  # a ramp step is not counted as a clamped action
+        result = self.check(target, self.last, window)  # a ramp step is not counted as a clamped action
         self.last = result.command
         return result
 

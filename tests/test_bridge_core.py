@@ -15,10 +15,14 @@ from ceed_vla.robot_bridge.safety import EStopLatch, SafetyFilter, StaleWatchdog
 # ---- config ------------------------------------------------------------------------------------
 
 
-def test_config_defaults_are_valid_and_fill_derived_fields():
-    cfg = BridgeConfig()
+def test_config_defaults_are_safe_and_fill_derived_fields():
+    # positions with nothing saying where the arm is: the first command would be a guess
+    with pytest.raises(ConfigError, match="set joint_names .* or initial_command"):
+        BridgeConfig()
+    cfg = BridgeConfig(initial_command=[0.0] * 4)
+    assert cfg.dry_run  # a live run needs an explicit dry_run: false
     assert cfg.action_dim == 4
-    assert cfg.stale_timeout_s == pytest.approx(cfg.period_s)
+    assert cfg.stale_timeout_s == pytest.approx(3 / 20.0)  # three input periods, not one
     assert cfg.command_topic == "/forward_position_controller/commands"
     assert cfg.safety.max_delta == [0.5] * 4
 
@@ -114,7 +118,13 @@ def test_watchdog_reports_missing_and_old_inputs():
 
 
 def _core(**kw) -> BridgeCore:
-    base = dict(control_rate_hz=10.0, instruction="reach the goal", blend_steps=0, max_delta=[10.0])
+    base = dict(
+        control_rate_hz=10.0,
+        instruction="reach the goal",
+        blend_steps=0,
+        max_delta=[10.0],
+        initial_command=[0.0] * 4,
+    )
     base.update(kw)
     return BridgeCore(BridgeConfig(**base))
 
@@ -146,7 +156,7 @@ def test_tick_streams_queued_actions_in_order():
 
 
 def test_watchdog_holds_within_two_periods_of_the_last_input():
-    core = _core(hold_mode="zero")
+    core = _core(hold_mode="zero", stale_timeout_s=0.1)  # one period
     _feed(core, 0.0)
     _serve(core, 0.0, np.full((20, 4), 0.5))
     t, moving = 0.0, 0

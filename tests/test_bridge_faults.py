@@ -100,7 +100,12 @@ def test_the_effective_parameters_are_logged_once_at_configure(rig):
     sub = probe.peer.create_subscription(Log, "/rosout", lambda m: logs.append((m.name, m.msg)), RELIABLE)
     assert _wait(lambda: sub.get_publisher_count() >= 1)
     before = sub.get_publisher_count()
-    node = PolicyBridgeNode("policy_bridge_logged", context=probe.bridge.context, policy=SinePolicy(4))
+    node = PolicyBridgeNode(
+        "policy_bridge_logged",
+        context=probe.bridge.context,
+        policy=SinePolicy(4),
+        parameter_overrides=[Parameter("initial_command", value=[0.0] * 4)],
+    )
     probe.executor.add_node(node)
     try:
         assert _wait(lambda: sub.get_publisher_count() > before)  # its /rosout publisher is matched
@@ -110,8 +115,8 @@ def test_the_effective_parameters_are_logged_once_at_configure(rig):
         lines = [m for m in mine() if m.startswith("parameters:")]
         assert len(lines) == 1, lines
         assert (
-            "dry_run=False" in lines[0]
-            and "stale_timeout_s=0.05" in lines[0]
+            "dry_run=True" in lines[0]  # the code's default: dry run
+            and "stale_timeout_s=0.15" in lines[0]  # three input periods at 20 Hz
             and "hold_mode='last'" in lines[0]
         )
     finally:
@@ -154,6 +159,7 @@ def test_a_tick_sees_the_inputs_that_arrived_before_it_on_a_busy_executor(contex
         parameter_overrides=[
             Parameter("instruction", value="reach"),
             Parameter("camera_topic", value="/busy/camera"),
+            Parameter("initial_command", value=[0.0] * 4),
             Parameter("state_topic", value="/busy/state"),
         ],
     )
@@ -214,6 +220,8 @@ def test_deactivate_ramps_to_the_hold_through_the_filter(rig):
     r.keep_feeding()
     assert _wait(lambda: np.abs(_values(r.commands())).max(initial=0) > 0.35)
     r.bridge.trigger_deactivate()
+    # the stop waits for the peer's reader to acknowledge; its executor thread may still be behind
+    _wait(lambda: np.all(_values(r.commands())[-1] == 0), timeout=2.0)
     values = _values(r.commands())
     assert np.all(values[-1] == 0)  # its last word is the hold ...
     assert np.abs(np.diff(values, axis=0)).max() <= 0.1 + 1e-9  # ... reached at max_delta per tick
@@ -249,6 +257,7 @@ def test_a_policy_that_keeps_failing_stops_the_node_with_a_hold_and_status_1(con
             Parameter("hold_mode", value="zero"),
             Parameter("inference_failure_limit", value=3),
             Parameter("command_topic", value="/failing/commands"),
+            Parameter("dry_run", value=False),
         ],
     )
     assert bridge.start()
@@ -291,7 +300,7 @@ def _bridge_process(tmp_path, name: str, domain: int) -> subprocess.Popen:
     params.write_text(
         "policy_bridge:\n  ros__parameters:\n"
         "    policy: 'sine:0.5'\n    instruction: reach the goal\n    output_mode: forward\n"
-        "    hold_mode: zero\n    max_delta: [0.1]\n    image_width: 8\n    image_height: 8\n"
+        "    hold_mode: zero\n    max_delta: [0.1]\n    image_width: 8\n    image_height: 8\n    dry_run: false\n"
         f"    command_topic: /{name}/commands\n"
     )
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")

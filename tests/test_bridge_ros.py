@@ -52,7 +52,12 @@ class Rig:
             "control_rate_hz": RATE_HZ,
             "image_width": 16,
             "image_height": 16,
+            "dry_run": False,  # these tests listen on the live topics
         }
+        if len(params.get("action_low") or [0.0] * 4) == 4:
+            base["initial_command"] = [
+                0.0
+            ] * 4  # where the (absent) arm starts: the first command's reference
         base.update(params)  # a None leaves the parameter out (to the checkpoint's contract)
         overrides = [Parameter(k, value=v) for k, v in base.items() if v is not None]
         self.bridge = PolicyBridgeNode(context=context, policy=given, parameter_overrides=overrides)
@@ -394,7 +399,9 @@ def test_a_two_camera_arm_checkpoint_streams_joint_trajectories_with_its_joint_n
         stamp = r.peer.get_clock().now().to_msg()
         for key, (h, w) in ARM_CAMERAS.items():
             cams[key].publish(conv.array_to_image(np.full((h, w, 3), 100, np.uint8), stamp))
-        r.state.publish(conv.vector_to_joint_state(np.zeros(6), [f"{j}.pos" for j in ARM_JOINTS], stamp))
+        # the dataset's state names and the controller's joints, as a robot's /joint_states may carry both
+        names = [f"{j}.pos" for j in ARM_JOINTS] + ARM_JOINTS
+        r.state.publish(conv.vector_to_joint_state(np.zeros(12), names, stamp))
         time.sleep(0.03)
     chunks = r.commands(topic)
     assert len(chunks) >= 3, r.diagnostics()

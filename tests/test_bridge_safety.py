@@ -19,6 +19,8 @@ PERIOD = 0.05  # s, 20 Hz
 def _core(**kw) -> BridgeCore:
     base = dict(control_rate_hz=1 / PERIOD, instruction="reach the goal", blend_steps=0)
     base.update(kw)
+    low, high = base.get("action_low", [-1.0] * 4), base.get("action_high", [1.0] * 4)
+    base.setdefault("initial_command", np.clip(0.0, low, high).tolist())  # where the arm starts
     return BridgeCore(BridgeConfig(**base))
 
 

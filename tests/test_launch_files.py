@@ -77,10 +77,18 @@ def test_launch_file_is_well_formed(path):
 
 def test_hardware_launch_is_a_dry_run_by_default():
     tree = ast.parse((LAUNCH_DIR / "bridge.launch.py").read_text())
-    dry = next(c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == "dry_run")
-    assert _kw(dry, "default_value").value == "true"
+    # the launch file never overrides the parameter file unless the user passes the argument ...
+    for name in ("dry_run", "policy"):
+        arg = next(c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == name)
+        assert _kw(arg, "default_value").value == ""
+    # ... and the file it starts, like the code's default, is a dry run
     params = yaml.safe_load((LAUNCH_DIR / "config" / "bridge_hardware.yaml").read_text())
     assert params["policy_bridge"]["ros__parameters"]["dry_run"] is True
+    assert BridgeConfig.dry_run is True
+    sim = ast.parse((LAUNCH_DIR / "sim.launch.py").read_text())
+    for name in ("policy", "task"):
+        arg = next(c for c in _calls(sim, "DeclareLaunchArgument") if c.args[0].value == name)
+        assert _kw(arg, "default_value").value == ""
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)

@@ -71,7 +71,13 @@ def _eval_actions(ticks: int):
 
 def _bridge_actions(ticks: int):
     core = BridgeCore(
-        BridgeConfig(control_rate_hz=HZ, instruction="push the puck", max_delta=[2.0], hold_mode="last")
+        BridgeConfig(
+            control_rate_hz=HZ,
+            instruction="push the puck",
+            max_delta=[2.0],
+            hold_mode="last",
+            initial_command=[0.0] * 4,  # a position output needs to know where the arm starts
+        )
     )
     assert isinstance(core.scheduler, ChunkScheduler)
     clock = FakeClock()
