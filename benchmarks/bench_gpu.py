@@ -64,6 +64,7 @@ def phase_decode(args) -> int:
     """The tiny policy through `ceed bench decode`'s machinery: AR, exact Jacobi and early exit at the
     profile's sigmas, fused and not, the previous chunk's tail as the guess, eager (static) and graphs."""
     from ceed_vla.decoding import bench
+    from ceed_vla.policy.bench_decode import bench_policy
     from ceed_vla.decoding.costmodel import profile_sigmas
 
     device, dtype = device_and_dtype(args)
@@ -91,7 +92,7 @@ def phase_decode(args) -> int:
         log(f"decode: backend {backend}, {device} {dtype}, {cfg.samples} observations x {cfg.repeats}")
 
         def one(cfg=cfg):
-            policy, source = bench.load_policy(cfg, torch.device(cfg.device), bench.DTYPES[cfg.dtype])
+            policy, source = bench_policy(cfg, torch.device(cfg.device), bench.DTYPES[cfg.dtype])
             captures = _warm(policy, cfg)
             result = bench.run(cfg, policy=policy)
             result["model"] = source
