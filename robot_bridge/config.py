@@ -218,6 +218,15 @@ class BridgeConfig:
         ROBOT_REFILL_MARGIN_TICKS  # start inference this many ticks before the queue would run dry
     )
     replan_every_ticks: int = 0  # also observe this many ticks after the last observation (0 = off)
+    # real-time chunking (ceed_vla/scheduler.py): the queue's next d steps are committed and given to
+    # the decoder as the chunk's forced first steps, d = ceil(latency quantile / period) + margin;
+    # switched off at configure for a policy that does not take a prefix
+    forced_prefix: bool = True
+    latency_quantile: float = 0.9  # of the last 20 latencies, for d and the refill (with the prefix)
+    prefix_margin_ticks: int = 0
+    # Jacobi modes: the decoder stops iterating when the queue would run dry, less deadline_margin_s
+    decode_deadline: bool = False
+    deadline_margin_s: float = 0.0
     action_low: list[float] = field(default_factory=lambda: [-1.0] * DEFAULT_ACTION_DIM)
     action_high: list[float] = field(default_factory=lambda: [1.0] * DEFAULT_ACTION_DIM)
     max_delta: list[float] = field(default_factory=lambda: [0.5])
@@ -296,6 +305,15 @@ class BridgeConfig:
             raise ConfigError(
                 f"decoding_fused_prefill=true needs decoding_mode 'jacobi' or 'early_exit' "
                 f"(got {self.decoding_mode!r}): AR has no guess block"
+            )
+        require_range(self.latency_quantile, "latency_quantile", 0.0, 1.0)
+        if self.prefix_margin_ticks < 0:
+            raise ConfigError(f"prefix_margin_ticks={self.prefix_margin_ticks}: need >= 0")
+        require_range(self.deadline_margin_s, "deadline_margin_s", 0.0, 10.0)
+        if self.decode_deadline and self.decoding_mode not in ("jacobi", "early_exit"):
+            raise ConfigError(
+                f"decode_deadline=true needs decoding_mode 'jacobi' or 'early_exit' (got {self.decoding_mode!r}): "
+                "AR has no whole chunk before its last step"
             )
         if self.decoding_init not in INIT_CHOICES:
             raise ConfigError(

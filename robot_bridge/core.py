@@ -81,6 +81,11 @@ class BridgeCore:
                 refill_margin_ticks=config.refill_margin_ticks,
                 replan_every=config.replan_every_ticks or None,
                 init=config.decoding_init,
+                forced_prefix=config.forced_prefix,
+                latency_quantile=config.latency_quantile,
+                prefix_margin_ticks=config.prefix_margin_ticks,
+                decode_deadline=config.decode_deadline,
+                deadline_margin_s=config.deadline_margin_s,
             )
         )
         self.queue = self.scheduler.queue
@@ -339,6 +344,8 @@ class BridgeCore:
                 "late_chunks": self.scheduler.late_chunks,
                 "dropped_actions": self.scheduler.dropped_actions,
                 "warm_starts": self.scheduler.warm_starts,
+                "forced_chunks": self.scheduler.forced_chunks,
+                "prefix_overrun_ticks": self.scheduler.prefix_overrun_ticks,
                 "missed_ticks": self.stats.missed_ticks,
                 "inference_errors": self.stats.inference_errors,
                 "consecutive_inference_errors": self.stats.consecutive_inference_errors,

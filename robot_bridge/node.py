@@ -48,6 +48,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Empty, Float32MultiArray, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
+from ceed_vla.scheduler import policy_accepts_deadline, policy_accepts_forced_prefix
+
 from . import conversions as conv
 from . import ros_params
 from .config import BridgeConfig, OutputMode
@@ -104,6 +106,9 @@ class PolicyBridgeNode(LifecycleNode):
                 self.config.policy, self.config.action_dim, self.config.control_rate_hz, self.config.device
             )
             self._predict_kwargs = self.config.decode_kwargs(getattr(self.policy, "n_bins", 256))
+            # the scheduler's real-time options only for a policy that takes them (the VLA)
+            self.config.forced_prefix &= policy_accepts_forced_prefix(self.policy)
+            self.config.decode_deadline &= policy_accepts_deadline(self.policy)
         except (ValueError, OSError, ImportError) as exc:  # ConfigError, PolicySpecError, a bad checkpoint
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE

@@ -64,7 +64,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default="eval",
         help="episode seeds: held-out evaluation (default) or validation (for model selection)",
     )
-    parser.add_argument("--clock", choices=CLOCKS, default="paused", help="paused (lockstep) or realtime")
+    parser.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default=None,
+        help="paused (lockstep, the default), realtime (the measured latency) or delay (a delay model: "
+        "--delay-ticks or --delay-ms; the default when either is given)",
+    )
+    parser.add_argument(
+        "--delay-ticks", type=int, default=None, help="delay clock: control ticks every policy call takes"
+    )
+    parser.add_argument(
+        "--delay-ms", type=float, default=None, help="delay clock: the latency of every policy call (ms)"
+    )
     parser.add_argument(
         "--image-size", type=int, default=64, help="camera image size (match the training data)"
     )
@@ -111,6 +123,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         f"(default: 0 paused, {ROBOT_REFILL_MARGIN_TICKS} realtime as the bridge)",
     )
     parser.add_argument(
+        "--forced-prefix",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="realtime/delay clocks: give the decoder the queue's next d steps as the chunk's forced "
+        "first steps (default: on for a policy that takes them; --no-forced-prefix: today's scheduling)",
+    )
+    parser.add_argument(
+        "--latency-quantile",
+        type=float,
+        default=0.9,
+        help="d and the refill are planned from this quantile of recent latencies (default: 0.9)",
+    )
+    parser.add_argument(
+        "--prefix-margin", type=int, default=0, help="ticks added to the latency quantile to give d"
+    )
+    parser.add_argument(
+        "--decode-deadline",
+        action="store_true",
+        help="realtime: the decoder stops iterating when the queue would run dry (less --deadline-margin-ms)",
+    )
+    parser.add_argument("--deadline-margin-ms", type=float, default=0.0, help="see --decode-deadline")
+    parser.add_argument(
         "--decoding", choices=("ar", "jacobi", "early_exit"), default=None, help="VLA decoding mode"
     )
     parser.add_argument("--sigma", type=int, default=None, help="early exit: iteration cap")
@@ -154,6 +188,13 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
         "max_episode_steps": "max_steps",
         "goal_marker_radius": "goal_marker_radius",
         "clock": "clock",
+        "delay_ticks": "delay_ticks",
+        "delay_ms": "delay_ms",
+        "forced_prefix": "forced_prefix",
+        "latency_quantile": "latency_quantile",
+        "prefix_margin": "prefix_margin",
+        "decode_deadline": "decode_deadline",
+        "deadline_margin_ms": "deadline_margin_ms",
         "instructions": "instructions",
         "execute_steps": "execute_steps",
         "init": "init",
@@ -166,6 +207,9 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
         "threads": "threads",
     }
     values = {field: getattr(args, arg) for field, arg in names.items() if hasattr(args, arg)}
+    if values.get("clock") is None:  # a delay given names its clock
+        delayed = values.get("delay_ticks") is not None or values.get("delay_ms") is not None
+        values["clock"] = "delay" if delayed else "paused"
     values["tasks"] = args.tasks
     return EvalConfig(**{**values, **fixed})
 

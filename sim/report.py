@@ -63,11 +63,18 @@ def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
         out["iterations_per_chunk_warm"] = mean([x for x, w in pairs if w])
         out["iterations_per_chunk_cold"] = mean([x for x, w in pairs if not w])
         out["warm_start_share"] = mean([float(w) for _, w in pairs])
-    if clock == "realtime":
+    changes = sum(e.action_changes for e in episodes)
+    # mean |change of the commanded action| between consecutive ticks (mean over its dimensions)
+    out["jerk"] = sum(e.action_change_sum for e in episodes) / changes if changes else None
+    if clock != "paused":
         out["held_steps"] = sum(e.held_steps for e in episodes)
         out["dropped_actions"] = sum(e.dropped_actions for e in episodes)
         out["held_fraction"] = out["held_steps"] / steps if steps else None
         out["late_chunks"] = sum(e.late_chunks for e in episodes)
+        forced = sum(e.forced_chunks for e in episodes)
+        out["forced_chunks"] = forced
+        out["forced_steps_per_chunk"] = sum(e.forced_steps for e in episodes) / forced if forced else None
+        out["prefix_overrun_ticks"] = sum(e.prefix_overrun_ticks for e in episodes)
     return out
 
 
@@ -95,6 +102,8 @@ def build_report(
                 "warm_started": e.decode_warm,
                 "held_steps": e.held_steps,
                 "late_chunks": e.late_chunks,
+                "forced_chunks": e.forced_chunks,
+                "jerk": e.action_change_sum / e.action_changes if e.action_changes else None,
                 "sum_reward": e.reward_sum,
             }
             for e in episodes
@@ -114,16 +123,26 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def clock_label(settings: dict[str, Any]) -> str:
+    """`paused`, `realtime`, `delay 2 ticks` or `delay 31.6 ms`."""
+    if settings["clock"] != "delay":
+        return settings["clock"]
+    if settings.get("delay_ticks") is not None:
+        return f"delay {settings['delay_ticks']} ticks"
+    return f"delay {settings['delay_ms']:g} ms"
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [
-        f"# Evaluation ({s['clock']} clock)",
+        f"# Evaluation ({clock_label(s)} clock)",
         "",
         f"{s['episodes_per_task']} episodes per task, {s.get('split', 'eval')} seeds (run seed {s['seed']}), {s['image_size']} px, "
         f"horizon {s['max_episode_steps']} steps, {s['instructions']} instructions.",
         "",
-        "| task | success | 95% CI | episodes | steps to success | policy ms p50 | p95 | actions/s | env steps/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| task | success | 95% CI | episodes | steps to success | policy ms p50 | p95 | actions/s | env steps/s "
+        "| held ticks | late chunks | jerk |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     rows = [*report["per_task"].items(), ("**overall**", report["overall"])]
     for name, r in rows:
@@ -131,7 +150,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['success_rate']:.2f} | [{low:.2f}, {high:.2f}] | {r['episodes']} | "
             f"{_fmt(r['mean_steps_to_success'])} | {_fmt(r['policy_ms_p50'], '.2f')} | {_fmt(r['policy_ms_p95'], '.2f')} | "
-            f"{_fmt(r['actions_per_s'], '.0f')} | {_fmt(r['env_steps_per_s'], '.0f')} |"
+            f"{_fmt(r['actions_per_s'], '.0f')} | {_fmt(r['env_steps_per_s'], '.0f')} | "
+            f"{r.get('held_steps', 0)} | {r.get('late_chunks', 0)} | {_fmt(r.get('jerk'), '.4f')} |"
         )
     overall = report["overall"]
     if "chunk_ms_p50" in overall:
@@ -146,6 +166,22 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"Real-time clock: {overall['held_steps']} steps held while the policy computed "
             f"({overall['held_fraction']:.1%} of all steps), {overall['dropped_actions']} stale actions dropped, "
             f"{overall['late_chunks']} chunks arrived too late to use.",
+        ]
+    if overall.get("forced_chunks"):
+        lines += [
+            "",
+            f"Forced prefix: {overall['forced_chunks']} chunks decoded after "
+            f"{overall['forced_steps_per_chunk']:.2f} committed steps on average; "
+            f"{overall['prefix_overrun_ticks']} ticks ran unforced steps before their chunk arrived.",
+        ]
+    sched = s.get("scheduler")
+    if sched and s["clock"] != "paused":
+        lines += [
+            "",
+            f"Scheduler: blend {sched['blend_steps']} ticks, refill margin {sched['refill_margin_ticks']}, "
+            f"forced prefix {'on' if sched['forced_prefix'] else 'off'} (latency quantile "
+            f"{sched['latency_quantile']:g}, margin {sched['prefix_margin_ticks']}), decode deadline "
+            f"{'on' if sched['decode_deadline'] else 'off'}, initial guess {sched['init']}.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -168,7 +204,7 @@ def plot_success(report: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (95% Wilson CI)")
     overall = report["overall"]["success_rate"]
-    ax.set_title(f"{report['settings']['clock']} clock, overall {overall:.2f}", fontsize=10)
+    ax.set_title(f"{clock_label(report['settings'])} clock, overall {overall:.2f}", fontsize=10)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
 
@@ -197,3 +233,64 @@ def save_rollout(result: EpisodeResult, frames: list[np.ndarray], directory: Pat
     Image.fromarray(row).save(buf, format="PNG")
     atomic_write_bytes(directory / f"{stem}.png", buf.getvalue())
     return directory / f"{stem}.png"
+
+
+DelayCurves = dict[str, dict[int, dict[str, Any]]]
+"""mode label -> {delay d in ticks: a report's `overall` row (success_rate, success_ci95, ...)}."""
+
+
+def delay_table_markdown(curves: DelayCurves, note_zero: str = "") -> str:
+    """Success against delay: one row per mode, one column per d (every d any mode has), with the
+    jerk beside it; `note_zero` says what d = 0 is (e.g. the paused rows)."""
+    delays = sorted({d for rows in curves.values() for d in rows})
+    head = "| mode | " + " | ".join(
+        f"d = {d}" + (f" ({note_zero})" if d == 0 and note_zero else "") for d in delays
+    )
+    lines = [head + " |", "| --- |" + " --- |" * len(delays)]
+    for label, rows in curves.items():
+        cells = []
+        for d in delays:
+            r = rows.get(d)
+            if r is None:
+                cells.append("-")
+                continue
+            jerk = r.get("jerk")
+            cells.append(f"{r['success_rate']:.2f}" + (f" (jerk {jerk:.3f})" if jerk is not None else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_success_vs_delay(
+    curves: DelayCurves, path: Path, title: str = "Success against delay", dashed: tuple[str, ...] = ()
+) -> None:
+    """One line per mode: success (95% Wilson interval) against the ticks a policy call takes; the
+    modes in `dashed` are drawn dashed (e.g. today's scheduling beside the prefix-conditioned one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (label, rows) in enumerate(curves.items()):
+        ds = sorted(rows)
+        rates = [float(rows[d]["success_rate"]) for d in ds]
+        low = [max(0.0, r - rows[d]["success_ci95"][0]) for r, d in zip(rates, ds, strict=True)]
+        high = [max(0.0, rows[d]["success_ci95"][1] - r) for r, d in zip(rates, ds, strict=True)]
+        offset = (i - (len(curves) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
+        ax.errorbar(
+            [d + offset for d in ds],
+            rates,
+            yerr=[low, high],
+            marker="o",
+            capsize=3,
+            linestyle="--" if label in dashed else "-",
+            label=label,
+        )
+    ax.set_xlabel("delay d (control ticks a policy call takes; 12.5 ms each)")
+    ax.set_ylabel("success rate (95% Wilson CI)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)

@@ -13,6 +13,11 @@ realtime  the simulation keeps moving while the policy computes, as on the robot
           (zero translation, last gripper effort). The new chunk, planned from the observation at
           the call, then starts at offset floor(W * control_hz): its first actions are stale.
 
+delay     the real-time clock with a delay model in place of the measured W: every call takes
+          `delay_ticks` ticks, or `delay_ms` (W = delay_ms / 1000), whatever the machine. The
+          schedule, and so every episode's outcome, repeats on any machine; the policy's robustness
+          to delay is measured apart from its decoder's speed (the measured ms are still reported).
+
     tick:      k        k+1      k+2      k+3      k+4
     paused:    [obs -> policy ........] a0       a1 ...        (sim frozen during the call)
     realtime:  [obs -> policy ........] hold     hold     a2 ...  (W = 2.x ticks: a0, a1 dropped)
@@ -24,6 +29,12 @@ into the old one over `blend_steps` ticks; both default to the bridge's values. 
 keeps lockstep: a chunk is planned when the last one has run (or after `execute_steps`), with no
 blend. Wherever an earlier chunk of the episode exists, its unexecuted tail is the next chunk's
 initial Jacobi guess (`init="tail"`; `"constant"` measures the decoder's own guess).
+
+Under the real-time and delay clocks a policy that takes a forced prefix (the VLA) gets one by
+default (`forced_prefix`): the queue's next d steps, d from the `latency_quantile` of the recent
+latencies plus `prefix_margin` ticks, are committed and given to the decoder as the chunk's first
+steps (`ceed_vla/scheduler.py`). Under the real-time clock the decoder may also be given the time
+the queue runs dry as a deadline (`decode_deadline`).
 
 Evaluation seeds come from `ceed_vla.sim.seeds.eval_seed`, disjoint from every recording seed
 (`--split validation` draws from the validation range instead, for model selection),
@@ -37,12 +48,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from ceed_vla.sim.env import (
+    CONTROL_HZ,
     DEFAULT_CAMERA,
     DEFAULT_GOAL_MARKER_RADIUS,
     DEFAULT_MAX_EPISODE_STEPS,
@@ -65,12 +77,14 @@ from ceed_vla.scheduler import (
     ChunkScheduler,
     SchedulerConfig,
     decoded_bins,
+    policy_accepts_deadline,
+    policy_accepts_forced_prefix,
     policy_accepts_init_guess,
     predict_chunk,
 )
 
-Clock = Literal["paused", "realtime"]
-CLOCKS = ("paused", "realtime")
+Clock = Literal["paused", "realtime", "delay"]
+CLOCKS = ("paused", "realtime", "delay")
 INSTRUCTION_SETS = ("eval", "train")
 
 
@@ -86,6 +100,10 @@ class EvalConfig:
     goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS
     """Must match the recording the policy learnt from (its `meta/ceed_record.json`)."""
     clock: Clock = "paused"
+    delay_ticks: int | None = None
+    """Delay clock: control ticks that pass during every policy call (or `delay_ms`)."""
+    delay_ms: float | None = None
+    """Delay clock: the latency of every policy call in ms (floor(ms * control_hz / 1000) ticks pass)."""
     instructions: str = "eval"
     """`eval`: the held-out paraphrase; `train`: the first training paraphrase."""
     execute_steps: int | None = None
@@ -96,6 +114,16 @@ class EvalConfig:
     """Ticks a new chunk is cross-faded into the old one over (None: 0 paused, the bridge's realtime)."""
     refill_margin: int | None = None
     """Realtime: plan this many ticks before the queue would run dry (None: 0 paused, the bridge's)."""
+    forced_prefix: bool | None = None
+    """Force the queue's next d steps as the chunk's first (None: on under the realtime and delay
+    clocks, off paused); only for policies that take a forced prefix."""
+    latency_quantile: float = 0.9
+    """The quantile of recent latencies d (and, with the prefix, the refill) is planned from."""
+    prefix_margin: int = 0
+    """Ticks added to the latency quantile to give d."""
+    decode_deadline: bool = False
+    """Realtime: the decoder stops iterating when the queue would run dry, less `deadline_margin_ms`."""
+    deadline_margin_ms: float = 0.0
     split: str = "eval"
     """`eval`: the held-out evaluation seeds; `validation`: the seeds model selection may look at."""
     save_rollouts: int = 0
@@ -130,16 +158,58 @@ class EvalConfig:
             raise ValueError(f"execute_steps must be >= 1 or None, got {self.execute_steps!r}")
         if self.init not in INIT_CHOICES:
             raise ValueError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
-        realtime = self.clock == "realtime"
+        self._check_delay()
+        moving = self.clock != "paused"
         if self.blend_steps is None:
-            self.blend_steps = ROBOT_BLEND_STEPS if realtime else 0
+            self.blend_steps = ROBOT_BLEND_STEPS if moving else 0
         if self.refill_margin is None:
-            self.refill_margin = ROBOT_REFILL_MARGIN_TICKS if realtime else 0
+            self.refill_margin = ROBOT_REFILL_MARGIN_TICKS if moving else 0
         if self.blend_steps < 0 or self.refill_margin < 0:
             raise ValueError(f"blend_steps={self.blend_steps}, refill_margin={self.refill_margin}: need >= 0")
+        if self.forced_prefix and not moving:
+            raise ValueError(
+                "forced_prefix needs the realtime or delay clock: under the paused clock nothing executes "
+                "while the policy computes, so there is no prefix to force"
+            )
+        if not 0.0 <= self.latency_quantile <= 1.0:
+            raise ValueError(f"latency_quantile must be in [0, 1], got {self.latency_quantile!r}")
+        if self.prefix_margin < 0:
+            raise ValueError(f"prefix_margin must be >= 0, got {self.prefix_margin!r}")
+        if not (math.isfinite(self.deadline_margin_ms) and self.deadline_margin_ms >= 0):
+            raise ValueError(f"deadline_margin_ms must be finite and >= 0, got {self.deadline_margin_ms!r}")
+        if self.decode_deadline and self.clock != "realtime":
+            raise ValueError(
+                f"decode_deadline needs the realtime clock (got {self.clock!r}): a deadline is read on the "
+                "machine's clock, which the paused and delay clocks do not charge for decoding"
+            )
         if self.output is not None:
             self.output = Path(self.output)
         self.env_config(self.specs[0])
+
+    def _check_delay(self) -> None:
+        given = [n for n in ("delay_ticks", "delay_ms") if getattr(self, n) is not None]
+        if self.clock != "delay":
+            if given:
+                raise ValueError(f"{given[0]} is for the delay clock; got clock={self.clock!r}")
+            return
+        if len(given) != 1:
+            raise ValueError("the delay clock needs exactly one of delay_ticks or delay_ms")
+        value = getattr(self, given[0])
+        if given[0] == "delay_ticks" and not (isinstance(value, int) and value >= 0):
+            raise ValueError(f"delay_ticks must be an int >= 0, got {value!r}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"delay_ms must be finite and >= 0, got {value!r}")
+
+    def call_seconds(self, measured_s: float, control_hz: float) -> float:
+        """The time a policy call costs the simulation: 0 paused, the measured one under the real-time
+        clock, the delay model's under the delay clock."""
+        if self.clock == "paused":
+            return 0.0
+        if self.clock == "realtime":
+            return measured_s
+        if self.delay_ticks is not None:
+            return self.delay_ticks / control_hz
+        return self.delay_ms / 1000.0
 
     def env_config(self, spec: TaskSpec) -> EnvConfig:
         camera = self.camera or DEFAULT_CAMERA
@@ -186,6 +256,13 @@ class EpisodeResult:
     decode_tokens: list[float] = field(default_factory=list)
     decode_warm: list[bool] = field(default_factory=list)  # per decoded chunk: started from the tail
     late_chunks: int = 0  # chunks that arrived after every one of their actions was due
+    forced_chunks: int = 0  # chunks decoded after a forced prefix
+    forced_steps: int = 0  # their forced steps, summed
+    prefix_overrun_ticks: int = 0  # ticks that ran old, unforced steps before a forced chunk arrived
+    # |change of the commanded action| between consecutive ticks, mean over the action's dimensions,
+    # summed over the episode's ticks (jerk = sum / count)
+    action_change_sum: float = 0.0
+    action_changes: int = 0
     reward_sum: float = 0.0  # MetaWorld's shaped reward, summed and maximised over the episode
     reward_max: float = float("-inf")
     # [H * cameras, W, 3] uint8, the frame each plan was made from
@@ -203,6 +280,7 @@ class _Episode:
         self.scheduler = scheduler
         self.obs: Observation | None = env.reset(seed)
         self.last_grip = 0.0
+        self.last_action: np.ndarray | None = None  # [D] the command of the last tick
         self.done = False
         self.result = EpisodeResult(spec.name, seed, False, 0, 0, [], 0, 0, 0, 0.0, 0.0, 0.0)
 
@@ -217,6 +295,11 @@ class _Episode:
         self.result.env_seconds += time.perf_counter() - t0
         self.obs = out.observation
         self.last_grip = float(action[3])
+        action = np.asarray(action, dtype=np.float64)
+        if self.last_action is not None:
+            self.result.action_change_sum += float(np.abs(action - self.last_action).mean())
+            self.result.action_changes += 1
+        self.last_action = action
         self.result.reward_sum += out.reward
         self.result.reward_max = max(self.result.reward_max, out.reward)
         self.result.steps += 1
@@ -283,6 +366,8 @@ class EvalRunner:
         saved = [done[job][1] for job in jobs if done[job][1] is not None]
         report = build_report(cfg, episodes, self.predict_kwargs)
         report["settings"]["threads"] = threads
+        # what the scheduler ran with for this policy (the prefix and deadline only where it takes them)
+        report["settings"]["scheduler"] = asdict(self.scheduler(policy, CONTROL_HZ).config)
         if saved:
             report["rollouts"] = saved  # frame strips (.png) beside GIFs of the same name
         if cfg.output is not None:
@@ -333,6 +418,7 @@ class EvalRunner:
     def scheduler(self, policy, control_hz: float) -> ChunkScheduler:
         """A fresh scheduler for one episode, configured as this evaluation asks."""
         cfg = self.config
+        prefix = cfg.clock != "paused" if cfg.forced_prefix is None else cfg.forced_prefix
         return ChunkScheduler(
             SchedulerConfig(
                 action_dim=4,
@@ -341,7 +427,13 @@ class EvalRunner:
                 refill_margin_ticks=cfg.refill_margin,
                 replan_every=cfg.execute_steps or _policy_action_steps(policy),
                 init=cfg.init,
-            )
+                forced_prefix=prefix and policy_accepts_forced_prefix(policy),
+                latency_quantile=cfg.latency_quantile,
+                prefix_margin_ticks=cfg.prefix_margin,
+                decode_deadline=cfg.decode_deadline and policy_accepts_deadline(policy),
+                deadline_margin_s=cfg.deadline_margin_ms / 1000.0,
+            ),
+            clock=self.timer,
         )
 
     def run_episode(
@@ -362,6 +454,9 @@ class EvalRunner:
             ep.execute_tick()
         ep.result.wall_seconds = time.perf_counter() - start
         ep.result.late_chunks = ep.scheduler.late_chunks
+        ep.result.forced_chunks = ep.scheduler.forced_chunks
+        ep.result.forced_steps = ep.scheduler.forced_steps
+        ep.result.prefix_overrun_ticks = ep.scheduler.prefix_overrun_ticks
         return ep.result
 
     # ------------------------------------------------------------------ internals
@@ -377,14 +472,16 @@ class EvalRunner:
         actions = _chunk_to_numpy(chunk)  # [K, D]
         self._record_call(policy, ep.result, seconds, previous_stats, warm_started)
 
-        realtime = self.config.clock == "realtime"
-        if realtime:  # the control ticks that passed while the policy computed
-            for _ in range(int(math.floor(seconds * ep.env.control_hz + 1e-9))):
-                if ep.done:
-                    break
-                ep.execute_tick()
-        bins = decoded_bins(policy) if warm else None
-        merged = ep.scheduler.deliver(request, actions, ep.tick, seconds if realtime else 0.0, bins)
+        # the control ticks that pass while the policy computes: none paused, else the call's latency,
+        # measured (realtime) or the delay model's
+        latency = self.config.call_seconds(seconds, ep.env.control_hz)
+        for _ in range(int(math.floor(latency * ep.env.control_hz + 1e-9))):
+            if ep.done:
+                break
+            ep.execute_tick()
+        tokens = warm or ep.scheduler.config.forced_prefix  # the queue keeps bins to warm-start or force
+        bins = decoded_bins(policy) if tokens else None
+        merged = ep.scheduler.deliver(request, actions, ep.tick, latency, bins)
         ep.result.dropped_actions += merged.dropped
 
     def _record_call(

@@ -179,6 +179,10 @@ def test_a_stop_ramps_to_the_hold():
         ({"decoding_init": "tial"}, "decoding_init='tial'"),
         ({"decoding_fused_prefill": True}, "decoding_fused_prefill=true needs decoding_mode"),
         ({"replan_every_ticks": -1}, "replan_every_ticks=-1"),
+        ({"latency_quantile": 1.5}, "latency_quantile=1.5"),
+        ({"prefix_margin_ticks": -1}, "prefix_margin_ticks=-1"),
+        ({"deadline_margin_s": math.nan}, "deadline_margin_s=nan"),
+        ({"decode_deadline": True}, "decode_deadline=true needs decoding_mode"),
     ],
 )
 def test_config_refuses_non_finite_and_out_of_range_values(kwargs, quoted):
@@ -194,12 +198,42 @@ def test_ros_values_are_checked_finite_when_read():
         ros_params.coerce("max_delta", "list[float]", [0.1, float("inf")])
 
 
+def test_real_time_chunking_parameters_are_read_strictly_and_reach_the_scheduler():
+    with pytest.raises(ConfigError, match="forced_prefix=1 is not a valid bool"):
+        ros_params.from_dict(BridgeConfig, {"forced_prefix": 1})
+    with pytest.raises(ConfigError, match="true/false are not numbers"):
+        ros_params.from_dict(BridgeConfig, {"prefix_margin_ticks": True})
+    params = {
+        "forced_prefix": False,
+        "latency_quantile": 0.95,
+        "prefix_margin_ticks": 1,
+        "initial_command": [0.0] * 4,
+    }
+    params |= {"decoding_mode": "jacobi", "decode_deadline": True, "deadline_margin_s": 0.005}
+    config = ros_params.from_dict(BridgeConfig, params)
+    scheduler = BridgeCore(config).scheduler.config
+    assert (scheduler.forced_prefix, scheduler.latency_quantile, scheduler.prefix_margin_ticks) == (
+        False,
+        0.95,
+        1,
+    )
+    assert scheduler.decode_deadline and scheduler.deadline_margin_s == 0.005
+    # on by default; configure switches it off for a policy without tokens
+    assert BridgeConfig(initial_command=[0.0] * 4).forced_prefix
+
+
 @pytest.mark.parametrize(
-    "key, suggestion", [("dryrun", "dry_run"), ("action_hihg", "action_high"), ("max_detla", "max_delta")]
+    "key, suggestion",
+    [
+        ("dryrun", "dry_run"),
+        ("action_hihg", "action_high"),
+        ("max_detla", "max_delta"),
+        ("forced_prefx", "forced_prefix"),
+    ],
 )
 def test_unknown_parameter_names_are_refused_with_the_closest_valid_one(key, suggestion):
     with pytest.raises(ConfigError, match=f"'{key}' \\(did you mean {suggestion}\\?\\)"):
-        ros_params.from_dict(BridgeConfig, {key: True if key == "dryrun" else [0.1]})
+        ros_params.from_dict(BridgeConfig, {key: True if key in ("dryrun", "forced_prefx") else [0.1]})
 
 
 # ---- input validation ---------------------------------------------------------------------------

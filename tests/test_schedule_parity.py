@@ -1,17 +1,19 @@
 """The simulator schedules chunks exactly as the robot does: `ceed eval`'s real-time clock and the
 bridge's core run the same `ChunkScheduler`, and for the same scripted latencies they execute the
-same actions, hold on the same ticks and hand the policy the same warm-start guesses."""
+same actions, hold on the same ticks and hand the policy the same warm-start guesses and the same
+forced prefixes (on by default in both for a policy that takes one)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from ceed_vla.robot_bridge.config import BridgeConfig
 from ceed_vla.robot_bridge.core import BridgeCore
 
-from ceed_vla.scheduler import ChunkScheduler
+from ceed_vla.scheduler import ChunkScheduler, predict_chunk
 from tests.test_sim_eval import FakeClock
 
 HZ = 80.0  # MetaWorld's control rate; the bridge runs at the same rate here
@@ -21,29 +23,35 @@ LATENCIES = [4, 3, 9, 2, 5, 1, 6, 3, 2, 7, 4, 3, 2, 5, 1, 6, 2, 3, 4, 2]  # tick
 
 class ScriptedPolicy:
     """Chunk i moves along x at 0.05 + 0.05 i + 0.005 step (never 0: a 0 is a hold) and takes
-    LATENCIES[i] ticks; its "bins" are i + position, so warm-start guesses can be told apart."""
+    LATENCIES[i] ticks; its "bins" are i + position, so warm-start guesses can be told apart. Given a
+    forced prefix it carries those bins as its first ones (as the VLA does)."""
 
     def __init__(self, clock: FakeClock):
         self.clock = clock
         self.calls = 0
         self.guesses: list[list[int] | None] = []
+        self.forced: list[list[int] | None] = []
 
     def reset(self) -> None:
         pass
 
-    def predict_action_chunk(self, obs, init_guess=None):
+    def predict_action_chunk(self, obs, init_guess=None, forced_bins=None):
         i = self.calls
         self.calls += 1
         self.guesses.append(None if init_guess is None else init_guess[0].tolist())
+        self.forced.append(None if forced_bins is None else forced_bins[0].tolist())
         self.clock.now += LATENCIES[i] / HZ
         chunk = torch.zeros(1, K, 4)
         chunk[0, :, 0] = 0.05 + 0.05 * i + 0.005 * torch.arange(K)
         chunk[0, :, 3] = 0.5
-        self.last_decode_output = SimpleNamespace(bins=(torch.arange(K * 4) + 100 * i)[None])
+        bins = (torch.arange(K * 4) + 100 * i)[None]
+        if forced_bins is not None:
+            bins[:, : forced_bins.shape[1]] = forced_bins
+        self.last_decode_output = SimpleNamespace(bins=bins)
         return chunk
 
 
-def _eval_actions(ticks: int):
+def _eval_actions(ticks: int, prefix: bool):
     from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
     from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
     from ceed_vla.sim.tasks import get_task
@@ -51,7 +59,12 @@ def _eval_actions(ticks: int):
     clock = FakeClock()
     policy = ScriptedPolicy(clock)
     config = EvalConfig(
-        tasks=("push",), episodes_per_task=1, image_size=16, max_episode_steps=ticks, clock="realtime"
+        tasks=("push",),
+        episodes_per_task=1,
+        image_size=16,
+        max_episode_steps=ticks,
+        clock="realtime",
+        forced_prefix=None if prefix else False,  # the default is on
     )
     runner = EvalRunner(config, timer=clock, progress=False)
     assert isinstance(runner.scheduler(policy, HZ), ChunkScheduler)
@@ -66,10 +79,10 @@ def _eval_actions(ticks: int):
 
         env.step = spy
         result = runner.run_episode(policy, env, get_task("push"), seed=0)
-    return executed, policy.guesses, result
+    return executed, policy, result
 
 
-def _bridge_actions(ticks: int):
+def _bridge_actions(ticks: int, prefix: bool):
     core = BridgeCore(
         BridgeConfig(
             control_rate_hz=HZ,
@@ -77,6 +90,7 @@ def _bridge_actions(ticks: int):
             max_delta=[2.0],
             hold_mode="last",
             initial_command=[0.0] * 4,  # a position output needs to know where the arm starts
+            forced_prefix=prefix,
         )
     )
     assert isinstance(core.scheduler, ChunkScheduler)
@@ -103,7 +117,7 @@ def _bridge_actions(ticks: int):
             run_tick()
             continue
         # the inference worker computes while the control timer keeps ticking
-        chunk = policy.predict_action_chunk(request.observation, init_guess=request.chunk.init_guess)
+        chunk, _ = predict_chunk(policy, request.observation, {}, request.chunk, warm=True)
         lag = LATENCIES[policy.calls - 1]
         for _ in range(lag):
             if t < ticks:
@@ -111,13 +125,15 @@ def _bridge_actions(ticks: int):
         core.deliver(
             request, chunk[0].double().numpy(), lag / HZ, float("nan"), policy.last_decode_output.bins
         )
-    return executed, policy.guesses, core
+    return executed, policy, core
 
 
-def test_eval_and_bridge_execute_the_same_actions_for_the_same_latencies():
+@pytest.mark.parametrize("prefix", [False, True], ids=["blend", "forced_prefix"])
+def test_eval_and_bridge_execute_the_same_actions_for_the_same_latencies(prefix):
     ticks = 70
-    sim, sim_guesses, result = _eval_actions(ticks)
-    robot, robot_guesses, core = _bridge_actions(ticks)
+    sim, sim_policy, result = _eval_actions(ticks, prefix)
+    robot, robot_policy, core = _bridge_actions(ticks, prefix)
+    sim_guesses, robot_guesses = sim_policy.guesses, robot_policy.guesses
     assert len(sim) == ticks  # push does not succeed from these actions: the whole horizon ran
     np.testing.assert_allclose(
         [np.nan if a is None else a for a in sim], [np.nan if a is None else a for a in robot], atol=1e-6
@@ -128,3 +144,11 @@ def test_eval_and_bridge_execute_the_same_actions_for_the_same_latencies():
     assert result.late_chunks == late >= 1  # the 9-tick call outlived its chunk
     assert any(g is not None for g in sim_guesses)  # warm starts reached the policy
     assert result.held_steps == sum(a is None for a in robot)
+    assert sim_policy.forced == robot_policy.forced[: len(sim_policy.forced)]
+    forced = [f for f in sim_policy.forced if f is not None]
+    assert result.forced_chunks == len(forced) == core.status(ticks / HZ)["forced_chunks"]
+    if prefix:
+        assert len(forced) >= 5  # the queue's next steps reached the policy as its first ones
+        assert result.prefix_overrun_ticks >= 1  # the 9-tick call outlived its prefix
+    else:
+        assert not forced
