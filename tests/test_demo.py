@@ -180,9 +180,65 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert demo.mode_order(on_disk) == [m.name for m in PROFILE.modes()]
     md = demo.report_markdown(report)
     assert "| student_early_exit | paused | 0.50" in md
-    assert "2.67x | - | 1 / 1 / 2 / 0 | 1 |" in md  # student_jacobi: 80 / 30, no holds (paused), paired cells
+    assert (
+        "2.67x | - | - | 1 / 1 / 2 / 0 | 1 |" in md
+    )  # student_jacobi: 80 / 30, no holds (paused), no jerk given
     assert "| teacher_ar_realtime | realtime | 0.50 (0.20-0.80) | 4 | 1.50 |" in md
     assert "| 25% / 3 |" in md  # held share and late chunks of the real-time rows
+
+
+def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
+    profile = replace(PROFILE, student_delays=(2, 4), teacher_delays=(2,), realtime_without_prefix=True)
+    names = [m.name for m in profile.modes()]
+    assert names[-6:] == [
+        "teacher_ar_d2",
+        "teacher_ar_d2_prefix",
+        "student_early_exit_d2",
+        "student_early_exit_d2_prefix",
+        "student_early_exit_d4",
+        "student_early_exit_d4_prefix",
+    ]
+    d4 = {m.name: m for m in profile.modes()}["student_early_exit_d4"]
+    assert d4.cli_args()[:7] == [
+        "--decoding",
+        "early_exit",
+        "--clock",
+        "delay",
+        "--delay-ticks",
+        "4",
+        "--no-forced-prefix",
+    ]
+    assert "student_early_exit_realtime_noprefix" in names
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    success = {"student_early_exit": 0.75, "student_early_exit_d2": 0.5, "student_early_exit_d2_prefix": 0.75}
+    for mode in profile.modes():
+        out = paths.eval_dir(mode.name)
+        out.mkdir(parents=True)
+        rep = _eval_report(success.get(mode.name, 0.25), 20.0, 2.0)
+        rep["overall"]["jerk"] = 0.01 if mode.delay_ticks is None else 0.02
+        (out / "report.json").write_text(json.dumps(rep))
+    report = demo.build_report(profile, paths, summary={}, commit="c0ffee")
+    report["wall_seconds"] = 60.0
+    md = demo.report_markdown(report)
+    assert "| student_early_exit_d2 |" not in md  # the curve's points are in its own table
+    assert "| mode | d = 0 (paused) | d = 2 | d = 4 |" in md
+    assert (
+        "| student early exit, forced prefix | 0.75 (jerk 0.010) | 0.75 (jerk 0.020) | 0.25 (jerk 0.020) |"
+        in md
+    )
+    assert "| teacher AR, today's scheduling | 0.25 (jerk 0.010) | 0.25 (jerk 0.020) | - |" in md
+    assert "| student_early_exit_realtime_noprefix | realtime (no prefix) |" in md
+    paths.reports.mkdir()
+    plots = demo.write_plots(report, paths.reports)
+    assert "success_vs_delay.png" in [p.name for p in plots]
+    readme = tmp_path / "README.md"
+    begin, end = demo.readme_markers(profile.name)
+    readme.write_text(f"{begin}\n{end}\n")
+    demo.update_readme(readme, report, paths.reports)
+    text = readme.read_text()
+    assert "(reports/success_vs_delay.png)" in text and "| mode | d = 0 (paused) |" in text
+    with pytest.raises(ValueError, match="delays must be >= 1"):
+        replace(PROFILE, student_delays=(0, 2))
 
 
 def test_report_only_redraws_from_report_json_without_running_a_stage(tmp_path, monkeypatch):

@@ -22,9 +22,15 @@ class EvalMode:
     clock: str = "paused"
     sweep: bool = False  # part of the sigma/tau sweep rather than a headline row
     instructions: str | None = None  # "train" | "eval" wording; None: the profile's `eval_instructions`
+    delay_ticks: int | None = None  # the delay clock's ticks per policy call (a point of the delay curve)
+    forced_prefix: bool | None = None  # None: `ceed eval`'s default (on under realtime and delay clocks)
 
     def cli_args(self) -> list[str]:
         args = ["--decoding", self.decoding, "--clock", self.clock]
+        if self.delay_ticks is not None:
+            args += ["--delay-ticks", str(self.delay_ticks)]
+        if self.forced_prefix is not None:
+            args += ["--forced-prefix" if self.forced_prefix else "--no-forced-prefix"]
         if self.sigma is not None:
             args += ["--sigma", str(self.sigma)]
         if self.tau is not None:
@@ -77,6 +83,12 @@ class DemoProfile:
     distill_rounds: int = 1
     refine_steps: int = 1000
     extra_refine_args: tuple[str, ...] = ()
+    # The delay curve (`ceed eval --delay-ticks d`): the student's early exit and teacher AR at each d,
+    # with today's scheduling (blend, no prefix) and with the forced prefix; d = 0 is the paused row.
+    student_delays: tuple[int, ...] = ()
+    teacher_delays: tuple[int, ...] = ()
+    # the student's real-time row with today's scheduling too, beside the prefix-conditioned one
+    realtime_without_prefix: bool = False
 
     def __post_init__(self):
         if not self.tasks:
@@ -97,6 +109,9 @@ class DemoProfile:
             raise ValueError(f"sigma must be >= 1, got {self.sigma!r}")
         if self.execute_steps is not None and self.execute_steps < 1:
             raise ValueError(f"execute_steps must be >= 1 or None, got {self.execute_steps!r}")
+        bad = [d for d in (*self.student_delays, *self.teacher_delays) if d < 1]
+        if bad:
+            raise ValueError(f"delays must be >= 1 tick (d = 0 is the paused row), got {bad!r}")
         if self.eval_instructions not in ("train", "eval"):
             raise ValueError(f"eval_instructions must be 'train' or 'eval', got {self.eval_instructions!r}")
 
@@ -112,12 +127,40 @@ class DemoProfile:
                 "student_early_exit_realtime", "student", "early_exit", self.sigma, self.tau, clock="realtime"
             ),
         ]
+        if self.realtime_without_prefix:
+            headline.append(
+                EvalMode(
+                    "student_early_exit_realtime_noprefix",
+                    "student",
+                    "early_exit",
+                    self.sigma,
+                    self.tau,
+                    clock="realtime",
+                    forced_prefix=False,
+                )
+            )
         sweep = [
             EvalMode(f"student_sigma{s}", "student", "early_exit", sigma=s, tau=self.tau, sweep=True)
             for s in self.sweep_sigmas
             if s != self.sigma
         ]
-        return headline + sweep
+        return headline + sweep + self.delay_modes()
+
+    def delay_modes(self) -> list[EvalMode]:
+        """The delay curve's points: `<paused row>_d<d>` (today's scheduling) and `..._d<d>_prefix`."""
+        out = []
+        for base, delays in (
+            (EvalMode("teacher_ar", "teacher", "ar"), self.teacher_delays),
+            (
+                EvalMode("student_early_exit", "student", "early_exit", self.sigma, self.tau),
+                self.student_delays,
+            ),
+        ):
+            for d in delays:
+                for prefix in (False, True):
+                    name = f"{base.name}_d{d}" + ("_prefix" if prefix else "")
+                    out.append(replace(base, name=name, clock="delay", delay_ticks=d, forced_prefix=prefix))
+        return out
 
 
 QUICK_TASKS = ("reach", "push", "drawer-open", "button-press-topdown", "door-open")
@@ -148,6 +191,8 @@ QUICK = DemoProfile(
     sweep_sigmas=(1,),
     extra_train_args=TEACHER_RECIPE,
     extra_distill_args=DISTILL_RECIPE,
+    # within the 30-minute budget: the student's curve at two delays, teacher AR's not at all
+    student_delays=(2, 4),
 )
 # The full profile differs from the quick one in the data, the training lengths and the evaluation.
 FULL = replace(
@@ -160,5 +205,8 @@ FULL = replace(
     distill_steps=3000,
     eval_episodes=20,
     execute_steps=2,
+    student_delays=(1, 2, 3, 4, 6),
+    teacher_delays=(1, 2, 3, 4, 6),
+    realtime_without_prefix=True,
 )
 PROFILES: dict[str, DemoProfile] = {p.name: p for p in (QUICK, FULL)}

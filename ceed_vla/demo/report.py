@@ -14,6 +14,7 @@ from typing import Any
 
 from ceed_vla.atomic import atomic_write_text
 from ceed_vla.sim.metrics import episode_outcomes, paired_outcomes
+from ceed_vla.sim.report import DelayCurves, delay_table_markdown, plot_success_vs_delay
 
 from .profiles import DemoProfile
 from .stages import DemoPaths
@@ -32,6 +33,7 @@ REPORT_KEYS = (
     "seconds_to_success",
     "held_fraction",
     "late_chunks",
+    "jerk",
 )
 
 
@@ -48,6 +50,9 @@ def mode_row(eval_report: dict[str, Any]) -> dict[str, Any]:
         "actions_per_s": overall.get("actions_per_s"),
         "held_fraction": overall.get("held_fraction"),
         "late_chunks": overall.get("late_chunks"),
+        "held_steps": overall.get("held_steps"),
+        "jerk": overall.get("jerk"),
+        "forced_steps_per_chunk": overall.get("forced_steps_per_chunk"),
         "seconds_to_success": overall.get("mean_seconds_to_success"),
         "iterations_per_chunk_warm": overall.get("iterations_per_chunk_warm"),
         "iterations_per_chunk_cold": overall.get("iterations_per_chunk_cold"),
@@ -196,6 +201,77 @@ def _replan_sentence(execute_steps: int | None) -> str:
     )
 
 
+def _is_delay_row(row: dict[str, Any]) -> bool:
+    return row["mode"].get("delay_ticks") is not None
+
+
+def main_table(report: dict[str, Any]) -> list[str]:
+    """Every mode but the delay curve's points, as Markdown table lines."""
+    lines = [
+        "| mode | clock | success (95% CI) | episodes | s to success | ms/chunk p50 | p95 | iterations/chunk "
+        "| actions/s | speedup vs AR | held / late chunks | jerk | vs teacher AR: both / only AR / only this / "
+        "neither | McNemar p |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in mode_order(report):
+        r = report["modes"][name]
+        if _is_delay_row(r):
+            continue
+        lo, hi = r["success_ci95"]
+        clock = r["mode"]["clock"] + (" (no prefix)" if r["mode"].get("forced_prefix") is False else "")
+        lines.append(
+            f"| {name} | {clock} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "
+            f"| {_fmt(r.get('seconds_to_success'), '.2f')} "
+            f"| {_fmt(r['ms_per_chunk_p50'], '.1f')} | {_fmt(r['ms_per_chunk_p95'], '.1f')} "
+            f"| {_fmt(r['iterations_per_chunk'], '.2f')} | {_fmt(r['actions_per_s'], '.0f')} "
+            f"| {_fmt(r['speedup_vs_ar'], '.2f')}x | {_held_cells(r)} | {_fmt(r.get('jerk'), '.4f')} "
+            f"| {_paired_cells(r.get('paired_vs_teacher_ar'))} |"
+        )
+    return lines
+
+
+CURVE_LABELS = {
+    ("teacher_ar", False): "teacher AR, today's scheduling",
+    ("teacher_ar", True): "teacher AR, forced prefix",
+    ("student_early_exit", False): "student early exit, today's scheduling",
+    ("student_early_exit", True): "student early exit, forced prefix",
+}
+
+
+def delay_curves(report: dict[str, Any]) -> DelayCurves:
+    """Success against delay from the delay rows; d = 0 is each decoder's paused row."""
+    curves: DelayCurves = {}
+    for (base, prefix), label in CURVE_LABELS.items():
+        points = {
+            r["mode"]["delay_ticks"]: r
+            for name, r in report["modes"].items()
+            if _is_delay_row(r)
+            and name.startswith(f"{base}_d")
+            and bool(r["mode"].get("forced_prefix")) == prefix
+        }
+        if points and base in report["modes"]:
+            curves[label] = {0: report["modes"][base], **dict(sorted(points.items()))}
+    return curves
+
+
+def delay_section(report: dict[str, Any]) -> list[str]:
+    """The delay curve as Markdown lines (empty for a report without delay rows)."""
+    curves = delay_curves(report)
+    if not curves:
+        return []
+    return [
+        "Success against delay (`ceed eval --delay-ticks d`: every policy call takes d control ticks of "
+        "12.5 ms, whatever the machine; d = 0 is the paused row). Today's scheduling drops the chunk's "
+        "first d actions and cross-fades the rest into the old plan; the forced prefix gives the decoder the "
+        "d queued steps that run meanwhile as the chunk's first ones. Cells: success (jerk, the mean "
+        "|change of the command| between ticks).",
+        "",
+        *delay_table_markdown(curves, note_zero="paused").splitlines(),
+        "",
+        "![success against delay](success_vs_delay.png)",
+    ]
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# ceed demo — profile `{report['profile']}`",
@@ -220,22 +296,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         "Seconds to success are simulated (80 Hz control) over the episodes that succeed."
         + _replan_sentence(report["config"].get("execute_steps")),
         "",
-        "| mode | clock | success (95% CI) | episodes | s to success | ms/chunk p50 | p95 | iterations/chunk "
-        "| actions/s | speedup vs AR | held / late chunks | vs teacher AR: both / only AR / only this / neither "
-        "| McNemar p |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *main_table(report),
     ]
-    for name in mode_order(report):
-        r = report["modes"][name]
-        lo, hi = r["success_ci95"]
-        lines.append(
-            f"| {name} | {r['mode']['clock']} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "
-            f"| {_fmt(r.get('seconds_to_success'), '.2f')} "
-            f"| {_fmt(r['ms_per_chunk_p50'], '.1f')} | {_fmt(r['ms_per_chunk_p95'], '.1f')} "
-            f"| {_fmt(r['iterations_per_chunk'], '.2f')} | {_fmt(r['actions_per_s'], '.0f')} "
-            f"| {_fmt(r['speedup_vs_ar'], '.2f')}x | {_held_cells(r)} "
-            f"| {_paired_cells(r.get('paired_vs_teacher_ar'))} |"
-        )
+    delay = delay_section(report)
+    if delay:
+        lines += ["", *delay]
     this_run_s, all_s = stage_minutes(report)
     lines += [
         "",
@@ -313,6 +378,13 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     ax.set_title("Success per task")
     save(fig, "success_per_task.png")
 
+    curves = delay_curves(report)
+    if curves:
+        path = out / "success_vs_delay.png"
+        dashed = tuple(label for (_, prefix), label in CURVE_LABELS.items() if not prefix)
+        plot_success_vs_delay(curves, path, title="Success against delay (d ticks per call)", dashed=dashed)
+        paths.append(path)
+
     decoded = {n: rows[n]["chunk_iterations"] for n in headline if rows[n].get("chunk_iterations")}
     if decoded:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -346,7 +418,10 @@ def update_readme(readme: Path, report: dict[str, Any], reports: Path) -> None:
     if begin not in text or end not in text:
         raise ValueError(f"{readme} has no {begin} ... {end} block to replace; add one")
     rel = os.path.relpath(reports, readme.parent)
-    table = [line for line in report_markdown(report).splitlines() if line.startswith("|")]
+    table = main_table(report)
+    delay = [line for line in delay_section(report) if line.startswith("|")]
+    if delay:
+        table += ["", *delay, "", f"![success against delay]({rel}/success_vs_delay.png)"]
     block = [
         begin,
         f"Profile `{report['profile']}`, commit `{report['git_commit']}`, "
