@@ -4,6 +4,6 @@
 - `env`      one task with fast headless rendering and observations as in docs/interfaces.md
 - `experts`  MetaWorld's scripted policies behind the policy API
 - `record`   `ceed record`: expert demonstrations into a LeRobotDataset v3, resumable
-- `evaluate` `ceed eval`: the evaluation runner (paused and real-time clocks) and its reports
+- `evaluate` `ceed eval`: the evaluation runner (paused, real-time and delay clocks) and its reports
 - `bench`    `ceed bench env`: env steps/s with rendering, ours vs LeRobot's MetaWorld env
 """

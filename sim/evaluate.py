@@ -1,6 +1,6 @@
 """`ceed eval`: closed-loop evaluation of any policy with the reset / predict_action_chunk API.
 
-The parts: `ceed_vla.sim.runner` runs the episodes (`EvalRunner(config).run(policy)`, the two clocks
+The parts: `ceed_vla.sim.runner` runs the episodes (`EvalRunner(config).run(policy)`, the three clocks
 and the chunk schedule are described there), `ceed_vla.sim.report` turns them into statistics,
 report.json, Markdown, a plot and rollout media. This module is the command line.
 

@@ -5,7 +5,7 @@
     collect  teacher exact Jacobi over the dataset -> zarr trajectories       (ceed distill collect)
     distill  teacher + trajectories                -> student checkpoint      (ceed distill train)
     collect_r2, distill_r2, ...  optional on-policy rounds (profile field `distill_rounds`)
-    eval_*   every decoding mode, same held-out episodes, paused and real-time clocks (ceed eval)
+    eval_*   every decoding mode, same held-out episodes, paused, real-time and delay clocks (ceed eval)
 
 Every stage is one `ceed` job run as a subprocess, so each can also be run by hand with the command
 the log prints; `ceed_vla.pipeline` skips finished stages and reruns what a changed profile touches.
