@@ -35,6 +35,7 @@ SMOKED = {
     "bench_teacher.py",
     "bench_student.py",
     "bench_replan.py",
+    "bench_realtime.py",
     "bench_compile.py",
     "bench_video_load.py",
 }
@@ -181,6 +182,48 @@ def test_bench_student_pairs_every_mode_with_the_teacher(tmp_path, monkeypatch, 
     assert set(saved["comparisons"]) == {f"teacher_t/ar vs s1/{m}" for m in ("jacobi", "sigma2@4")}
     with pytest.raises(SystemExit, match="unknown mode 'sigma'"):
         bench.mode_args("sigma")
+
+
+def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch, jobs, capsys):
+    bench = _load("bench_realtime.py")
+    out = tmp_path / "realtime.json"
+    argv = ["--policy", "expert", "--decoding", "early_exit", "--sigma", "2", "--tasks", "reach"]
+    argv += [
+        "--episodes",
+        "2",
+        "--delays",
+        "2,3",
+        "--realtime",
+        "--work",
+        str(tmp_path / "w"),
+        "--output",
+        str(out),
+    ]
+    monkeypatch.setattr(sys, "argv", ["bench_realtime.py", *argv])
+    assert bench.main() == 0
+
+    record = json.loads(out.read_text())
+    variants = ("today", "no_blend", "no_warm_start", "prefix")
+    expected = {"paused", "realtime_today", "realtime_prefix"} | {
+        f"d{d}_{v}" for d in (2, 3) for v in variants
+    }
+    assert set(record["rows"]) == expected
+    assert all(_arg(e, "--split") == "validation" for e in jobs)  # a study never looks at evaluation seeds
+    by_row = {Path(_arg(e, "--output")).name: e for e in jobs}
+    assert (
+        _arg(by_row["d3_no_blend"], "--delay-ticks") == "3"
+        and _arg(by_row["d3_no_blend"], "--blend-steps") == "0"
+    )
+    assert (
+        "--no-forced-prefix" in by_row["d2_no_warm_start"]
+        and _arg(by_row["d2_no_warm_start"], "--init") == "constant"
+    )
+    assert (
+        "--forced-prefix" in by_row["d2_prefix"] and _arg(by_row["realtime_today"], "--clock") == "realtime"
+    )
+    assert record["rows"]["d2_today"]["vs_paused"]["both"] == 1  # the same episodes, paired
+    assert "| d2_prefix | 0.50 (" in capsys.readouterr().out
+    assert out.with_suffix(".png").stat().st_size > 1000
 
 
 def test_bench_replan_writes_rows_and_plot(tmp_path, monkeypatch, jobs):
