@@ -292,7 +292,8 @@ def report_markdown(report: dict[str, Any]) -> str:
             for name, wording in _mode_wordings(report).items()
         )
         + ". The paused clock waits for the policy (as papers report); the real-time clock keeps the "
-        "simulation moving while the policy computes, scheduling chunks as the robot bridge does. "
+        "simulation moving while the policy computes, scheduling chunks as the robot bridge does (with "
+        "the forced prefix unless a row says no prefix). "
         "Seconds to success are simulated (80 Hz control) over the episodes that succeed."
         + _replan_sentence(report["config"].get("execute_steps")),
         "",
