@@ -216,6 +216,10 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
         out.mkdir(parents=True)
         rep = _eval_report(success.get(mode.name, 0.25), 20.0, 2.0)
         rep["overall"]["jerk"] = 0.01 if mode.delay_ticks is None else 0.02
+        if mode.clock == "realtime" and mode.forced_prefix is None:
+            rep["overall"]["forced_steps_per_chunk"] = 2.5
+        if mode.clock == "realtime" and mode.forced_prefix is None:
+            rep["overall"]["forced_steps_per_chunk"] = 2.5
         (out / "report.json").write_text(json.dumps(rep))
     report = demo.build_report(profile, paths, summary={}, commit="c0ffee")
     report["wall_seconds"] = 60.0
@@ -228,6 +232,7 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
     )
     assert "| teacher AR, today's scheduling | 0.25 (jerk 0.010) | 0.25 (jerk 0.020) | - |" in md
     assert "| student_early_exit_realtime_noprefix | realtime (no prefix) |" in md
+    assert "| student_early_exit_realtime | realtime (prefix) |" in md
     paths.reports.mkdir()
     plots = demo.write_plots(report, paths.reports)
     assert "success_vs_delay.png" in [p.name for p in plots]

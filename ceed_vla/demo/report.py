@@ -205,6 +205,14 @@ def _is_delay_row(row: dict[str, Any]) -> bool:
     return row["mode"].get("delay_ticks") is not None
 
 
+def _prefix_note(row: dict[str, Any]) -> str:
+    """How a real-time row scheduled: " (prefix)" when chunks were decoded after a forced prefix,
+    " (no prefix)" when it was switched off; nothing for paused rows and reports from before it."""
+    if row["mode"].get("forced_prefix") is False:
+        return " (no prefix)"
+    return " (prefix)" if row.get("forced_steps_per_chunk") else ""
+
+
 def main_table(report: dict[str, Any]) -> list[str]:
     """Every mode but the delay curve's points, as Markdown table lines."""
     lines = [
@@ -218,7 +226,7 @@ def main_table(report: dict[str, Any]) -> list[str]:
         if _is_delay_row(r):
             continue
         lo, hi = r["success_ci95"]
-        clock = r["mode"]["clock"] + (" (no prefix)" if r["mode"].get("forced_prefix") is False else "")
+        clock = r["mode"]["clock"] + _prefix_note(r)
         lines.append(
             f"| {name} | {clock} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "
             f"| {_fmt(r.get('seconds_to_success'), '.2f')} "
@@ -292,8 +300,7 @@ def report_markdown(report: dict[str, Any]) -> str:
             for name, wording in _mode_wordings(report).items()
         )
         + ". The paused clock waits for the policy (as papers report); the real-time clock keeps the "
-        "simulation moving while the policy computes, scheduling chunks as the robot bridge does (with "
-        "the forced prefix unless a row says no prefix). "
+        "simulation moving while the policy computes, scheduling chunks as the robot bridge does. "
         "Seconds to success are simulated (80 Hz control) over the episodes that succeed."
         + _replan_sentence(report["config"].get("execute_steps")),
         "",
