@@ -229,13 +229,12 @@ class Collector:
 
     def _decode(self, embeds, mask, guesses, forced_bins, forced):
         """Exact Jacobi per group of samples that force the same number of tokens (a decode call takes
-        one prefix length). -> (fixed points [B, n] long, states [B, T, n] padded by repeating each
-        row's last state, iterations [B])."""
+        one prefix length). -> (fixed points [B, n] long, B recorded state arrays [T_k, n], iterations [B])."""
         from ceed_vla.decoding import decode
 
         b, n = guesses.shape
         fixed = torch.empty((b, n), dtype=torch.long)
-        rows_states: list[np.ndarray | None] = [None] * b
+        rows_states: list[np.ndarray] = [np.zeros((0, n), dtype=np.int64)] * b
         iterations = np.zeros(b, dtype=np.int64)
         for f in np.unique(forced):
             rows = np.flatnonzero(forced == f)
@@ -255,9 +254,7 @@ class Collector:
             iterations[rows] = out.stats.iterations.cpu().numpy()
             for j, k in enumerate(rows):
                 rows_states[k] = states[j]
-        longest = max(len(s) for s in rows_states)
-        padded = [np.concatenate([s, np.repeat(s[-1:], longest - len(s), axis=0)]) for s in rows_states]
-        return fixed, np.stack(padded), iterations
+        return fixed, rows_states, iterations
 
 
 def chunk_l1(teacher: torch.Tensor, gt: torch.Tensor, is_pad: torch.Tensor | None = None) -> torch.Tensor:
