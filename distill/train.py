@@ -154,6 +154,7 @@ def main(args: argparse.Namespace) -> int:
         "noise_bins": args.noise_bins,
         "initial_state_share": args.initial_state_share,
         "teacher_label_share": float((traj.l1 <= args.delta).mean()),
+        "forced_prefix_share": float((traj.forced_tokens > 0).mean()),
     }
     extra = {"distill.json": json.dumps(info, indent=2)}
     teacher = load_policy(args.teacher) if loss_cfg.target == "teacher" else None

@@ -9,6 +9,7 @@ from dataclasses import fields
 
 from ceed_vla.cli import config_from_args
 
+from .data import PrefixConfig
 from .trainer import TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -57,3 +58,31 @@ def add_training_arguments(group, **defaults) -> None:
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The `TrainConfig` of parsed flags (`args.output` is the run directory)."""
     return config_from_args(TrainConfig, args, *_FLAGS, output_dir=args.output)
+
+
+def add_prefix_arguments(group) -> None:
+    """The forced-prefix flags (real-time chunking), shared by `ceed train` (training samples) and
+    `ceed distill collect` (collected trajectories); off unless --prefix-prob is above 0."""
+    d = PrefixConfig()
+    group.add_argument(
+        "--prefix-prob",
+        type=float,
+        default=d.prob,
+        help="share of samples whose first d steps are given (forced, no loss) rather than predicted (0 = off)",
+    )
+    group.add_argument(
+        "--prefix-max-steps",
+        type=int,
+        default=d.max_steps,
+        help="d is drawn uniformly in 1..this (below the chunk size)",
+    )
+    group.add_argument(
+        "--prefix-noise",
+        type=float,
+        default=d.noise,
+        help="standard deviation, in bins, of the offset added to each forced ground-truth token",
+    )
+
+
+def prefix_config_from_args(args: argparse.Namespace) -> PrefixConfig:
+    return PrefixConfig(prob=args.prefix_prob, max_steps=args.prefix_max_steps, noise=args.prefix_noise)
