@@ -474,6 +474,8 @@ class Trainer:
         totals = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
         if self.info.world > 1:
             dist.all_reduce(totals)
+        if self.sharded:  # the root keeps its gathered weights after a forward without backward
+            self.loss_module.reshard()
         self.model.train(was_training)
         return {k: float(totals[i] / max(totals[-1], 1)) for i, k in enumerate(keys)}
 
