@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-# bench_distill.py has its own test module (tests/test_distill_bench.py).
-COVERED_ELSEWHERE = {"bench_distill.py"}
+# bench_distill.py and bench_memory.py have their own test modules (tests/test_distill_bench.py,
+# tests/test_sharded_memory.py).
+COVERED_ELSEWHERE = {"bench_distill.py", "bench_memory.py"}
 THIN_WRAPPERS = {
     "bench_env.py": ("ceed bench env", "--lerobot-steps"),
     "bench_decode.py": ("ceed bench decode", "--checkpoint"),
