@@ -327,9 +327,8 @@ def plan(args: argparse.Namespace) -> dict:
     atomic_write_json(out, record)
     text = mp.markdown(rows, args.gpu_gb, args.headroom_gb)
     if checks:
-        text += "\nChecked on CPU (fp32, `--sharding fsdp`, activation checkpointing):\n\n" + cpu_table(
-            checks
-        )
+        head = "\nChecked on CPU (2 gloo processes, `--sharding fsdp`, activation checkpointing):\n\n"
+        text += head + cpu_table(checks)
     atomic_write_text(out.with_suffix(".md"), text)
     print(text)
     print(f"wrote {out} and {out.with_suffix('.md')}")
