@@ -81,7 +81,9 @@ def shard_for_training(
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     if frozen is not None:
         if param_dtype is not None:
-            frozen.to(param_dtype)  # frozen weights need no fp32 master copy
+            # frozen weights need no fp32 master copy; buffers (normalisers' statistics) keep theirs
+            for p in frozen.parameters():
+                p.data = p.data.to(param_dtype)
         for block in blocks(frozen):
             fully_shard(block, mesh=mesh, mp_policy=mp)
         fully_shard(frozen, mesh=mesh, mp_policy=mp)
