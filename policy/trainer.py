@@ -704,6 +704,12 @@ def export_raw_weights(checkpoint: str | Path, output: str | Path) -> Path:
             "weights (final/ holds the averaged ones alone)"
         )
     state = torch.load(state_file, map_location="cpu", weights_only=False)
+    if state.get("sharding") == "fsdp" and state.get("has_ema"):
+        raise CheckpointError(
+            f"{checkpoint} is from a sharded run: its raw weights are in {SHARDED_DIR}/, written by "
+            "torch.distributed.checkpoint (torch.distributed.checkpoint.format_utils.dcp_to_torch_save "
+            "turns them into one file); exporting them as a policy is not supported yet"
+        )
     if "raw_weights" not in state:
         raise CheckpointError(f"{checkpoint} was saved without an EMA: its policy already is the raw weights")
     policy = VLAPolicy.from_pretrained(checkpoint, device="cpu")
