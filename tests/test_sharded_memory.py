@@ -63,7 +63,9 @@ def test_bench_memory_plans_and_measures_the_tiny_shape(tmp_path):
         if dist.is_initialized():
             dist.destroy_process_group()
     assert result["world"] == 1 and len(result["losses"]) == 1
-    assert result["rss_peak_steps"] >= result["rss_start"] > 0
+    # every phase sampled (in a long-lived process the trim after sharding can go below start-up)
+    phases = ("rss_start", "rss_peak_build", "rss_sharded", "rss_peak_steps", "rss_peak_checkpoint")
+    assert all(result[k] > 0 for k in phases)
     assert (tmp_path / "run/checkpoints/step_000001/sharded/.metadata").is_file()
     record = {"shape": {"name": "tiny"}, "processes": 1, "global_batch": 2, "ranks": [result],
               "predicted_bytes_per_process": bench.predicted("tiny", 1, 2)}  # fmt: skip
