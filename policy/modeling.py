@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerBase
 
@@ -439,9 +439,15 @@ class VLAPolicy(nn.Module):
             self.save_to(tmp, extra_files)
         return directory
 
-    def save_to(self, directory: Path, extra_files: dict[str, str] | None = None) -> None:
+    def save_to(
+        self,
+        directory: Path,
+        extra_files: dict[str, str] | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """Write the checkpoint files into an existing directory (no atomicity of its own), in LeRobot's
-        layout (see `lerobot_layout`): config.json, weights, processors with the statistics, tokenizer."""
+        layout (see `lerobot_layout`): config.json, weights, processors with the statistics, tokenizer.
+        `state_dict`: full weights to write instead of the module's own (a sharded model's, gathered)."""
         if not self.normalize_inside:
             raise CheckpointError(
                 "this policy runs on LeRobot-normalised data and holds no statistics; save it with "
@@ -451,11 +457,11 @@ class VLAPolicy(nn.Module):
         layout.save_processors(
             directory, self.config, layout.stats_dict(self.action_tokenizer, self.state_normalizer)
         )
-        self.save_model_files(directory)
+        self.save_model_files(directory, state_dict)
         for name, text in (extra_files or {}).items():
             atomic_write_text(directory / name, text)
 
-    def save_model_files(self, directory: Path) -> None:
+    def save_model_files(self, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """The files besides config.json and the processors: network shell, tokenizer, weights."""
         meta = {
             "format_version": FORMAT_VERSION,
@@ -465,7 +471,14 @@ class VLAPolicy(nn.Module):
         }
         atomic_write_text(Path(directory) / layout.MODEL_FILE, _dumps(meta))
         self.tokenizer.save_pretrained(str(directory))
-        save_model(self, str(Path(directory) / WEIGHTS_FILE))
+        if state_dict is None:
+            save_model(self, str(Path(directory) / WEIGHTS_FILE))
+        else:
+            save_file(
+                {k: v.contiguous() for k, v in state_dict.items()},
+                str(Path(directory) / WEIGHTS_FILE),
+                metadata={"format": "pt"},
+            )
 
     @classmethod
     def from_pretrained(

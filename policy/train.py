@@ -199,10 +199,8 @@ def main(args: argparse.Namespace) -> int:
             f"{trainer.info.world} process(es)"
         )
     summary = trainer.fit(resume=args.resume)
+    trainer.save_policy(Path(args.output) / "final")  # every rank: a sharded model is gathered first
     if trainer.info.main:
-        policy.save_pretrained(
-            Path(args.output) / "final", extra_files={"dataset.json": json.dumps(dataset_info, indent=2)}
-        )
         summary.update(dataset_info, parameters=policy.num_parameters(), world_size=trainer.info.world)
         atomic_write_text(Path(args.output) / "summary.json", json.dumps(summary, indent=2))
         print(json.dumps(summary, indent=2))

@@ -17,6 +17,7 @@ _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 _FLAGS = (
     "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "ema_decay", "precision",
     "save_every", "val_every", "val_batches", "log_every", "seed", "num_workers", "device",
+    "sharding", "activation_checkpointing",
 )  # fmt: skip
 
 
@@ -53,6 +54,19 @@ def add_training_arguments(group, **defaults) -> None:
     group.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     group.add_argument("--device", default=d["device"])
     group.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last")
+    group.add_argument(
+        "--sharding",
+        choices=["none", "fsdp"],
+        default=d["sharding"],
+        help="fsdp: shard weights, gradients and optimiser state (and a distillation teacher) across "
+        "the processes (FSDP2); none: each process holds the whole model (DDP)",
+    )
+    group.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        default=d["activation_checkpointing"],
+        help="recompute the transformer blocks' activations in the backward pass (less memory, ~1/3 more compute)",
+    )
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
