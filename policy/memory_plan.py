@@ -29,6 +29,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
+from ceed_vla.decoding.costmodel import SHAPES as BACKBONES
 from torch import nn
 
 GB = 1e9
@@ -86,13 +87,26 @@ class ModelShape:
         )  # fmt: skip
 
 
-SHAPES: dict[str, ModelShape] = {
-    s.name: s
-    for s in (
-        ModelShape("0.5b", 896, 24, 14, 2, 4864, 151936, True, SIGLIP_B16, like="Qwen2.5-0.5B"),
-        ModelShape("1b", 2048, 16, 32, 8, 8192, 128256, True, SIGLIP_SO400M, like="Llama-3.2-1B"),
-        ModelShape("7b", 4096, 32, 32, 32, 11008, 32000, False, SIGLIP_SO400M, like="Llama-2-7B (OpenVLA)"),
+def _with_tower(name: str, tower: TowerShape) -> ModelShape:
+    """The cost model's backbone of that name (one definition of the public shapes) with a tower."""
+    b = BACKBONES[name]
+    return ModelShape(
+        b.name,
+        b.hidden,
+        b.layers,
+        b.heads,
+        b.kv_heads,
+        b.intermediate,
+        b.vocab,
+        b.tie_embeddings,
+        tower,
+        like=b.like,
     )
+
+
+SHAPES: dict[str, ModelShape] = {
+    name: _with_tower(name, tower)
+    for name, tower in (("0.5b", SIGLIP_B16), ("1b", SIGLIP_SO400M), ("7b", SIGLIP_SO400M))
 }
 
 
