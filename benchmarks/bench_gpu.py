@@ -64,8 +64,8 @@ def phase_decode(args) -> int:
     """The tiny policy through `ceed bench decode`'s machinery: AR, exact Jacobi and early exit at the
     profile's sigmas, fused and not, the previous chunk's tail as the guess, eager (static) and graphs."""
     from ceed_vla.decoding import bench
-    from ceed_vla.policy.bench_decode import bench_policy
     from ceed_vla.decoding.costmodel import profile_sigmas
+    from ceed_vla.policy.bench_decode import bench_policy
 
     device, dtype = device_and_dtype(args)
     report = json.loads(Path(args.report).read_text())

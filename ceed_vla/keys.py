@@ -11,3 +11,6 @@ STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 TASK_KEY = "task"
 FINAL_STATE_KEY = "episode.final_state"  # training-only: the state at the sample's episode end
+# training-only, forced-prefix samples: d given steps [] long, their bin offsets [K, D] long
+PREFIX_STEPS_KEY = "action_prefix_steps"
+PREFIX_OFFSET_KEY = "action_prefix_offset"

@@ -15,6 +15,11 @@ Initial guesses: a share `warm_start` of samples starts from the previous chunk'
 as decoding does at run time (`guess_from_previous_chunk`), taken from the ground-truth chunk of
 frame t - e with e in [1, K) executed steps drawn per sample (a stand-in for the policy's own
 previous chunk, which is close to it); the rest start from the decoder's constant guess.
+
+Forced prefixes (`--prefix-prob`, as in `ceed train`): a share of samples is decoded with the chunk's
+first d steps given (`decode(..., forced_bins=)`), the ground-truth tokens moved by the prefix noise,
+as the scheduler forces the queue's next d steps at run time. Their trajectories end at the
+teacher's AR continuation of that prefix; the store records the forced token count per sample.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from ceed_vla.policy.data import PrefixConfig
+from ceed_vla.policy.train_args import add_prefix_arguments, prefix_config_from_args
 from tqdm.auto import tqdm
 
 from ceed_vla.atomic import atomic_write_json
@@ -51,6 +58,7 @@ class CollectConfig:
         0.05  # fraction of the q01..q99 range; only for the summary's share, training picks its own
     )
     seed: int = 0
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)  # forced prefixes (off by default)
 
     def __post_init__(self) -> None:
         if self.trajectories is not None and self.trajectories < 1:
@@ -75,13 +83,23 @@ def teacher_fingerprint(policy) -> str:
 
 
 class SamplePlan:
-    """Sample id -> (frame index, warm-start guess or not, executed steps e), all seeded by the id."""
+    """Sample id -> (frame index, warm-start guess or not, executed steps e, forced prefix), all
+    seeded by the id (each from its own stream, so the prefix draws leave the others unchanged)."""
 
-    def __init__(self, n_frames: int, total: int, seed: int, warm_start: float, chunk_size: int):
+    def __init__(
+        self,
+        n_frames: int,
+        total: int,
+        seed: int,
+        warm_start: float,
+        chunk_size: int,
+        prefix: PrefixConfig | None = None,
+    ):
         if n_frames < 1:
             raise ValueError("the dataset has no frames to collect from")
         self.n_frames, self.total, self.seed = n_frames, total, seed
         self.warm_start, self.chunk_size = warm_start, chunk_size
+        self.prefix = prefix or PrefixConfig()
         self._perms: dict[int, np.ndarray] = {}
 
     def ids_for_rank(self, rank: int, world: int) -> np.ndarray:
@@ -99,6 +117,14 @@ class SamplePlan:
         warm = bool(rng.random() < self.warm_start) and self.chunk_size > 1
         steps = int(rng.integers(1, self.chunk_size)) if self.chunk_size > 1 else 1
         return warm, steps
+
+    def forced(self, sample_id: int, free_limit: int, action_dim: int) -> tuple[int, np.ndarray]:
+        """(d forced steps, bin offsets [d, D]); d = 0 without a prefix. free_limit: the most steps
+        that leave a real (not padded) step of the frame's chunk free."""
+        if not self.prefix.active:
+            return 0, np.zeros((0, action_dim), dtype=np.int64)
+        rng = np.random.default_rng([self.seed, 2_000_003, int(sample_id)])
+        return self.prefix.draw(rng, free_limit, action_dim)
 
 
 def trim_trajectory(states: np.ndarray, fixed_point: np.ndarray) -> np.ndarray:
@@ -125,14 +151,26 @@ class Collector:
         )
         self.chunk_size = teacher.config.chunk_size
         self.action_dim = teacher.config.action_dim
+        config.prefix.check_chunk(self.chunk_size)
 
     def plan(self) -> SamplePlan:
         cfg = self.config
         total = cfg.trajectories or len(self.indices)
-        return SamplePlan(len(self.indices), total, cfg.seed, cfg.warm_start, self.chunk_size)
+        return SamplePlan(len(self.indices), total, cfg.seed, cfg.warm_start, self.chunk_size, cfg.prefix)
 
     def frame_index(self, plan: SamplePlan, sample_id: int) -> int:
         return int(self.indices[plan.frame(sample_id)])
+
+    def forced(self, plan: SamplePlan, sample_id: int, index: int) -> tuple[int, np.ndarray]:
+        """(d, offsets [d, D]) of the sample's forced prefix at dataset frame `index`."""
+        delta = torch.as_tensor(self.frames.delta)
+        real = int((index + delta < int(self.frames.ep_end[index])).sum())  # steps before the episode ends
+        return plan.forced(sample_id, real - 1, self.action_dim)
+
+    def forced_tokens(self, plan: SamplePlan, ids: np.ndarray) -> np.ndarray:
+        """[N] forced token counts (d * D) the plan gives the samples `ids`."""
+        counts = [self.forced(plan, s, self.frame_index(plan, s))[0] * self.action_dim for s in ids]
+        return np.asarray(counts, dtype=np.int64)
 
     def _warm_guess(self, index: int, steps: int) -> torch.Tensor | None:
         """[n] bins: the tail of frame (index - steps)'s chunk, or None at an episode's start."""
@@ -147,8 +185,6 @@ class Collector:
 
     @torch.no_grad()
     def run_batch(self, plan: SamplePlan, ids: np.ndarray) -> TrajectoryBatch:
-        from ceed_vla.decoding import decode
-
         indices = [self.frame_index(plan, s) for s in ids]
         items = [self.dataset[i] for i in indices]
         batch = torch.utils.data.default_collate(items)
@@ -160,26 +196,23 @@ class Collector:
             g = self._warm_guess(indices[k], steps) if use_warm else None
             if g is not None:
                 guesses[k], warm[k] = g, True
-        embeds, mask = self.teacher.prefix_embeddings(batch)  # [B, P, H], [B, P]
-        out = decode(
-            self.teacher.lm,
-            embeds,
-            mask,
-            n,
-            self.teacher.action_token_start,
-            config=self.decode_config,
-            init_guess=guesses.to(embeds.device),
-        )
-        fixed = out.bins.cpu()  # [B, n]
-        states = torch.stack(out.trajectory, dim=1).cpu().numpy()  # [B, T, n]
-        trajectories = [trim_trajectory(states[k], fixed[k].numpy()) for k in range(len(ids))]
         gt_actions = batch["action"].float()  # [B, K, D]
         gt_bins = self.teacher.actions_to_bins(gt_actions)  # [B, n]
-        l1 = range_fraction_l1(
-            self.teacher.action_tokenizer,
-            self.teacher.tokens_to_actions(fixed),
-            gt_actions,
-            batch.get("action_is_pad"),
+        forced = np.zeros(len(ids), dtype=np.int64)  # [B] forced tokens
+        forced_bins = gt_bins.clone()  # [B, n]; the first forced[k] tokens of row k are its prefix
+        for k, s in enumerate(ids):
+            d, offsets = self.forced(plan, s, indices[k])
+            forced[k] = d * self.action_dim
+            moved = gt_bins[k, : forced[k]] + torch.from_numpy(offsets).reshape(-1)
+            forced_bins[k, : forced[k]] = moved.clamp(0, self.teacher.n_bins - 1)
+        embeds, mask = self.teacher.prefix_embeddings(batch)  # [B, P, H], [B, P]
+        fixed, states, iterations = self._decode(embeds, mask, guesses, forced_bins, forced)
+        trajectories = [trim_trajectory(states[k], fixed[k].numpy()) for k in range(len(ids))]
+        pad = batch.get("action_is_pad")
+        pad = torch.zeros(gt_actions.shape[:2], dtype=torch.bool) if pad is None else pad.bool()
+        given = torch.arange(self.chunk_size)[None, :] * self.action_dim < torch.from_numpy(forced)[:, None]
+        l1 = range_fraction_l1(  # over the decoded steps: the forced ones are no label
+            self.teacher.action_tokenizer, self.teacher.tokens_to_actions(fixed), gt_actions, pad | given
         )
         return TrajectoryBatch(
             sample_id=ids,
@@ -189,9 +222,39 @@ class Collector:
             teacher_tokens=fixed.numpy(),
             gt_tokens=gt_bins.numpy(),
             l1=l1.numpy(),
-            iterations=out.stats.iterations.cpu().numpy(),
+            iterations=iterations,
             warm_start=warm,
+            forced_tokens=forced,
         )
+
+    def _decode(self, embeds, mask, guesses, forced_bins, forced):
+        """Exact Jacobi per group of samples that force the same number of tokens (a decode call takes
+        one prefix length). -> (fixed points [B, n] long, B recorded state arrays [T_k, n], iterations [B])."""
+        from ceed_vla.decoding import decode
+
+        b, n = guesses.shape
+        fixed = torch.empty((b, n), dtype=torch.long)
+        rows_states: list[np.ndarray] = [np.zeros((0, n), dtype=np.int64)] * b
+        iterations = np.zeros(b, dtype=np.int64)
+        for f in np.unique(forced):
+            rows = np.flatnonzero(forced == f)
+            sel = torch.from_numpy(rows).to(embeds.device)
+            out = decode(
+                self.teacher.lm,
+                embeds[sel],
+                mask[sel],
+                n,
+                self.teacher.action_token_start,
+                config=self.decode_config,
+                init_guess=guesses[rows].to(embeds.device),
+                forced_bins=forced_bins[rows, :f].to(embeds.device) if f else None,
+            )
+            fixed[rows] = out.bins.cpu()
+            states = torch.stack(out.trajectory, dim=1).cpu().numpy()  # [b_f, T_f, n]
+            iterations[rows] = out.stats.iterations.cpu().numpy()
+            for j, k in enumerate(rows):
+                rows_states[k] = states[j]
+        return fixed, rows_states, iterations
 
 
 def chunk_l1(teacher: torch.Tensor, gt: torch.Tensor, is_pad: torch.Tensor | None = None) -> torch.Tensor:
@@ -214,10 +277,11 @@ def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int)
     shard = store.shard(rank)
     planned = plan.ids_for_rank(rank, world)
     done = shard.sample_ids()
-    frames_done = shard.read().dataset_index if len(done) else np.zeros(0, dtype=np.int64)
+    traj_done = shard.read()
     if not (
         np.array_equal(done, planned[: len(done)])
-        and np.array_equal(frames_done, [collector.frame_index(plan, s) for s in done])
+        and np.array_equal(traj_done.dataset_index, [collector.frame_index(plan, s) for s in done])
+        and np.array_equal(traj_done.forced_tokens, collector.forced_tokens(plan, done))
     ):
         raise StoreError(
             f"{store.path} rank {rank} holds samples that this plan does not produce (seed, dataset "
@@ -248,6 +312,7 @@ def summarize(traj, delta: float) -> dict[str, Any]:
     """Mean iterations (all, constant-guess, warm-start) and the share of teachers within delta."""
     it = traj.iterations.astype(np.float64)
     warm = traj.warm_start.astype(bool)
+    forced = traj.forced_tokens > 0
     return {
         "samples": int(len(traj)),
         "states": int(len(traj.states)),
@@ -255,6 +320,8 @@ def summarize(traj, delta: float) -> dict[str, Any]:
         "mean_iterations_constant_guess": float(it[~warm].mean()) if (~warm).any() else None,
         "mean_iterations_warm_start": float(it[warm].mean()) if warm.any() else None,
         "warm_start_share": float(warm.mean()) if len(warm) else None,
+        "forced_prefix_share": float(forced.mean()) if len(forced) else None,
+        "mean_iterations_forced_prefix": float(it[forced].mean()) if forced.any() else None,
         "delta": delta,
         "share_within_delta": float((traj.l1 <= delta).mean()) if len(traj) else None,
         "mean_l1": float(traj.l1.mean()) if len(traj) else None,
@@ -283,6 +350,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="L1 threshold (fraction of the q01..q99 range) for the summary",
     )
     parser.add_argument("--seed", type=int, default=0)
+    add_prefix_arguments(parser.add_argument_group("forced prefixes (real-time chunking)"))
     parser.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
     parser.add_argument(
         "--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)"
@@ -326,7 +394,15 @@ def main(args: argparse.Namespace) -> int:
     if not 0 <= rank < world:
         raise SystemExit(f"rank {rank} must lie in [0, world size {world})")
     cfg = config_from_args(
-        CollectConfig, args, "output", "trajectories", "batch_size", "warm_start", "delta", "seed"
+        CollectConfig,
+        args,
+        "output",
+        "trajectories",
+        "batch_size",
+        "warm_start",
+        "delta",
+        "seed",
+        prefix=prefix_config_from_args(args),
     )
     teacher = load_policy(args.teacher, device=args.device).eval()
     root = Path(args.dataset_root)

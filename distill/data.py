@@ -7,6 +7,8 @@ Each item is the frame's observation (what the policy's `prefix_embeddings` read
     distill.teacher_tokens  [n] long
     distill.gt_tokens       [n] long
     distill.l1              []  float  mean |teacher - ground truth| of the chunk, fraction of the q01..q99 range
+    distill.forced          []  long   tokens of the chunk given as a forced prefix (0 = none); every
+                                       state, target and teacher token row begins with them
 
 The state is drawn per (seed, epoch, item): the same item gives the same state in every process and
 after a resume, which the shared trainer's reproducibility relies on.
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .losses import CONSISTENCY_MODES, GT, L1, STATE, TARGET, TEACHER
+from .losses import CONSISTENCY_MODES, FORCED, GT, L1, STATE, TARGET, TEACHER
 from .store import Trajectories
 
 
@@ -54,13 +56,14 @@ class StateSampling:
 
 
 def sample_state(
-    states: np.ndarray, rng: np.random.Generator, cfg: StateSampling
+    states: np.ndarray, rng: np.random.Generator, cfg: StateSampling, forced: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """states: [T, n], initial guess first, fixed point last -> (state [n], target [n])."""
+    """states: [T, n], initial guess first, fixed point last -> (state [n], target [n]).
+    forced: the leading tokens given as a prefix (the same in every state; noise never moves them)."""
     fixed = states[-1]
     n = fixed.shape[0]
-    if cfg.noise > 0 and n > 1 and rng.random() < cfg.noise:
-        return noised_fixed_point(fixed, rng, cfg), fixed.copy()
+    if cfg.noise > 0 and n > forced + 1 and rng.random() < cfg.noise:
+        return noised_fixed_point(fixed, rng, cfg, forced), fixed.copy()
     if len(states) == 1:  # the guess was already the fixed point: nothing to learn from it
         return fixed.copy(), fixed.copy()
     if cfg.initial > 0 and rng.random() < cfg.initial:
@@ -71,10 +74,13 @@ def sample_state(
     return states[j].copy(), target.copy()
 
 
-def noised_fixed_point(fixed: np.ndarray, rng: np.random.Generator, cfg: StateSampling) -> np.ndarray:
-    """The fixed point [n] with tokens from a random position c in [1, n) on moved by 1..noise_bins."""
+def noised_fixed_point(
+    fixed: np.ndarray, rng: np.random.Generator, cfg: StateSampling, forced: int = 0
+) -> np.ndarray:
+    """The fixed point [n] with tokens from a random position c in [forced + 1, n) on moved by
+    1..noise_bins: the forced tokens are given and the first free one is the prefill's, exact."""
     n = fixed.shape[0]
-    c = int(rng.integers(1, n))
+    c = int(rng.integers(forced + 1, n))
     moved = rng.random(n) < 0.5
     moved[:c] = False
     moved[rng.integers(c, n)] = True  # at least one token differs
@@ -111,7 +117,8 @@ class DistillDataset(Dataset):
         t = self.traj
         item = dict(self.frames[int(t.dataset_index[k])])
         rng = np.random.default_rng([self.seed, self.epoch, int(t.sample_id[k])])
-        state, target = sample_state(t.trajectory(k), rng, self.sampling)
+        forced = int(t.forced_tokens[k])
+        state, target = sample_state(t.trajectory(k), rng, self.sampling, forced)
         item.update(
             {
                 STATE: torch.from_numpy(state.astype(np.int64)),
@@ -119,6 +126,7 @@ class DistillDataset(Dataset):
                 TEACHER: torch.from_numpy(t.teacher_tokens[k].astype(np.int64)),
                 GT: torch.from_numpy(t.gt_tokens[k].astype(np.int64)),
                 L1: torch.tensor(float(t.l1[k])),
+                FORCED: torch.tensor(forced, dtype=torch.long),
             }
         )
         return item

@@ -16,6 +16,9 @@ are taken over the n_bins action rows only, as in greedy decoding.
 - L_AR: teacher-forced next-token cross-entropy on mixed labels: the teacher's tokens for samples
   where the teacher's action is within delta (mean L1 as a fraction of each dimension's q01..q99 range) of the ground truth, else the
   ground-truth tokens.
+- Forced prefix (`distill.forced` = f > 0, a sample collected with the chunk's first f tokens given):
+  both losses cover the free positions i >= f only, and the AR loss's inputs keep the forced tokens
+  (the ones the teacher's fixed point was decoded after), whichever labels the sample takes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ TARGET = "distill.target"  # [B, n] long: fixed point (global) or next state (lo
 TEACHER = "distill.teacher_tokens"  # [B, n] long
 GT = "distill.gt_tokens"  # [B, n] long
 L1 = "distill.l1"  # [B] float: mean |teacher action - ground-truth action|
+FORCED = "distill.forced"  # [B] long: leading tokens given as a forced prefix (0 = none)
 
 
 def converged_prefix_len(state: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,9 +93,21 @@ def mix_labels(
     return labels, use_teacher
 
 
-def ar_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced next-token CE. logits: [B, n, V] (position i predicts label i); labels: [B, n]."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+def ar_loss(logits: torch.Tensor, labels: torch.Tensor, free: torch.Tensor | None = None) -> torch.Tensor:
+    """Teacher-forced next-token CE. logits: [B, n, V] (position i predicts label i); labels: [B, n];
+    free: [B, n] bool, the positions that count (None: all), averaged over."""
+    if free is None:
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")  # [B*n]
+    m = free.flatten().to(ce.dtype)
+    return (ce * m).sum() / m.sum().clamp_min(1.0)
+
+
+def free_positions(forced: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """[B, n] bool, True at positions i >= forced[b]; None when no sample has a forced prefix."""
+    if forced is None or not bool((forced > 0).any()):
+        return None
+    return torch.arange(n, device=forced.device)[None, :] >= forced[:, None]
 
 
 @dataclass
@@ -176,13 +192,17 @@ class DistillLoss:
 
         labels, use_teacher = mix_labels(batch[TEACHER], batch[GT], batch[L1], cfg.delta, cfg.labels)
         info: dict[str, float] = {"teacher_label_share": use_teacher.float().mean().item()}
-        loss_ar = ar_loss(logits(labels), labels) if cfg.w_ar > 0 else prefix.new_zeros(())
+        free = free_positions(batch.get(FORCED), labels.shape[1])  # [B, n] | None
+        inputs = labels if free is None else torch.where(free, labels, batch[TARGET])  # forced tokens kept
+        loss_ar = ar_loss(logits(inputs), labels, free) if cfg.w_ar > 0 else prefix.new_zeros(())
         loss = cfg.w_ar * loss_ar
         info["loss_ar"] = loss_ar.item()
         if cfg.consistency != "none":
             state, target = batch[STATE], batch[TARGET]
             with torch.no_grad():
                 target_logits, cmask = self._target_logits(batch, logits, state, target)  # [B, n, V], [B, n]
+                if free is not None:
+                    cmask = cmask & free
             loss_c = consistency_loss(logits(state), target_logits, cmask)
             loss = loss + loss_c
             info["loss_consistency"] = loss_c.item()

@@ -14,6 +14,11 @@ Layout (asserted when a store is opened)::
         l1              float32 [N]    mean |teacher - ground truth| as a fraction of the q01..q99 range
         iterations      int32 [N]      Jacobi iterations the teacher needed
         warm_start      bool [N]       whether the initial guess was a warm start
+        forced_tokens   int32 [N]      tokens given as a forced prefix (d * D; 0 = none); every state,
+                                       the fixed point and the teacher's tokens begin with them
+
+Version 1 stores (before forced prefixes) lack `forced_tokens`; they read as 0 for every sample, and
+samples without a prefix can still be appended to them (resuming an old collection).
 
 Appends are crash-safe: every array is written first, then the group's `committed` attribute (zarr
 writes each key atomically). Opening a shard truncates anything past its commit, so a run killed at
@@ -33,7 +38,9 @@ import zarr
 from zarr.codecs import BloscCodec
 
 FORMAT = "ceed-distill-trajectories"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FORCED = "forced_tokens"  # the column that version 1 lacks
 
 # name -> (dtype, per-sample trailing shape kind): "n" = [n_tokens], "" = scalar
 _SAMPLE_ARRAYS: dict[str, tuple[str, str]] = {
@@ -46,6 +53,7 @@ _SAMPLE_ARRAYS: dict[str, tuple[str, str]] = {
     "l1": ("float32", ""),
     "iterations": ("int32", ""),
     "warm_start": ("bool", ""),
+    FORCED: ("int32", ""),
 }
 _STATE_ARRAY = "states"
 # Per-sample columns of a batch, in store order (sample_id first); the Jacobi states are stored apart.
@@ -58,6 +66,7 @@ SAMPLE_COLUMNS = (
     "l1",
     "iterations",
     "warm_start",
+    FORCED,
 )
 _SAMPLE_CHUNK = 8192
 _STATE_CHUNK = 16384
@@ -99,9 +108,12 @@ class TrajectoryBatch:
     l1: np.ndarray  # [N]
     iterations: np.ndarray  # [N]
     warm_start: np.ndarray  # [N] bool
+    forced_tokens: np.ndarray | None = None  # [N] forced prefix length in tokens; None = all 0
 
     def __post_init__(self) -> None:
         n = len(self.sample_id)
+        if self.forced_tokens is None:
+            self.forced_tokens = np.zeros(n, dtype=np.int32)
         for name in SAMPLE_COLUMNS[1:]:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} rows but sample_id has {n}")
@@ -112,6 +124,11 @@ class TrajectoryBatch:
                 raise ValueError(f"trajectory {i} must be [T>=1, n], got shape {s.shape}")
             if not np.array_equal(s[-1], self.fixed_point[i]):
                 raise ValueError(f"trajectory {i} does not end at its fixed point")
+            f = int(self.forced_tokens[i])
+            if not 0 <= f < s.shape[1]:
+                raise ValueError(f"sample {i} forces {f} tokens; a chunk of {s.shape[1]} needs 0 <= f < n")
+            if not (s[:, :f] == self.fixed_point[i, :f]).all():
+                raise ValueError(f"trajectory {i} changes its {f} forced tokens")
 
 
 @dataclass
@@ -128,6 +145,11 @@ class Trajectories:
     l1: np.ndarray  # [N]
     iterations: np.ndarray  # [N]
     warm_start: np.ndarray  # [N]
+    forced_tokens: np.ndarray | None = None  # [N]; None (a version 1 store) = all 0
+
+    def __post_init__(self) -> None:
+        if self.forced_tokens is None:
+            self.forced_tokens = np.zeros(len(self.sample_id), dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.sample_id)
@@ -241,9 +263,9 @@ class TrajectoryStore:
                 f"{self.path} is not a complete trajectory store (format={attrs.get('format')!r}); "
                 f"delete it and collect again"
             )
-        if attrs.get("version") != VERSION:
+        if attrs.get("version") not in READABLE_VERSIONS:
             raise StoreError(
-                f"{self.path} has store version {attrs.get('version')}, this code reads {VERSION}"
+                f"{self.path} has store version {attrs.get('version')}, this code reads {READABLE_VERSIONS}"
             )
         n = attrs["n_tokens"]
         for rank in range(attrs["world_size"]):
@@ -252,6 +274,8 @@ class TrajectoryStore:
                 raise StoreError(f"{self.path} lacks shard group {name}")
             group = self._root[name]
             for arr, (dtype, kind) in [*_SAMPLE_ARRAYS.items(), (_STATE_ARRAY, ("int16", "n"))]:
+                if arr == FORCED and attrs["version"] == 1:
+                    continue
                 if arr not in group:
                     raise StoreError(f"{self.path}/{name} lacks array {arr!r}")
                 a = group[arr]
@@ -304,6 +328,8 @@ class Shard:
     def __init__(self, group: zarr.Group, n_tokens: int):
         self._g = group
         self.n_tokens = n_tokens
+        # A version 1 shard has no forced-prefix column: its samples all have none.
+        self._columns = {k: v for k, v in _SAMPLE_ARRAYS.items() if k in group}
         self._truncate_to_commit()
 
     @property
@@ -316,7 +342,7 @@ class Shard:
 
     def _truncate_to_commit(self) -> None:
         n, s = self.committed
-        for name, (_, kind) in _SAMPLE_ARRAYS.items():
+        for name, (_, kind) in self._columns.items():
             a = self._g[name]
             if a.shape[0] != n:
                 a.resize((n, self.n_tokens) if kind == "n" else (n,))
@@ -340,6 +366,11 @@ class Shard:
         states = np.concatenate(batch.states).astype(np.int16)  # [S_new, n]
         if states.shape[1] != self.n_tokens:
             raise StoreError(f"states have {states.shape[1]} tokens, the store holds {self.n_tokens}")
+        if FORCED not in self._columns and np.any(batch.forced_tokens):
+            raise StoreError(
+                "this store predates forced prefixes (version 1) and cannot record them; collect "
+                "into a new --output, or resume it without --prefix-prob"
+            )
         columns = {
             "sample_id": ids,
             "dataset_index": batch.dataset_index,
@@ -350,15 +381,16 @@ class Shard:
             "l1": batch.l1,
             "iterations": batch.iterations,
             "warm_start": batch.warm_start,
+            FORCED: batch.forced_tokens,
         }
-        for name, (dtype, _) in _SAMPLE_ARRAYS.items():
+        for name, (dtype, _) in self._columns.items():
             self._g[name].append(np.asarray(columns[name]).astype(dtype))
         self._g[_STATE_ARRAY].append(states)
         self._g.attrs["committed"] = {"samples": n + len(ids), "states": s + len(states)}
 
     def read(self) -> Trajectories:
         n, s = self.committed
-        cols = {name: self._g[name][:n] for name in _SAMPLE_ARRAYS}
+        cols = {name: self._g[name][:n] for name in self._columns}
         offsets = np.concatenate([[0], cols.pop("state_ends")]).astype(np.int64)
         return Trajectories(state_offsets=offsets, states=self._g[_STATE_ARRAY][:s], **cols)
 

@@ -4,6 +4,8 @@ shared trainer (`ceed_vla.policy.Trainer`) with `DistillLoss`.
     ceed distill train --teacher runs/teacher/final --trajectories runs/traj.zarr --output runs/student \\
         --steps 2000 --w-ar 0.1 --delta 0.05 --labels mixed --consistency global
     ceed distill train ... --resume                 # continue from <output>/checkpoints/last
+    torchrun --nproc_per_node 8 -m ceed_vla.cli distill train ... --sharding fsdp --precision bf16 \
+        --activation-checkpointing                  # student and teacher sharded over 8 GPUs
 
 The store must come from this teacher (its fingerprint is checked). Samples are split by episode into
 training and validation. The output directory is the trainer's (checkpoints/step_N/ are loadable
@@ -154,19 +156,20 @@ def main(args: argparse.Namespace) -> int:
         "noise_bins": args.noise_bins,
         "initial_state_share": args.initial_state_share,
         "teacher_label_share": float((traj.l1 <= args.delta).mean()),
+        "forced_prefix_share": float((traj.forced_tokens > 0).mean()),
     }
     extra = {"distill.json": json.dumps(info, indent=2)}
     teacher = load_policy(args.teacher) if loss_cfg.target == "teacher" else None
     loss = DistillLoss(loss_cfg, teacher=teacher)
-    trainer = Trainer(student, loss, train_set, cfg, val_set=val_set, extra_files=extra)
+    trainer = Trainer(student, loss, train_set, cfg, val_set=val_set, extra_files=extra, frozen=teacher)
     if trainer.info.main:
         print(
             f"distilling {len(train_set)} trajectories (val {info['val_samples']}), teacher labels on "
             f"{info['teacher_label_share']:.0%} at delta={args.delta}; device {trainer.device}"
         )
     summary = trainer.fit(resume=args.resume)
+    trainer.save_policy(Path(args.output) / "final")  # every rank: a sharded student is gathered first
     if trainer.info.main:
-        student.save_pretrained(Path(args.output) / "final", extra_files=extra)
         summary.update(info)
         atomic_write_text(Path(args.output) / "summary.json", json.dumps(summary, indent=2))
         print(json.dumps(summary, indent=2))

@@ -23,13 +23,72 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ceed_vla.keys import ACTION_KEY, FINAL_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
+from ceed_vla.keys import (
+    ACTION_KEY,
+    FINAL_STATE_KEY,
+    IMAGE_KEY,
+    PREFIX_OFFSET_KEY,
+    PREFIX_STEPS_KEY,
+    STATE_KEY,
+    TASK_KEY,
+)
 
 REQUIRED_FEATURES = (STATE_KEY, ACTION_KEY)  # plus at least one camera
 
 
 class DatasetFeatureError(ValueError):
     """The dataset lacks a feature the policy needs."""
+
+
+@dataclass
+class PrefixConfig:
+    """Training for a forced prefix (real-time chunking): with probability `prob` per sample, the
+    chunk's first d steps (d uniform in 1..max_steps, and short enough to leave at least one real
+    step of the episode free) are given as input and carry no loss.
+
+    Where the prefix comes from: at run time it is the policy's older plan for those ticks. A
+    demonstration has one plan only: the ground-truth chunk of frame t - d, re-indexed to tick t, is
+    the same ground truth as frame t's own first d steps, so a clean prefix differs from plain
+    teacher forcing in the loss mask alone. The older plan's error is modelled as noise instead:
+    each forced token moves by round(N(0, noise)) bins (clipped to the bin range), and the free
+    steps still learn the ground truth, i.e. to continue from a prefix that is slightly off.
+    """
+
+    prob: float = 0.0
+    max_steps: int = 4
+    noise: float = 0.0  # standard deviation of each forced token's offset, in bins
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"prefix prob is a probability in [0, 1], got {self.prob!r}")
+        if self.max_steps < 1:
+            raise ValueError(f"prefix max_steps must be >= 1, got {self.max_steps!r}")
+        if self.noise < 0:
+            raise ValueError(f"prefix noise is a standard deviation in bins, >= 0; got {self.noise!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.prob > 0
+
+    def check_chunk(self, chunk_size: int) -> None:
+        if self.active and self.max_steps >= chunk_size:
+            raise ValueError(
+                f"prefix max_steps={self.max_steps} leaves no free step of a {chunk_size}-step chunk; "
+                f"use at most {chunk_size - 1}"
+            )
+
+    def draw(self, rng: np.random.Generator, free_limit: int, action_dim: int) -> tuple[int, np.ndarray]:
+        """(d, offsets [d, D] int64) for one sample; d = 0 (and no offsets) when it gets no prefix.
+
+        free_limit: the largest d that leaves a real (not padded) step free in this sample's chunk.
+        One generator call order for every sample, so the draws do not depend on the episode's end.
+        """
+        use = rng.random() < self.prob
+        d = min(int(rng.integers(1, self.max_steps + 1)), free_limit)
+        z = rng.standard_normal((self.max_steps, action_dim))
+        if not use or d < 1:
+            return 0, np.zeros((0, action_dim), dtype=np.int64)
+        return d, np.rint(z[:d] * self.noise).astype(np.int64)
 
 
 @dataclass
@@ -43,8 +102,11 @@ class DataConfig:
     max_episodes: int | None = None  # use only the first N episodes (quick runs)
     image_keys: list[str] | None = None  # cameras to use, by feature key (default: every camera)
     image_size: int | None = None  # resize frames to this square size as they load (bounded memory)
+    prefix: PrefixConfig | None = None  # forced-prefix training samples (None = off)
 
     def __post_init__(self) -> None:
+        if self.prefix is not None:
+            self.prefix.check_chunk(self.chunk_size)
         self.roots = [str(r) for r in ([self.roots] if isinstance(self.roots, str | Path) else self.roots)]
         if not self.roots:
             raise ValueError("DataConfig.roots is empty; pass at least one dataset root")
@@ -292,7 +354,10 @@ class ChunkDataset(Dataset):
     single-process ones):
     - `shift`: a random shift of every image (replicate-pad by `shift` px, crop back);
     - `instruction_noise`: each word of the instruction is, with this probability, dropped or
-      replaced by a random string of letters (`noisy_instruction`).
+      replaced by a random string of letters (`noisy_instruction`);
+    - `prefix` (`PrefixConfig`): a forced prefix of d steps, as `action_prefix_steps` [] long and
+      `action_prefix_offset` [K, D] long (bin offsets of the forced steps, 0 elsewhere). Both keys
+      are there for every sample (d = 0 without a prefix) when the prefix is on, and absent when off.
     """
 
     def __init__(
@@ -302,6 +367,7 @@ class ChunkDataset(Dataset):
         shift: int = 0,
         seed: int = 0,
         instruction_noise: float = 0.0,
+        prefix: PrefixConfig | None = None,
     ):
         self.frames = frames
         keep = torch.isin(frames.episode, torch.tensor(sorted(episodes), dtype=torch.long))
@@ -309,6 +375,9 @@ class ChunkDataset(Dataset):
         self.delta = torch.tensor(frames.delta, dtype=torch.long)  # [K]
         self.shift = shift
         self.instruction_noise = instruction_noise
+        self.prefix = prefix if prefix is not None and prefix.active else None
+        if self.prefix is not None:
+            self.prefix.check_chunk(len(frames.delta))
         self.seed = seed
         self.epoch = 0
 
@@ -329,7 +398,7 @@ class ChunkDataset(Dataset):
         for c, (key, images) in enumerate(f.cameras.items()):
             image = images[idx].float() / 255.0  # [3, H, W]
             sample[key] = self._shift(image, idx * 31 + c if c else idx) if self.shift else image
-        return {
+        item = {
             **sample,
             STATE_KEY: f.states[idx],
             ACTION_KEY: action,
@@ -337,6 +406,18 @@ class ChunkDataset(Dataset):
             TASK_KEY: self._instruction(f.tasks[idx], idx),
             FINAL_STATE_KEY: f.states[end - 1],  # [S]: where the demonstration ends
         }
+        if self.prefix is not None:
+            item.update(self._prefix(idx, pad, action.shape[-1]))
+        return item
+
+    def _prefix(self, idx: int, pad: torch.Tensor, action_dim: int) -> dict[str, torch.Tensor]:
+        """The forced-prefix keys of sample `idx`, drawn from a generator seeded by (seed, epoch, idx)."""
+        rng = np.random.default_rng([self.seed, self.epoch, idx, 2])
+        real = int((~pad).sum())  # steps before the episode's end; padded steps carry no loss
+        d, offsets = self.prefix.draw(rng, real - 1, action_dim)
+        offset = torch.zeros((len(self.delta), action_dim), dtype=torch.long)  # [K, D]
+        offset[:d] = torch.from_numpy(offsets)
+        return {PREFIX_STEPS_KEY: torch.tensor(d, dtype=torch.long), PREFIX_OFFSET_KEY: offset}
 
     def _instruction(self, text: str, idx: int) -> str:
         if not self.instruction_noise:
@@ -419,7 +500,12 @@ def build_datasets(config: DataConfig, seed: int = 0) -> tuple[Frames, ChunkData
         episodes = episodes[: config.max_episodes]
     train_eps, val_eps = split_episodes(episodes, config.val_fraction)
     train = ChunkDataset(
-        frames, train_eps, shift=config.shift, seed=seed, instruction_noise=config.instruction_noise
+        frames,
+        train_eps,
+        shift=config.shift,
+        seed=seed,
+        instruction_noise=config.instruction_noise,
+        prefix=config.prefix,
     )
     val = ChunkDataset(frames, val_eps, shift=0, seed=seed) if val_eps else None
     return frames, train, val
@@ -439,6 +525,7 @@ __all__ = [
     "DataConfig",
     "DatasetFeatureError",
     "Frames",
+    "PrefixConfig",
     "build_datasets",
     "concat_frames",
     "check_features",

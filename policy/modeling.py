@@ -21,11 +21,18 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerBase
 
-from ceed_vla.keys import ACTION_KEY, FINAL_STATE_KEY, STATE_KEY, TASK_KEY
+from ceed_vla.keys import (
+    ACTION_KEY,
+    FINAL_STATE_KEY,
+    PREFIX_OFFSET_KEY,
+    PREFIX_STEPS_KEY,
+    STATE_KEY,
+    TASK_KEY,
+)
 
 from . import lerobot_layout as layout
 from .action_tokenizer import ActionTokenizer, StateNormalizer
@@ -278,7 +285,8 @@ class VLAPolicy(nn.Module):
     def forward(
         self, batch: dict[str, Any], first_step_weight: float = 1.0
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Next-token cross-entropy on the action tokens; padded chunk steps (episode end) are ignored.
+        """Next-token cross-entropy on the action tokens; padded chunk steps (episode end) are ignored,
+        and so are the steps of a forced prefix when the batch carries one (`_forced_prefix`).
 
         `first_step_weight` scales the loss of the chunk's first step (its D tokens). Under teacher
         forcing the later steps can largely copy the step before them; the first step is the one
@@ -290,10 +298,13 @@ class VLAPolicy(nn.Module):
                 f"batch actions have {actions.shape[-1]} dims but the policy has {self.config.action_dim}"
             )
         bins = self.actions_to_bins(actions).to(self.device)  # [B, n]
+        inputs, free = self._forced_prefix(batch, bins)  # [B, n], [B, n] | None
         prefix, prefix_mask = self.prefix_embeddings(batch)
-        logits = self.action_logits(prefix, prefix_mask, bins)  # [B, n, n_bins]
+        logits = self.action_logits(prefix, prefix_mask, inputs)  # [B, n, n_bins]
         ce = F.cross_entropy(logits.float().transpose(1, 2), bins, reduction="none")  # [B, n]
         valid = self._valid_tokens(batch, bins)  # [B, n]
+        if free is not None:
+            valid = valid * free
         if first_step_weight != 1.0:
             valid = valid.clone()
             valid[:, : self.config.action_dim] *= first_step_weight
@@ -330,6 +341,26 @@ class VLAPolicy(nn.Module):
         target = self.state_normalizer(batch[FINAL_STATE_KEY].to(self.device, torch.float32))  # [B, S]
         pred = self.aux_head(self._vision_tokens.flatten(1).float())  # [B, S]
         return F.mse_loss(pred, target)
+
+    def _forced_prefix(
+        self, batch: dict[str, Any], bins: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The input bins [B, n] and the free-token mask [B, n] (None without a forced prefix).
+
+        A batch with `action_prefix_steps` [B] (d per sample) and `action_prefix_offset` [B, K, D]
+        (see `policy.data.PrefixConfig`) gives the first d steps as input: the ground-truth bins moved
+        by the offsets, clipped to the bin range, as the decoder's `forced_bins` are at run time. Those
+        positions carry no loss; the rest are predicted, under teacher forcing, after the forced prefix.
+        """
+        steps = batch.get(PREFIX_STEPS_KEY)
+        if steps is None:
+            return bins, None
+        d = self.config.action_dim
+        forced = torch.arange(bins.shape[1], device=bins.device)[None, :] < steps.to(bins.device)[:, None] * d
+        offset = batch[PREFIX_OFFSET_KEY].to(bins.device).reshape(bins.shape)  # [B, n]
+        moved = (bins + offset).clamp(0, self.n_bins - 1)
+        inputs = torch.where(forced, moved, bins)  # [B, n]
+        return inputs, (~forced).float()
 
     def _valid_tokens(self, batch: dict[str, Any], bins: torch.Tensor) -> torch.Tensor:
         pad = batch.get(f"{ACTION_KEY}_is_pad")  # [B, K] True where the chunk ran past the episode end
@@ -408,9 +439,15 @@ class VLAPolicy(nn.Module):
             self.save_to(tmp, extra_files)
         return directory
 
-    def save_to(self, directory: Path, extra_files: dict[str, str] | None = None) -> None:
+    def save_to(
+        self,
+        directory: Path,
+        extra_files: dict[str, str] | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """Write the checkpoint files into an existing directory (no atomicity of its own), in LeRobot's
-        layout (see `lerobot_layout`): config.json, weights, processors with the statistics, tokenizer."""
+        layout (see `lerobot_layout`): config.json, weights, processors with the statistics, tokenizer.
+        `state_dict`: full weights to write instead of the module's own (a sharded model's, gathered)."""
         if not self.normalize_inside:
             raise CheckpointError(
                 "this policy runs on LeRobot-normalised data and holds no statistics; save it with "
@@ -420,11 +457,11 @@ class VLAPolicy(nn.Module):
         layout.save_processors(
             directory, self.config, layout.stats_dict(self.action_tokenizer, self.state_normalizer)
         )
-        self.save_model_files(directory)
+        self.save_model_files(directory, state_dict)
         for name, text in (extra_files or {}).items():
             atomic_write_text(directory / name, text)
 
-    def save_model_files(self, directory: Path) -> None:
+    def save_model_files(self, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """The files besides config.json and the processors: network shell, tokenizer, weights."""
         meta = {
             "format_version": FORMAT_VERSION,
@@ -434,7 +471,14 @@ class VLAPolicy(nn.Module):
         }
         atomic_write_text(Path(directory) / layout.MODEL_FILE, _dumps(meta))
         self.tokenizer.save_pretrained(str(directory))
-        save_model(self, str(Path(directory) / WEIGHTS_FILE))
+        if state_dict is None:
+            save_model(self, str(Path(directory) / WEIGHTS_FILE))
+        else:
+            save_file(
+                {k: v.contiguous() for k, v in state_dict.items()},
+                str(Path(directory) / WEIGHTS_FILE),
+                metadata={"format": "pt"},
+            )
 
     @classmethod
     def from_pretrained(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,7 +24,12 @@ from .config import VisionConfig, VLAConfig, make_config, spatial_vision
 from .data import DataConfig, build_datasets, train_statistics
 from .fresh import fresh_policy
 from .modeling import VLAPolicy
-from .train_args import add_training_arguments, train_config_from_args
+from .train_args import (
+    add_prefix_arguments,
+    add_training_arguments,
+    prefix_config_from_args,
+    train_config_from_args,
+)
 from .trainer import NextTokenLoss, Trainer, last_checkpoint
 
 
@@ -92,6 +98,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="loss weight of the chunk's first step (default 1)",
     )
     add_training_arguments(train, steps=1500, lr=3e-4, val_every=100)
+    add_prefix_arguments(parser.add_argument_group("forced prefix (training for real-time chunking)"))
 
 
 def model_config(args: argparse.Namespace, action_dim: int, state_dim: int, contract=None) -> VLAConfig:
@@ -157,6 +164,7 @@ def main(args: argparse.Namespace) -> int:
     data_cfg = config_from_args(
         DataConfig, args, "chunk_size", "val_fraction", "shift", "instruction_noise", "max_episodes",
         "image_keys", "image_size", roots=args.dataset_root, repo_ids=args.repo_id,
+        prefix=prefix_config_from_args(args),
     )  # fmt: skip
     frames, train_set, val_set = build_datasets(data_cfg, seed=args.seed)
     cfg = train_config_from_args(args)
@@ -173,6 +181,8 @@ def main(args: argparse.Namespace) -> int:
         "val_samples": len(val_set) if val_set is not None else 0,
         "episodes": int(frames.episode.unique().numel()),
     }
+    if data_cfg.prefix.active:
+        dataset_info["prefix"] = asdict(data_cfg.prefix)
     trainer = Trainer(
         policy,
         NextTokenLoss(args.first_step_weight),
@@ -189,10 +199,8 @@ def main(args: argparse.Namespace) -> int:
             f"{trainer.info.world} process(es)"
         )
     summary = trainer.fit(resume=args.resume)
+    trainer.save_policy(Path(args.output) / "final")  # every rank: a sharded model is gathered first
     if trainer.info.main:
-        policy.save_pretrained(
-            Path(args.output) / "final", extra_files={"dataset.json": json.dumps(dataset_info, indent=2)}
-        )
         summary.update(dataset_info, parameters=policy.num_parameters(), world_size=trainer.info.world)
         atomic_write_text(Path(args.output) / "summary.json", json.dumps(summary, indent=2))
         print(json.dumps(summary, indent=2))

@@ -9,6 +9,7 @@ from dataclasses import fields
 
 from ceed_vla.cli import config_from_args
 
+from .data import PrefixConfig
 from .trainer import TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -16,6 +17,7 @@ _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 _FLAGS = (
     "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "ema_decay", "precision",
     "save_every", "val_every", "val_batches", "log_every", "seed", "num_workers", "device",
+    "sharding", "activation_checkpointing",
 )  # fmt: skip
 
 
@@ -52,8 +54,49 @@ def add_training_arguments(group, **defaults) -> None:
     group.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     group.add_argument("--device", default=d["device"])
     group.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last")
+    group.add_argument(
+        "--sharding",
+        choices=["none", "fsdp"],
+        default=d["sharding"],
+        help="fsdp: shard weights, gradients and optimiser state (and a distillation teacher) across "
+        "the processes (FSDP2); none: each process holds the whole model (DDP)",
+    )
+    group.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        default=d["activation_checkpointing"],
+        help="recompute the transformer blocks' activations in the backward pass (less memory, ~1/3 more compute)",
+    )
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The `TrainConfig` of parsed flags (`args.output` is the run directory)."""
     return config_from_args(TrainConfig, args, *_FLAGS, output_dir=args.output)
+
+
+def add_prefix_arguments(group) -> None:
+    """The forced-prefix flags (real-time chunking), shared by `ceed train` (training samples) and
+    `ceed distill collect` (collected trajectories); off unless --prefix-prob is above 0."""
+    d = PrefixConfig()
+    group.add_argument(
+        "--prefix-prob",
+        type=float,
+        default=d.prob,
+        help="share of samples whose first d steps are given (forced, no loss) rather than predicted (0 = off)",
+    )
+    group.add_argument(
+        "--prefix-max-steps",
+        type=int,
+        default=d.max_steps,
+        help="d is drawn uniformly in 1..this (below the chunk size)",
+    )
+    group.add_argument(
+        "--prefix-noise",
+        type=float,
+        default=d.noise,
+        help="standard deviation, in bins, of the offset added to each forced ground-truth token",
+    )
+
+
+def prefix_config_from_args(args: argparse.Namespace) -> PrefixConfig:
+    return PrefixConfig(prob=args.prefix_prob, max_steps=args.prefix_max_steps, noise=args.prefix_noise)

@@ -3,8 +3,8 @@
     loss_fn(model, batch) -> (loss: scalar Tensor, info: dict[str, float])
 
 Teacher training passes `NextTokenLoss()` (the policy's own `forward`); distillation passes its own
-loss and dataset. The model must offer `save_to(directory, extra_files)` (as `VLAPolicy` does) so a
-checkpoint is also a loadable policy.
+loss and dataset. The model must offer `save_to(directory, extra_files, state_dict=None)` (as
+`VLAPolicy` does) so a checkpoint is also a loadable policy.
 
 Semantics the trainer promises (and the tests check):
 - `batch_size` is the GLOBAL batch. Step s of epoch e uses samples perm_e[s*B:(s+1)*B] of a
@@ -17,6 +17,12 @@ Semantics the trainer promises (and the tests check):
 
 Launch several processes with `torchrun --nproc_per_node N` or `accelerate launch --num_processes N`
 (both set RANK / WORLD_SIZE / MASTER_ADDR); backend NCCL on CUDA, gloo on CPU.
+
+`sharding="none"` replicates the model on every process (DistributedDataParallel); `"fsdp"` shards
+the weights, gradients and optimiser state across them (FSDP2, `sharding.py`), and a frozen model
+the loss uses (distillation's teacher, `frozen=`) with them. The same promises hold; a sharded
+checkpoint is still one loadable policy (its full weights gathered on rank 0), plus each rank's
+shards of the weights and optimiser state under `sharded/` to resume from.
 """
 
 from __future__ import annotations
@@ -43,11 +49,13 @@ from tqdm.auto import tqdm
 
 from ceed_vla.atomic import atomic_savefig
 
+from . import sharding as fsdp
 from .checkpoint_io import CheckpointError, atomic_directory, atomic_write_text
 
 TRAINING_STATE_FILE = "training_state.pt"
 TRAIN_CONFIG_FILE = "train_config.json"
 LAST_FILE = "last"
+SHARDED_DIR = "sharded"
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss_curve.png"
 
@@ -90,6 +98,11 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     find_unused_parameters: bool = False
+    sharding: str = "none"
+    """"none": every process holds the whole model (DDP when there are several); "fsdp": weights,
+    gradients and optimiser state are sharded across the processes (FSDP2), the frozen model too."""
+    activation_checkpointing: bool = False
+    """Recompute the transformer blocks' activations in the backward pass instead of keeping them."""
     ema_decay: float = 0.0
     """Exponential moving average of the weights (0 = off). With it on, validation, `best/`, every
     checkpoint's model file and the model after `fit()` are the averaged weights; the raw weights
@@ -112,6 +125,8 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}"
             )
+        if self.sharding not in fsdp.SHARDINGS:
+            raise ValueError(f"TrainConfig.sharding must be one of {fsdp.SHARDINGS}, got {self.sharding!r}")
         if self.num_workers < 0:
             raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers!r}")
         if not (isinstance(self.ema_decay, int | float) and 0.0 <= self.ema_decay < 1.0):
@@ -144,13 +159,17 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
+def init_distributed(always: bool = False) -> DistInfo:
+    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1). With `always`
+    (sharded training, which needs a group) a lone process makes a group of one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if world <= 1 and not dist.is_initialized():
+        if not always:
+            return DistInfo()
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -173,12 +192,14 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 class _LossModule(nn.Module):
-    """Model + loss as one module so DDP sees the forward that produces the loss."""
+    """Model + loss as one module so DDP / FSDP see the forward that produces the loss; a frozen model
+    the loss calls is registered here too, so that it follows the model's device and sharding."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn):
+    def __init__(self, model: nn.Module, loss_fn: LossFn, frozen: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+        self.frozen = frozen
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         return self.loss_fn(self.model, batch)
@@ -213,9 +234,13 @@ class Trainer:
         val_set: Dataset | None = None,
         collate_fn: Callable | None = None,
         extra_files: dict[str, str] | None = None,
+        frozen: nn.Module | None = None,
     ):
+        """`frozen`: a model the loss calls without training it (distillation's teacher); it is put on
+        the device and, under FSDP, sharded beside the model. It is never saved."""
         self.config = config
-        self.info = init_distributed()
+        self.sharded = config.sharding == "fsdp"
+        self.info = init_distributed(always=self.sharded)
         if config.batch_size % self.info.world:
             raise ValueError(
                 f"batch_size {config.batch_size} is the global batch and must divide by the "
@@ -227,7 +252,13 @@ class Trainer:
             )
         self.device = self._pick_device()
         self.model = model.to(self.device)
-        self.loss_module = _LossModule(self.model, loss_fn)
+        if frozen is not None:
+            frozen.to(self.device).eval().requires_grad_(False)
+        if config.activation_checkpointing:
+            fsdp.enable_activation_checkpointing(self.model)
+        self.loss_module = _LossModule(self.model, loss_fn, frozen)
+        if self.sharded:  # before the optimizer, which must hold the sharded parameters
+            fsdp.shard_for_training(self.loss_module, self.model, frozen, self.device, self.autocast_dtype)
         self.train_set, self.val_set = train_set, val_set
         self.collate_fn = collate_fn
         self.extra_files = dict(extra_files or {})
@@ -246,8 +277,8 @@ class Trainer:
                 for n, p in self.model.named_parameters()
                 if p.is_floating_point()
             }
-        self.wrapped: nn.Module = self.loss_module
-        if self.info.world > 1:
+        self.wrapped: nn.Module = self.loss_module  # under FSDP the loss module itself is the sharded root
+        if self.info.world > 1 and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=ids, find_unused_parameters=config.find_unused_parameters
@@ -259,6 +290,7 @@ class Trainer:
         if self.config.device != "auto":
             return torch.device(self.config.device)
         if torch.cuda.is_available():
+            torch.cuda.set_device(self.info.local_rank)  # collectives of Python objects use it
             return torch.device("cuda", self.info.local_rank)
         return torch.device("cpu")
 
@@ -361,7 +393,9 @@ class Trainer:
         with self._autocast():
             loss, info = self.wrapped(batch)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        grad_norm = fsdp.local_value(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        )  # a sharded model's norm is over every shard
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -422,13 +456,17 @@ class Trainer:
         n = min(len(dataset), self.config.val_batches * self.config.batch_size)
         order = list(range(n))[self.info.rank :: self.info.world]
         local_bs = max(1, self.config.batch_size // self.info.world)
+        # Sharded forwards are collective: every rank runs as many as the rank with the most samples,
+        # a rank that has run out repeating its first sample at weight 0.
+        calls = math.ceil(math.ceil(n / self.info.world) / local_bs) if self.sharded else None
         sums: dict[str, float] = {}
         count = 0
-        for lo in range(0, len(order), local_bs):
-            batch = _move(self.collate([dataset[i] for i in order[lo : lo + local_bs]]), self.device)
+        for lo in range(0, local_bs * calls if calls else len(order), local_bs):
+            chunk = order[lo : lo + local_bs]
+            batch = _move(self.collate([dataset[i] for i in chunk or order[:1] or [0]]), self.device)
             with self._autocast():
                 loss, info = self.loss_module(batch)
-            k = len(order[lo : lo + local_bs])
+            k = len(chunk)
             for key, v in {**info, "loss": float(loss)}.items():
                 sums[key] = sums.get(key, 0.0) + v * k
             count += k
@@ -436,6 +474,8 @@ class Trainer:
         totals = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
         if self.info.world > 1:
             dist.all_reduce(totals)
+        if self.sharded:  # the root keeps its gathered weights after a forward without backward
+            self.loss_module.reshard()
         self.model.train(was_training)
         return {k: float(totals[i] / max(totals[-1], 1)) for i, k in enumerate(keys)}
 
@@ -449,13 +489,12 @@ class Trainer:
             row = self.evaluate(self.val_set)
         row.update(split="val", step=self.step)
         self._append_metrics(row)
-        if row["loss"] < self.best_val:
+        if row["loss"] < self.best_val:  # the same on every rank (the row is a mean over all)
             self.best_val = row["loss"]
-            if self.info.main:
-                with self.averaged_weights():
-                    self._save_model(
-                        self.out / "best", {"best_step.json": json.dumps({"step": self.step, **row})}
-                    )
+            with self.averaged_weights():
+                self.save_policy(
+                    self.out / "best", {"best_step.json": json.dumps({"step": self.step, **row})}
+                )
         self._barrier()
 
     # ------------------------------------------------------------------------------- checkpoints
@@ -464,40 +503,82 @@ class Trainer:
         if self.info.world > 1:
             dist.barrier()
 
-    def _save_model(self, directory: Path, extra: dict[str, str]) -> None:
-        files = {
+    def _policy_files(self, extra: dict[str, str]) -> dict[str, str]:
+        return {
             **self.extra_files,
             TRAIN_CONFIG_FILE: json.dumps(dataclasses.asdict(self.config), indent=2),
             **extra,
         }
-        with atomic_directory(directory) as tmp:
-            self.model.save_to(tmp, files)
+
+    def _write_policy(self, directory: Path, weights: dict[str, torch.Tensor] | None, extra: dict[str, str]):
+        """Rank 0: the policy files into `directory`; `weights` is a gathered full state dict (sharded
+        runs) or None (the model's own tensors)."""
+        self.model.save_to(directory, self._policy_files(extra), state_dict=weights)
+
+    def save_policy(self, directory: str | Path, extra: dict[str, str] | None = None) -> Path:
+        """The model as a loadable policy directory, written atomically by rank 0 (a sharded model's
+        weights are gathered there first). Call it on every rank."""
+        weights = fsdp.full_state_dict(self.model) if self.sharded else None
+        if self.info.main:
+            with atomic_directory(Path(directory)) as tmp:
+                self._write_policy(tmp, weights, extra or {})
+        self._barrier()
+        return Path(directory)
+
+    def _all_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state, in rank order (each rank draws its own stream)."""
+        states: list[Any] = [None] * self.info.world
+        if self.info.world > 1:
+            dist.all_gather_object(states, _rng_state())
+        else:
+            states = [_rng_state()]
+        return states
+
+    def _shared_tmp(self, tmp: Path | None) -> Path:
+        """Rank 0's temporary checkpoint directory, made known to every rank."""
+        box = [str(tmp) if tmp is not None else None]
+        if self.info.world > 1:
+            dist.broadcast_object_list(box, src=0)
+        return Path(box[0])
 
     def save_checkpoint(self) -> Path:
-        """checkpoints/step_NNNNNN/ = loadable policy + training_state.pt; `checkpoints/last` names it."""
+        """checkpoints/step_NNNNNN/ = loadable policy + training_state.pt (+ sharded/ from a sharded
+        run: every rank's shards of the raw weights and the optimiser state); `checkpoints/last` names
+        it. Call it on every rank; the directory appears whole or not at all."""
         name = f"step_{self.step:06d}"
         path = self.ckpt_dir / name
-        if self.info.main:
-            state = {
-                "step": self.step,
-                "best_val": self.best_val,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": _rng_state(),
-                "world_size": self.info.world,
-            }
+        rng = self._all_rng_states()
+        with self.averaged_weights():
+            weights = fsdp.full_state_dict(self.model) if self.sharded else None
+        state: dict[str, Any] = {
+            "step": self.step,
+            "best_val": self.best_val,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "world_size": self.info.world,
+            "sharding": self.config.sharding,
+            "has_ema": self.ema is not None,
+        }
+        if self.sharded:
+            shards = fsdp.sharded_training_state(self.model, self.optimizer)
+            if self.ema is not None:
+                shards["ema"] = self.ema
+        else:
+            state["optimizer"] = self.optimizer.state_dict()
             if self.ema is not None:
                 state["ema"] = {n: v.clone() for n, v in self.ema.items()}
                 state["raw_weights"] = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-            with atomic_directory(path) as tmp, self.averaged_weights():
-                self.model.save_to(
-                    tmp,
-                    {
-                        **self.extra_files,
-                        TRAIN_CONFIG_FILE: json.dumps(dataclasses.asdict(self.config), indent=2),
-                    },
-                )
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_directory(path)) if self.info.main else None
+            tmp = self._shared_tmp(tmp)
+            if self.sharded:
+                fsdp.save_sharded(shards, tmp / SHARDED_DIR)
+            if self.info.main:
+                # a sharded run's gathered weights already are the averaged ones
+                with contextlib.nullcontext() if self.sharded else self.averaged_weights():
+                    self._write_policy(tmp, weights, {})
                 torch.save(state, tmp / TRAINING_STATE_FILE)
+        if self.info.main:
             atomic_write_text(self.ckpt_dir / LAST_FILE, name)
             self.plot_curves()
         self._barrier()
@@ -505,8 +586,6 @@ class Trainer:
 
     def load_last(self) -> None:
         """Restore weights, optimizer, scheduler, step and RNG from the last checkpoint."""
-        from safetensors.torch import load_model
-
         path = last_checkpoint(self.out)
         state_file = path / TRAINING_STATE_FILE
         if not state_file.is_file():
@@ -515,20 +594,47 @@ class Trainer:
             state = torch.load(state_file, map_location="cpu", weights_only=False)
         except Exception as e:  # torch raises several unrelated types for a truncated file
             raise CheckpointError(f"{state_file} is corrupt: {e}") from e
-        load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
-        if (self.ema is None) != ("ema" not in state):
+        saved = state.get("sharding", "none")
+        if saved != self.config.sharding:
+            raise CheckpointError(
+                f"{path} was saved by a run with --sharding {saved} but this run asks for "
+                f"--sharding {self.config.sharding}: resume with the run's own --sharding"
+            )
+        has_ema = state.get("has_ema", "ema" in state)
+        if (self.ema is None) == has_ema:
             want = f"ema_decay {self.config.ema_decay}" if self.ema is not None else "no EMA"
             raise CheckpointError(
-                f"{path} was {'saved without' if 'ema' not in state else 'saved with'} an EMA of the weights "
+                f"{path} was {'saved without' if not has_ema else 'saved with'} an EMA of the weights "
                 f"but this run asks for {want}: resume with the run's own --ema-decay"
             )
-        if self.ema is not None:
-            # The model file holds the averaged weights; training continues from the raw ones.
-            self._copy_into_model(state["raw_weights"])
-            self.ema = {n: v.to(self.device) for n, v in state["ema"].items()}
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            # The raw weights, the optimiser state and the EMA come from the shards (resharded to
+            # this run's processes); the policy file holds the averaged weights.
+            fsdp.load_sharded(
+                self.model, self.optimizer, {"ema": self.ema} if self.ema is not None else {},
+                path / SHARDED_DIR,
+            )  # fmt: skip
+        else:
+            from safetensors.torch import load_model
+
+            load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
+            if self.ema is not None:
+                # The model file holds the averaged weights; training continues from the raw ones.
+                self._copy_into_model(state["raw_weights"])
+                self.ema = {n: v.to(self.device) for n, v in state["ema"].items()}
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        rng = state["rng"]
+        if isinstance(rng, dict):  # checkpoints that kept rank 0's state alone
+            _set_rng_state(rng)
+        elif len(rng) == self.info.world:
+            _set_rng_state(rng[self.info.rank])
+        else:
+            warnings.warn(
+                f"{path} was saved by {len(rng)} processes, this run has {self.info.world}: the random "
+                "streams restart from the seed (the run continues, but not bit for bit)",
+                stacklevel=2,
+            )
         self.step = int(state["step"])
         self.best_val = float(state["best_val"])
         self._truncate_metrics(self.step)
@@ -598,6 +704,12 @@ def export_raw_weights(checkpoint: str | Path, output: str | Path) -> Path:
             "weights (final/ holds the averaged ones alone)"
         )
     state = torch.load(state_file, map_location="cpu", weights_only=False)
+    if state.get("sharding") == "fsdp" and state.get("has_ema"):
+        raise CheckpointError(
+            f"{checkpoint} is from a sharded run: its raw weights are in {SHARDED_DIR}/, written by "
+            "torch.distributed.checkpoint (torch.distributed.checkpoint.format_utils.dcp_to_torch_save "
+            "turns them into one file); exporting them as a policy is not supported yet"
+        )
     if "raw_weights" not in state:
         raise CheckpointError(f"{checkpoint} was saved without an EMA: its policy already is the raw weights")
     policy = VLAPolicy.from_pretrained(checkpoint, device="cpu")

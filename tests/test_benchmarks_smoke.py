@@ -24,6 +24,7 @@ COVERED_ELSEWHERE = {
     "bench_distill.py": "test_distill_bench.py",
     "bench_gpu.py": "test_gpu_costmodel.py",
     "bench_gpu_report.py": "test_gpu_costmodel.py",
+    "bench_memory.py": "test_sharded_memory.py",
 }
 THIN_WRAPPERS = {
     "bench_env.py": ("ceed bench env", "--lerobot-steps"),
