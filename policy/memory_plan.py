@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from ceed_vla.decoding.costmodel import SHAPES as BACKBONES
+from ceed_vla.decoding.costmodel import ModelShape as BackboneShape
 from torch import nn
 
 GB = 1e9
@@ -63,19 +64,11 @@ SIGLIP_SO400M = TowerShape("SigLIP-So400m/14-224", 1152, 27, 16, 4304, 224, 14)
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    """A Llama-style backbone (built as `LlamaForCausalLM`) with a SigLIP-shaped vision tower."""
+class ModelShape(BackboneShape):
+    """A Llama-style backbone (the cost model's shape, built as `LlamaForCausalLM`) with a SigLIP-shaped
+    vision tower."""
 
-    name: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    tie_embeddings: bool
-    tower: TowerShape
-    like: str = ""
+    tower: TowerShape | None = None
 
     def lm_config(self, n_bins: int = 256):
         from transformers import LlamaConfig
@@ -89,19 +82,7 @@ class ModelShape:
 
 def _with_tower(name: str, tower: TowerShape) -> ModelShape:
     """The cost model's backbone of that name (one definition of the public shapes) with a tower."""
-    b = BACKBONES[name]
-    return ModelShape(
-        b.name,
-        b.hidden,
-        b.layers,
-        b.heads,
-        b.kv_heads,
-        b.intermediate,
-        b.vocab,
-        b.tie_embeddings,
-        tower,
-        like=b.like,
-    )
+    return ModelShape(**{**asdict(BACKBONES[name]), "tower": tower})
 
 
 SHAPES: dict[str, ModelShape] = {
@@ -113,7 +94,7 @@ SHAPES: dict[str, ModelShape] = {
 # The CPU checks: the embedded tiny preset's LM (with a SigLIP-shaped tower of a few layers, so that
 # the check runs the pretrained-tower path) and the 0.5B shape.
 TINY = ModelShape(
-    "tiny", 256, 4, 4, 4, 1024, 512, False, TowerShape("SigLIP-shaped 64-wide", 64, 2, 4, 256, 32, 8)
+    "tiny", 256, 4, 4, 4, 1024, 512, tower=TowerShape("SigLIP-shaped 64-wide", 64, 2, 4, 256, 32, 8)
 )
 CPU_SHAPES = {"tiny": TINY, "0.5b": SHAPES["0.5b"]}
 
