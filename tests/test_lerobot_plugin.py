@@ -162,7 +162,16 @@ def test_unmodified_lerobot_train_writes_a_checkpoint_ceed_runs(arm_dataset, tmp
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpt = tmp_path / "out" / "checkpoints" / "last" / "pretrained_model"
-    assert json.loads((ckpt / "config.json").read_text())["type"] == "ceed"
+    saved = json.loads((ckpt / "config.json").read_text())
+    assert saved["type"] == "ceed"
+    # the size its encoder trained at is recorded (the fixture's largest side, under the default cap),
+    # so the bridge's contract resizes to it and has nothing to warn about
+    largest = max(max(hw) for hw in ARM_CAMERAS.values())
+    assert saved["vision"]["image_size"] == largest
+    from ceed_vla.robot_bridge.contract import PolicyContract, image_size_note
+
+    contract = PolicyContract.from_checkpoint(str(ckpt))
+    assert contract.image_size == largest and image_size_note(contract) is None
     policy = VLAPolicy.from_pretrained(ckpt)
     assert policy.config.image_keys == tuple(ARM_CAMERAS) and policy.config.fps == ARM_FPS
     assert tuple(policy.config.action_names) == ARM_JOINTS
@@ -170,3 +179,27 @@ def test_unmodified_lerobot_train_writes_a_checkpoint_ceed_runs(arm_dataset, tmp
     obs = {k: item[k][None] for k in (*ARM_CAMERAS, "observation.state")} | {"task": item["task"]}
     chunk = policy.predict_action_chunk(obs)
     assert chunk.shape == (1, policy.config.chunk_size, 6) and torch.isfinite(chunk).all()
+
+
+def test_new_plugin_policy_records_a_bounded_encoder_size():
+    """A policy LeRobot builds for 480x640 cameras trains its conv encoder at the default cap, not at
+    the camera's size; an explicit size and a pretrained tower's own size are left alone."""
+    from lerobot_policy_ceed.configuration_ceed import CeedConfig
+    from lerobot_policy_ceed.modeling_ceed import DEFAULT_IMAGE_SIZE, _record_image_size
+
+    big = CeedConfig(image_keys=("observation.images.front",), image_shapes=((3, 480, 640),))
+    assert big.vision.image_size is None
+    _record_image_size(big)
+    assert big.vision.image_size == DEFAULT_IMAGE_SIZE < 480
+
+    small = CeedConfig(image_keys=("observation.images.front",), image_shapes=((3, 48, 64),))
+    _record_image_size(small)
+    assert small.vision.image_size == 64  # smaller frames keep their size
+
+    explicit = CeedConfig(
+        image_keys=("observation.images.front",),
+        image_shapes=((3, 480, 640),),
+        vision=VisionConfig(image_size=96),
+    )
+    _record_image_size(explicit)
+    assert explicit.vision.image_size == 96
