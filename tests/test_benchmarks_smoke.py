@@ -227,6 +227,20 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
+def test_bench_realtime_runs_only_the_variants_asked_for(tmp_path, monkeypatch, jobs):
+    bench = _load("bench_realtime.py")
+    out = tmp_path / "realtime.json"
+    argv = ["--policy", "expert", "--tasks", "reach", "--episodes", "1", "--delays", "2"]
+    argv += ["--variants", "prefix", "--work", str(tmp_path / "w"), "--output", str(out)]
+    monkeypatch.setattr(sys, "argv", ["bench_realtime.py", *argv])
+    assert bench.main() == 0
+    assert set(json.loads(out.read_text())["rows"]) == {"paused", "d2_prefix"}
+
+    monkeypatch.setattr(sys, "argv", ["bench_realtime.py", *argv[:-6], "--variants", "prefx"])
+    with pytest.raises(SystemExit):
+        bench.main()
+
+
 def test_bench_replan_writes_rows_and_plot(tmp_path, monkeypatch, jobs):
     bench = _load("bench_replan.py")
     out = tmp_path / "replan.json"
