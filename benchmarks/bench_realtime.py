@@ -12,7 +12,10 @@ study resumes):
 - `d<d>_no_blend`: the same without the cross-fade (`--blend-steps 0`);
 - `d<d>_no_warm_start`: the same from the decoder's constant guess (`--init constant`);
 - `d<d>_prefix`: the forced prefix (the d queued steps given to the decoder as the chunk's first);
-- `realtime_today`, `realtime_prefix` with `--realtime`: the measured clock at the decoder's latency.
+- `realtime_today`, `realtime_prefix`, `realtime_prefix_deadline` with `--realtime`: the measured
+  clock at the decoder's latency, the last with the decoder stopped when the queue would run dry
+  (`--decode-deadline`); `--busy-cores N` runs N busy-loop processes beside these rows only (a loaded
+  machine, the case the deadline is for).
 Writes `--output` (JSON: every row, and each row paired with `paused` on the same episodes), a
 Markdown table on stdout and a PNG of success against d beside the JSON.
 """
@@ -20,6 +23,9 @@ Markdown table on stdout and a PNG of success against d beside the JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +40,8 @@ KEEP = (
     "jerk",
     "forced_steps_per_chunk",
     "prefix_overrun_ticks",
+    "deadline_stops",
+    "chunk_ms_p95",
     "iterations_per_chunk_warm",
     "iterations_per_chunk_cold",
 )
@@ -54,14 +62,27 @@ def rows_to_run(delays: list[int], realtime: bool, variants=tuple(VARIANTS)) -> 
     if realtime:
         rows["realtime_today"] = ["--clock", "realtime", "--no-forced-prefix"]
         rows["realtime_prefix"] = ["--clock", "realtime", "--forced-prefix"]
+        rows["realtime_prefix_deadline"] = ["--clock", "realtime", "--forced-prefix", "--decode-deadline"]
     return rows
+
+
+@contextlib.contextmanager
+def busy_cores(n: int):
+    """n processes spinning on the CPU while the block runs (the load the measured clock is tried under)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def table(record: dict) -> str:
     lines = [
         "| row | success (95% CI) | vs paused: both / only paused / only this / neither | McNemar p "
-        "| held | late chunks | jerk | forced steps/chunk | iterations/chunk |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| held | late chunks | jerk | forced steps/chunk | iterations/chunk | ms/chunk p50 | deadline stops |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def fmt(v, spec):
@@ -74,7 +95,8 @@ def table(record: dict) -> str:
             f"| {name} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) "
             f"| {p['both']} / {p['only_a']} / {p['only_b']} / {p['neither']} | {p['mcnemar_p']:.3g} "
             f"| {fmt(r.get('held_fraction'), '.1%')} | {fmt(r.get('late_chunks'), 'd')} | {fmt(r.get('jerk'), '.4f')} "
-            f"| {fmt(r.get('forced_steps_per_chunk'), '.2f')} | {fmt(r.get('iterations_per_chunk'), '.2f')} |"
+            f"| {fmt(r.get('forced_steps_per_chunk'), '.2f')} | {fmt(r.get('iterations_per_chunk'), '.2f')} "
+            f"| {fmt(r.get('chunk_ms_p50'), '.1f')} | {fmt(r.get('deadline_stops'), 'd')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -88,6 +110,12 @@ def main() -> int:
     parser.add_argument("--sigma", type=int, default=None)
     parser.add_argument("--delays", default="2,3", help="comma-separated ticks per call")
     parser.add_argument("--realtime", action="store_true", help="also the measured clock, prefix off and on")
+    parser.add_argument(
+        "--busy-cores",
+        type=int,
+        default=0,
+        help="busy-loop processes beside the measured-clock rows (default: 0)",
+    )
     parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),
@@ -116,7 +144,7 @@ def main() -> int:
     common += ["--save-rollouts", "0"]
     common += ["--sigma", str(args.sigma)] if args.sigma is not None else []
     common += ["--execute-steps", str(args.execute_steps)] if args.execute_steps else []
-    delays = [int(d) for d in args.delays.split(",")]
+    delays = [int(d) for d in args.delays.split(",") if d.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:
@@ -124,7 +152,10 @@ def main() -> int:
     t0 = time.perf_counter()
     rows = {}
     for name, options in rows_to_run(delays, args.realtime, variants).items():
-        rows[name] = run_eval([*common, *options], args.work / name, keep=KEEP)
+        loaded = args.busy_cores if name.startswith("realtime") else 0
+        with busy_cores(loaded):
+            rows[name] = run_eval([*common, *options], args.work / name, keep=KEEP)
+        rows[name]["busy_cores"] = loaded
         print(f"{name}: success {rows[name]['success_rate']:.2f}", flush=True)
 
     def outcomes(row):
@@ -139,12 +170,17 @@ def main() -> int:
         "episodes_per_task": args.episodes,
         "split": "validation",
         "seconds": time.perf_counter() - t0,
+        "busy_cores_beside_realtime_rows": args.busy_cores,
         "rows": rows,
     }
     from ceed_vla.atomic import atomic_write_json
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.output, record)
+    print(table(record))
+    if not delays:  # measured-clock rows only: no curve to draw
+        print(f"wrote {args.output}")
+        return 0
     curves = {
         variant.replace("_", " "): {0: rows["paused"], **{d: rows[f"d{d}_{variant}"] for d in delays}}
         for variant in variants
@@ -152,7 +188,6 @@ def main() -> int:
     plot_success_vs_delay(
         curves, args.output.with_suffix(".png"), title="Where real-time success goes", dashed=("today",)
     )
-    print(table(record))
     print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
     return 0
 

@@ -71,6 +71,7 @@ def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
         out["dropped_actions"] = sum(e.dropped_actions for e in episodes)
         out["held_fraction"] = out["held_steps"] / steps if steps else None
         out["late_chunks"] = sum(e.late_chunks for e in episodes)
+        out["deadline_stops"] = sum(e.deadline_stops for e in episodes)
         forced = sum(e.forced_chunks for e in episodes)
         out["forced_chunks"] = forced
         out["forced_steps_per_chunk"] = sum(e.forced_steps for e in episodes) / forced if forced else None
@@ -165,7 +166,12 @@ def report_markdown(report: dict[str, Any]) -> str:
             "",
             f"Real-time clock: {overall['held_steps']} steps held while the policy computed "
             f"({overall['held_fraction']:.1%} of all steps), {overall['dropped_actions']} stale actions dropped, "
-            f"{overall['late_chunks']} chunks arrived too late to use.",
+            f"{overall['late_chunks']} chunks arrived too late to use"
+            + (
+                f", {overall['deadline_stops']} decodes ended by their deadline."
+                if overall.get("deadline_stops")
+                else "."
+            ),
         ]
     if overall.get("forced_chunks"):
         lines += [

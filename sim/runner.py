@@ -256,6 +256,7 @@ class EpisodeResult:
     decode_tokens: list[float] = field(default_factory=list)
     decode_warm: list[bool] = field(default_factory=list)  # per decoded chunk: started from the tail
     late_chunks: int = 0  # chunks that arrived after every one of their actions was due
+    deadline_stops: int = 0  # chunks whose decoding the deadline ended (before the fixed point or sigma)
     forced_chunks: int = 0  # chunks decoded after a forced prefix
     forced_steps: int = 0  # their forced steps, summed
     prefix_overrun_ticks: int = 0  # ticks that ran old, unforced steps before a forced chunk arrived
@@ -497,6 +498,7 @@ class EvalRunner:
         result.decode_iterations.append(_mean_of(stats.iterations))
         result.decode_tokens.append(float(stats.tokens))
         result.decode_warm.append(warm_started)
+        result.deadline_stops += int(getattr(stats, "stopped_by", "") == "deadline")
 
 
 class _EpisodeJobs:

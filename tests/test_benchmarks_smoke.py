@@ -195,6 +195,8 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
         "--delays",
         "2,3",
         "--realtime",
+        "--busy-cores",
+        "1",
         "--work",
         str(tmp_path / "w"),
         "--output",
@@ -205,7 +207,7 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
 
     record = json.loads(out.read_text())
     variants = ("today", "no_blend", "no_warm_start", "prefix")
-    expected = {"paused", "realtime_today", "realtime_prefix"} | {
+    expected = {"paused", "realtime_today", "realtime_prefix", "realtime_prefix_deadline"} | {
         f"d{d}_{v}" for d in (2, 3) for v in variants
     }
     assert set(record["rows"]) == expected
@@ -221,6 +223,12 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
     )
     assert (
         "--forced-prefix" in by_row["d2_prefix"] and _arg(by_row["realtime_today"], "--clock") == "realtime"
+    )
+    assert "--decode-deadline" in by_row["realtime_prefix_deadline"]
+    assert "--decode-deadline" not in by_row["realtime_prefix"]
+    # the load runs beside the measured-clock rows only
+    assert (
+        record["rows"]["realtime_today"]["busy_cores"] == 1 and record["rows"]["d2_today"]["busy_cores"] == 0
     )
     assert record["rows"]["d2_today"]["vs_paused"]["both"] == 1  # the same episodes, paired
     assert "| d2_prefix | 0.50 (" in capsys.readouterr().out

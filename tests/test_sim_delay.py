@@ -251,3 +251,22 @@ def test_success_against_delay_table_and_plot(tmp_path):
     assert "| teacher AR | 0.90 (jerk 0.010) | 0.60 (jerk 0.010) | - |" in table
     plot_success_vs_delay(curves, tmp_path / "delay.png", dashed=("student, today",))
     assert (tmp_path / "delay.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_decodes_ended_by_their_deadline_are_counted_in_the_report():
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner, build_report
+    from ceed_vla.sim.runner import EpisodeResult
+
+    config = EvalConfig(tasks=("reach",), episodes_per_task=1, image_size=16, clock="realtime")
+    runner = EvalRunner(config, progress=False)
+    result = EpisodeResult("reach", 0, False, 0, 0, [], 0, 0, 0, 0.0, 0.0, 0.0)
+    policy = SimpleNamespace(last_decode_stats=None)
+    for stopped_by in ("sigma", "deadline", "fixed_point", "deadline"):
+        previous = policy.last_decode_stats
+        policy.last_decode_stats = SimpleNamespace(
+            wall_ms=5.0, iterations=torch.tensor([1.0]), tokens=32, stopped_by=stopped_by
+        )
+        runner._record_call(policy, result, 0.005, previous, warm_started=True)
+    runner._record_call(policy, result, 0.005, policy.last_decode_stats, warm_started=True)  # no new decode
+    assert result.deadline_stops == 2 and result.policy_calls == 5
+    assert build_report(config, [result], {})["overall"]["deadline_stops"] == 2
