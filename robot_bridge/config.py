@@ -221,7 +221,7 @@ class BridgeConfig:
     # real-time chunking (ceed_vla/scheduler.py): the queue's next d steps are committed and given to
     # the decoder as the chunk's forced first steps, d = ceil(latency quantile / period) + margin;
     # switched off at configure for a policy that does not take a prefix
-    forced_prefix: bool = True
+    forced_prefix: bool = False
     latency_quantile: float = 0.9  # of the last 20 latencies, for d and the refill (with the prefix)
     prefix_margin_ticks: int = 0
     # Jacobi modes: the decoder stops iterating when the queue would run dry, less deadline_margin_s

@@ -127,7 +127,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="realtime/delay clocks: give the decoder the queue's next d steps as the chunk's forced "
-        "first steps (default: on for a policy that takes them; --no-forced-prefix: today's scheduling)",
+        "first steps, for a policy that takes them (default: off, the stale actions dropped and the rest "
+        "cross-faded, as the bridge's default)",
     )
     parser.add_argument(
         "--latency-quantile",

@@ -30,8 +30,9 @@ keeps lockstep: a chunk is planned when the last one has run (or after `execute_
 blend. Wherever an earlier chunk of the episode exists, its unexecuted tail is the next chunk's
 initial Jacobi guess (`init="tail"`; `"constant"` measures the decoder's own guess).
 
-Under the real-time and delay clocks a policy that takes a forced prefix (the VLA) gets one by
-default (`forced_prefix`): the queue's next d steps, d from the `latency_quantile` of the recent
+Under the real-time and delay clocks a policy that takes a forced prefix (the VLA) gets one when
+asked (`forced_prefix`, off by default: on validation seeds it cost teacher AR success and did not
+change the student's, docs/sim.md "Decomposing a real-time drop"): the queue's next d steps, d from the `latency_quantile` of the recent
 latencies plus `prefix_margin` ticks, are committed and given to the decoder as the chunk's first
 steps (`ceed_vla/scheduler.py`). Under the real-time clock the decoder may also be given the time
 the queue runs dry as a deadline (`decode_deadline`).
@@ -115,8 +116,8 @@ class EvalConfig:
     refill_margin: int | None = None
     """Realtime: plan this many ticks before the queue would run dry (None: 0 paused, the bridge's)."""
     forced_prefix: bool | None = None
-    """Force the queue's next d steps as the chunk's first (None: on under the realtime and delay
-    clocks, off paused); only for policies that take a forced prefix."""
+    """Force the queue's next d steps as the chunk's first (None: off, as the bridge's default); only
+    under the realtime and delay clocks and for policies that take a forced prefix."""
     latency_quantile: float = 0.9
     """The quantile of recent latencies d (and, with the prefix, the refill) is planned from."""
     prefix_margin: int = 0
@@ -419,7 +420,7 @@ class EvalRunner:
     def scheduler(self, policy, control_hz: float) -> ChunkScheduler:
         """A fresh scheduler for one episode, configured as this evaluation asks."""
         cfg = self.config
-        prefix = cfg.clock != "paused" if cfg.forced_prefix is None else cfg.forced_prefix
+        prefix = bool(cfg.forced_prefix)
         return ChunkScheduler(
             SchedulerConfig(
                 action_dim=4,

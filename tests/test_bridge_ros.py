@@ -161,7 +161,7 @@ def _wait(predicate, timeout=5.0):
 
 
 def test_messages_flow_end_to_end_with_diagnostics(rig):
-    r = rig()
+    r = rig(forced_prefix=True)
     r.feed(0.8)
     commands = r.commands()
     assert len(commands) >= 5
@@ -179,7 +179,7 @@ def test_messages_flow_end_to_end_with_diagnostics(rig):
     ):
         assert key in diag
     assert float(diag["control_hz"]) > 0
-    # the sine takes no forced prefix: configure switched the default off, so it schedules as before
+    # the sine takes no forced prefix: configure switches it off even when asked, so it schedules as before
     assert not r.bridge.config.forced_prefix and not r.bridge.core.scheduler.config.forced_prefix
 
 
@@ -352,8 +352,11 @@ def test_a_vla_checkpoint_drives_the_bridge_with_jacobi_decoding(rig, make_polic
     assert len(values) >= 5 and np.all(np.abs(values) <= 1.0)
     assert _wait(lambda: int(r.diagnostics().get("chunks", 0)) > 0)
     assert float(r.diagnostics()["iterations_per_chunk"]) >= 1
-    # the VLA takes the forced prefix (on by default) and a deadline (off unless asked)
-    assert r.bridge.core.scheduler.config.forced_prefix and not r.bridge.core.scheduler.config.decode_deadline
+    # the forced prefix and the deadline are off unless asked (the VLA takes both when they are)
+    assert (
+        not r.bridge.core.scheduler.config.forced_prefix
+        and not r.bridge.core.scheduler.config.decode_deadline
+    )
 
 
 ARM_JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]

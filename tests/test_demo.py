@@ -183,12 +183,12 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert (
         "2.67x | - | - | 1 / 1 / 2 / 0 | 1 |" in md
     )  # student_jacobi: 80 / 30, no holds (paused), no jerk given
-    assert "| teacher_ar_realtime | realtime | 0.50 (0.20-0.80) | 4 | 1.50 |" in md
+    assert "| teacher_ar_realtime | realtime (no prefix) | 0.50 (0.20-0.80) | 4 | 1.50 |" in md
     assert "| 25% / 3 |" in md  # held share and late chunks of the real-time rows
 
 
 def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
-    profile = replace(PROFILE, student_delays=(2, 4), teacher_delays=(2,), realtime_without_prefix=True)
+    profile = replace(PROFILE, student_delays=(2, 4), teacher_delays=(2,), realtime_with_prefix=True)
     names = [m.name for m in profile.modes()]
     assert names[-6:] == [
         "teacher_ar_d2",
@@ -208,7 +208,7 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
         "4",
         "--no-forced-prefix",
     ]
-    assert "student_early_exit_realtime_noprefix" in names
+    assert "student_early_exit_realtime_prefix" in names
     paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
     success = {"student_early_exit": 0.75, "student_early_exit_d2": 0.5, "student_early_exit_d2_prefix": 0.75}
     for mode in profile.modes():
@@ -216,9 +216,7 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
         out.mkdir(parents=True)
         rep = _eval_report(success.get(mode.name, 0.25), 20.0, 2.0)
         rep["overall"]["jerk"] = 0.01 if mode.delay_ticks is None else 0.02
-        if mode.clock == "realtime" and mode.forced_prefix is None:
-            rep["overall"]["forced_steps_per_chunk"] = 2.5
-        if mode.clock == "realtime" and mode.forced_prefix is None:
+        if mode.clock == "realtime" and mode.forced_prefix:
             rep["overall"]["forced_steps_per_chunk"] = 2.5
         (out / "report.json").write_text(json.dumps(rep))
     report = demo.build_report(profile, paths, summary={}, commit="c0ffee")
@@ -231,8 +229,8 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
         in md
     )
     assert "| teacher AR, today's scheduling | 0.25 (jerk 0.010) | 0.25 (jerk 0.020) | - |" in md
-    assert "| student_early_exit_realtime_noprefix | realtime (no prefix) |" in md
-    assert "| student_early_exit_realtime | realtime (prefix) |" in md
+    assert "| student_early_exit_realtime_prefix | realtime (prefix) |" in md
+    assert "| student_early_exit_realtime | realtime (no prefix) |" in md
     paths.reports.mkdir()
     plots = demo.write_plots(report, paths.reports)
     assert "success_vs_delay.png" in [p.name for p in plots]

@@ -64,7 +64,7 @@ def _eval_actions(ticks: int, prefix: bool):
         image_size=16,
         max_episode_steps=ticks,
         clock="realtime",
-        forced_prefix=None if prefix else False,  # the default is on
+        forced_prefix=prefix,
     )
     runner = EvalRunner(config, timer=clock, progress=False)
     assert isinstance(runner.scheduler(policy, HZ), ChunkScheduler)

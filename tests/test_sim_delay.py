@@ -114,6 +114,7 @@ def test_the_delay_clock_gives_the_same_report_twice(make_policy):
         max_episode_steps=16,
         clock="delay",
         delay_ticks=2,
+        forced_prefix=True,
     )
     decoding = {"decoding": DecodeConfig(mode="jacobi", n_bins=policy.n_bins)}
     reports = [EvalRunner(config, decoding, progress=False).run(policy) for _ in range(2)]
@@ -139,7 +140,7 @@ def test_the_delay_clock_gives_the_same_report_twice(make_policy):
 
 
 def test_the_scheduler_forces_the_queues_next_d_steps_and_they_run_as_queued():
-    executed, policy, result = _run(seed=3, ticks=80, clock="delay", delay_ticks=2)
+    executed, policy, result = _run(seed=3, ticks=80, clock="delay", delay_ticks=2, forced_prefix=True)
     forced = [(t, f) for t, f in zip(policy.call_ticks, policy.forced, strict=True) if f is not None]
     assert len(forced) >= 5 and result.forced_chunks == len(forced)
     for tick, bins in forced:
@@ -193,7 +194,15 @@ def test_a_policy_without_tokens_gets_no_prefix_and_the_deadline_only_where_take
     from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
     from ceed_vla.sim.experts import ScriptedExpert
 
-    config = EvalConfig(tasks=("reach",), clock="realtime", decode_deadline=True, deadline_margin_ms=5.0)
+    # off unless asked, as the bridge's default
+    assert (
+        not EvalRunner(EvalConfig(tasks=("reach",), clock="realtime"), progress=False)
+        .scheduler(make_policy(), HZ)
+        .config.forced_prefix
+    )
+    config = EvalConfig(
+        tasks=("reach",), clock="realtime", forced_prefix=True, decode_deadline=True, deadline_margin_ms=5.0
+    )
     runner = EvalRunner(config, progress=False)
     expert = runner.scheduler(ScriptedExpert(), HZ).config
     assert not expert.forced_prefix and not expert.decode_deadline

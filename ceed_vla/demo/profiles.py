@@ -23,7 +23,7 @@ class EvalMode:
     sweep: bool = False  # part of the sigma/tau sweep rather than a headline row
     instructions: str | None = None  # "train" | "eval" wording; None: the profile's `eval_instructions`
     delay_ticks: int | None = None  # the delay clock's ticks per policy call (a point of the delay curve)
-    forced_prefix: bool | None = None  # None: `ceed eval`'s default (on under realtime and delay clocks)
+    forced_prefix: bool | None = None  # None: `ceed eval`'s default (off)
 
     def cli_args(self) -> list[str]:
         args = ["--decoding", self.decoding, "--clock", self.clock]
@@ -87,8 +87,8 @@ class DemoProfile:
     # with today's scheduling (blend, no prefix) and with the forced prefix; d = 0 is the paused row.
     student_delays: tuple[int, ...] = ()
     teacher_delays: tuple[int, ...] = ()
-    # the student's real-time row with today's scheduling too, beside the prefix-conditioned one
-    realtime_without_prefix: bool = False
+    # the student's real-time row with the forced prefix too, beside the one with today's scheduling
+    realtime_with_prefix: bool = False
 
     def __post_init__(self):
         if not self.tasks:
@@ -122,21 +122,27 @@ class DemoProfile:
             EvalMode("student_jacobi", "student", "jacobi"),
             EvalMode("student_early_exit", "student", "early_exit", sigma=self.sigma, tau=self.tau),
             EvalMode("teacher_ar_heldout_wording", "teacher", "ar", instructions="eval"),
-            EvalMode("teacher_ar_realtime", "teacher", "ar", clock="realtime"),
+            EvalMode("teacher_ar_realtime", "teacher", "ar", clock="realtime", forced_prefix=False),
             EvalMode(
-                "student_early_exit_realtime", "student", "early_exit", self.sigma, self.tau, clock="realtime"
+                "student_early_exit_realtime",
+                "student",
+                "early_exit",
+                self.sigma,
+                self.tau,
+                clock="realtime",
+                forced_prefix=False,
             ),
         ]
-        if self.realtime_without_prefix:
+        if self.realtime_with_prefix:
             headline.append(
                 EvalMode(
-                    "student_early_exit_realtime_noprefix",
+                    "student_early_exit_realtime_prefix",
                     "student",
                     "early_exit",
                     self.sigma,
                     self.tau,
                     clock="realtime",
-                    forced_prefix=False,
+                    forced_prefix=True,
                 )
             )
         sweep = [
@@ -207,6 +213,6 @@ FULL = replace(
     execute_steps=2,
     student_delays=(1, 2, 3, 4, 6),
     teacher_delays=(1, 2, 3, 4, 6),
-    realtime_without_prefix=True,
+    realtime_with_prefix=True,
 )
 PROFILES: dict[str, DemoProfile] = {p.name: p for p in (QUICK, FULL)}
