@@ -106,8 +106,7 @@ def _record_image_size(config: CeedConfig) -> None:
 
 
 def _fresh_model(config: CeedConfig, dataset_meta) -> VLAPolicy:
-    config.sync_features()
-    _record_image_size(config)
+    _record_image_size(config)  # `CeedPolicy.__init__` has synced the camera shapes
     vla = config.to_vla_config()
     if vla.lm_path:
         tokenizer = load_tokenizer(vla.lm_path)

@@ -125,7 +125,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--forced-prefix",
         action=argparse.BooleanOptionalAction,
-        default=None,
+        default=False,
         help="realtime/delay clocks: give the decoder the queue's next d steps as the chunk's forced "
         "first steps, for a policy that takes them (default: off, the stale actions dropped and the rest "
         "cross-faded, as the bridge's default)",

@@ -32,8 +32,8 @@ initial Jacobi guess (`init="tail"`; `"constant"` measures the decoder's own gue
 
 Under the real-time and delay clocks a policy that takes a forced prefix (the VLA) gets one when
 asked (`forced_prefix`, off by default: on validation seeds it cost teacher AR success and did not
-change the student's, docs/sim.md "Decomposing a real-time drop"): the queue's next d steps, d from the `latency_quantile` of the recent
-latencies plus `prefix_margin` ticks, are committed and given to the decoder as the chunk's first
+change the student's, docs/sim.md "Decomposing a real-time drop"): the queue's next d steps, d from
+the `latency_quantile` of the recent latencies plus `prefix_margin` ticks, are committed and given to the decoder as the chunk's first
 steps (`ceed_vla/scheduler.py`). Under the real-time clock the decoder may also be given the time
 the queue runs dry as a deadline (`decode_deadline`).
 
@@ -115,8 +115,8 @@ class EvalConfig:
     """Ticks a new chunk is cross-faded into the old one over (None: 0 paused, the bridge's realtime)."""
     refill_margin: int | None = None
     """Realtime: plan this many ticks before the queue would run dry (None: 0 paused, the bridge's)."""
-    forced_prefix: bool | None = None
-    """Force the queue's next d steps as the chunk's first (None: off, as the bridge's default); only
+    forced_prefix: bool = False
+    """Force the queue's next d steps as the chunk's first (off by default, as in the bridge); only
     under the realtime and delay clocks and for policies that take a forced prefix."""
     latency_quantile: float = 0.9
     """The quantile of recent latencies d (and, with the prefix, the refill) is planned from."""
@@ -420,7 +420,6 @@ class EvalRunner:
     def scheduler(self, policy, control_hz: float) -> ChunkScheduler:
         """A fresh scheduler for one episode, configured as this evaluation asks."""
         cfg = self.config
-        prefix = bool(cfg.forced_prefix)
         return ChunkScheduler(
             SchedulerConfig(
                 action_dim=4,
@@ -429,7 +428,7 @@ class EvalRunner:
                 refill_margin_ticks=cfg.refill_margin,
                 replan_every=cfg.execute_steps or _policy_action_steps(policy),
                 init=cfg.init,
-                forced_prefix=prefix and policy_accepts_forced_prefix(policy),
+                forced_prefix=cfg.forced_prefix and policy_accepts_forced_prefix(policy),
                 latency_quantile=cfg.latency_quantile,
                 prefix_margin_ticks=cfg.prefix_margin,
                 decode_deadline=cfg.decode_deadline and policy_accepts_deadline(policy),
@@ -499,7 +498,7 @@ class EvalRunner:
         result.decode_iterations.append(_mean_of(stats.iterations))
         result.decode_tokens.append(float(stats.tokens))
         result.decode_warm.append(warm_started)
-        result.deadline_stops += int(getattr(stats, "stopped_by", "") == "deadline")
+        result.deadline_stops += int(stats.stopped_by == "deadline")
 
 
 class _EpisodeJobs:

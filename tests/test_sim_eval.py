@@ -140,7 +140,9 @@ class SlowPolicy:
         assert obs["observation.image"].shape[1:] == (3, 16, 16)
         self.calls += 1
         self.clock.now += self.seconds
-        self.last_decode_stats = SimpleNamespace(wall_ms=50.0, iterations=torch.tensor([3]), tokens=32)
+        self.last_decode_stats = SimpleNamespace(
+            wall_ms=50.0, iterations=torch.tensor([3]), tokens=32, stopped_by="fixed_point"
+        )
         chunk = torch.zeros(1, self.chunk, 4)
         chunk[..., 0] = 1.0
         return chunk
