@@ -1,21 +1,24 @@
 """The distillation study (`benchmarks/bench_distill.py`): consistency distillation, measured: Jacobi passes per chunk against trajectories collected and
 distillation steps, decode latency (AR vs early exit), and the ablations.
 
-Runs the pipeline top to bottom in one process, with the project's own pieces: teacher training
-(`policy.Trainer` + `NextTokenLoss`, unless --teacher is given), collection (`distill.collect`
-into a zarr store), distillation variants (`policy.Trainer` + `DistillLoss`), and measurement on
-held-out episodes (`distill.measure`). Writes benchmarks/results/distill.json (updated after every
-variant, so a run cut short still reports) and distill_passes.png.
+Runs the pipeline top to bottom with the jobs the pipeline runs, in this process: `ceed train` for
+the teacher (unless --teacher is given), `ceed distill collect` into a zarr store (unless --store is
+given), one `ceed distill train` per variant, then passes per chunk on frames of the episodes the
+jobs held out (`distill.measure`) at every checkpoint of each run. Writes
+benchmarks/results/distill.json (updated after every variant, so a run cut short still reports) and
+distill_passes.png.
 
-    python benchmarks/bench_distill.py export-frames --dataset-root data/mt5 --out frames.npz
-    python benchmarks/bench_distill.py run --frames frames.npz --device cuda --budget-s 540
+    python benchmarks/bench_distill.py run --dataset-root data/mt5 --device cuda --budget-s 540
     python benchmarks/bench_distill.py run --dataset-root data/mt5 --teacher runs/teacher/final
+    python benchmarks/bench_distill.py export-frames --dataset-root data/mt5 --out frames.npz
     python benchmarks/bench_distill.py curve --dataset-root outputs/demo/full/record/dataset \
         --teacher outputs/demo/full/teacher/run/final --run outputs/demo/full/distill/run
 
 `run --teacher T --store S` trains the variants on a store collected before (`ceed distill collect`,
 the demo's) instead of collecting; pass the --val-fraction the teacher was trained with (`ceed
-train`: 0.1) so the measured frames are ones the teacher never saw.
+train`: 0.1) so the measured frames are ones the teacher never saw. `curve` also reads frames from an
+.npz written by `export-frames` (for a machine without the dataset); `run` needs the dataset, since
+the jobs read it.
 
 `curve` measures a distillation run that already happened (`ceed distill train`, e.g. the demo's):
 exact Jacobi passes per chunk of the teacher (step 0) and of every saved checkpoint, on frames of
@@ -41,80 +44,51 @@ import torch
 from .study_io import _decode_kwargs, _print_table, _save, curve, export_frames, load_frames_any
 
 
-def train_teacher(frames, train_eps, out: Path, args):
-    from ceed_vla.policy import NextTokenLoss, TrainConfig, Trainer
-    from ceed_vla.policy.config import LMConfig, VisionConfig, make_config
-    from ceed_vla.policy.data import ChunkDataset
-    from ceed_vla.policy.fresh import fresh_policy
+def _job(argv: list[str]) -> None:
+    """Run one `ceed` job in this process, exactly as the command line (and the demo) runs it."""
+    from ceed_vla.cli import main as ceed
 
-    train_set = ChunkDataset(frames, train_eps, shift=4, seed=args.seed)
-    config = make_config(
-        "tiny",
-        chunk_size=args.chunk_size,
-        action_dim=frames.actions.shape[1],
-        state_dim=frames.states.shape[1],
-    )
-    if args.hidden or args.layers:  # a smaller teacher for a CPU-sized run
-        hidden, layers = args.hidden or config.lm.hidden_size, args.layers or config.lm.num_layers
-        config.lm = LMConfig(hidden_size=hidden, num_layers=layers, num_heads=4, intermediate_size=4 * hidden)
-        config.vision = VisionConfig(channels=tuple(c * hidden // 256 for c in config.vision.channels))
-    rows = train_set.rows
-    policy = fresh_policy(config, sorted(set(frames.tasks)), frames.actions[rows], frames.states[rows])
-    cfg = TrainConfig(
-        output_dir=str(out / "teacher_run"),
-        steps=args.teacher_steps,
-        batch_size=args.batch_size,
-        lr=3e-4,
-        save_every=args.teacher_steps,
-        val_every=args.teacher_steps,
-        log_every=50,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-    )
-    summary = Trainer(policy, NextTokenLoss(), train_set, cfg).fit()
-    policy.save_pretrained(out / "teacher")
-    return policy.eval(), summary
+    print("$ ceed " + " ".join(argv), flush=True)
+    rc = ceed(argv)
+    if rc:
+        raise SystemExit(f"`ceed {' '.join(argv[:2])}` exited with {rc}")
 
 
-def collect_trajectories(teacher, frame_set, frames, train_rows, out: Path, args):
-    from ceed_vla.distill.collect import (
-        CollectConfig,
-        Collector,
-        collect,
-        open_store_for_rank,
-        teacher_fingerprint,
-    )
+def _common(args) -> list[str]:
+    out = ["--seed", str(args.seed), "--device", str(args.device)]
+    return out + (["--threads", str(args.threads)] if args.threads else [])
 
-    cfg = CollectConfig(
-        output=str(out / "traj.zarr"),
-        trajectories=args.trajectories,
-        batch_size=args.collect_batch,
-        warm_start=args.warm_start,
-        delta=args.delta,
-        seed=args.seed,
-    )
-    store = open_store_for_rank(
-        cfg.output, teacher_fingerprint(teacher), teacher.chunk_tokens, teacher.n_bins, 0, 1, {}
-    )
-    t0 = time.perf_counter()
-    collector = Collector(
-        teacher, frame_set, frames, cfg, indices=train_rows, decode_kwargs=_decode_kwargs(args)
-    )
-    summary = collect(collector, store, 0, 1)
-    summary["wall_s"] = time.perf_counter() - t0
-    return store.read(), summary
+
+def train_teacher(args, out: Path) -> Path:
+    """`ceed train` on the study's dataset; returns the final checkpoint."""
+    run_dir = out / "teacher_run"
+    argv = ["train", "--dataset-root", args.dataset_root, "--output", str(run_dir)]
+    argv += ["--chunk-size", str(args.chunk_size), "--steps", str(args.teacher_steps)]
+    argv += ["--batch-size", str(args.batch_size), "--val-fraction", str(args.val_fraction)]
+    argv += ["--precision", args.precision, *_common(args)]
+    if args.repo_id:
+        argv += ["--repo-id", args.repo_id]
+    _job(argv)
+    return run_dir / "final"
+
+
+def collect_trajectories(args, teacher_dir: Path, out: Path) -> Path:
+    """`ceed distill collect` over every episode (as the demo does); the distillation job drops the
+    rows of the episodes it holds out. Returns the store's path."""
+    store = out / "traj.zarr"
+    argv = ["distill", "collect", "--teacher", str(teacher_dir), "--dataset-root", args.dataset_root]
+    argv += ["--output", str(store), "--trajectories", str(args.trajectories)]
+    argv += ["--batch-size", str(args.collect_batch), "--warm-start", str(args.warm_start)]
+    argv += ["--delta", str(args.delta), *_common(args)]
+    if args.repo_id:
+        argv += ["--repo-id", args.repo_id]
+    _job(argv)
+    return store
 
 
 def variants(args, n_traj: int) -> list[dict]:
-    base = {
-        "labels": "mixed",
-        "consistency": "global",
-        "w_ar": args.w_ar,
-        "noise": 0.0,
-        "rows": "all",
-        "steps": args.steps,
-    }
+    """The variants as `ceed distill train` flags (name: what differs from "main")."""
+    base = {"labels": "mixed", "consistency": "global", "w_ar": args.w_ar, "noise": 0.0, "rows": "all"}
     table = {
         "main": {},
         "gt_labels": {"labels": "gt"},
@@ -136,73 +110,55 @@ def variants(args, n_traj: int) -> list[dict]:
             raise SystemExit(
                 f"unknown variant {name!r}; choose from {sorted(table)}, traj_<N> or w_ar_<weight>"
             )
-    return out
+    return [{**v, "steps": args.steps} for v in out]
 
 
-def select_rows(traj, spec, usable: np.ndarray | None = None) -> np.ndarray:
-    """Store rows a variant trains on; `usable` (bool [N]) drops rows of held-out episodes."""
-    rows = np.arange(len(traj)) if usable is None else np.flatnonzero(usable)
-    if spec == "constant":
-        return rows[~traj.warm_start[rows].astype(bool)]
-    if isinstance(spec, int):
-        return rows[:spec]
-    return rows
+def variant_argv(v: dict, teacher_dir: Path, store: Path, run_dir: Path, args) -> list[str]:
+    argv = ["distill", "train", "--teacher", str(teacher_dir), "--trajectories", str(store)]
+    argv += ["--output", str(run_dir), "--labels", v["labels"], "--consistency", v["consistency"]]
+    argv += ["--w-ar", str(v["w_ar"]), "--noise", str(v["noise"]), "--delta", str(args.delta)]
+    argv += ["--steps", str(v["steps"]), "--save-every", str(args.eval_every), "--val-every", str(v["steps"])]
+    argv += ["--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps", "20"]
+    argv += ["--val-fraction", str(args.val_fraction), "--precision", args.precision, *_common(args)]
+    if args.dataset_root:
+        argv += ["--dataset-root", args.dataset_root]
+    if isinstance(v["rows"], int):
+        argv += ["--max-trajectories", str(v["rows"])]
+    elif v["rows"] == "constant":
+        argv += ["--guesses", "constant"]
+    return argv
 
 
-def distill_variant(v, teacher_dir: Path, frame_set, traj, val_rows, out: Path, args, usable=None) -> dict:
-    from ceed_vla.distill.data import DistillDataset, StateSampling
-    from ceed_vla.distill.losses import DistillLoss, DistillLossConfig
+def distill_variant(v, teacher_dir: Path, store: Path, frame_set, val_rows, out: Path, args) -> dict:
+    """`ceed distill train` for one variant, then passes per chunk at every checkpoint it saved."""
     from ceed_vla.distill.measure import jacobi_passes
-    from ceed_vla.policy import TrainConfig, Trainer, load_policy
+    from ceed_vla.policy import load_policy
 
-    student = load_policy(teacher_dir, device=args.device)
-    sampling = StateSampling(consistency=v["consistency"], noise=v["noise"], n_bins=student.n_bins)
-    rows = select_rows(traj, v["rows"], usable)
-    train_set = DistillDataset(frame_set, traj, rows, sampling, seed=args.seed)
-    loss = DistillLoss(
-        DistillLossConfig(w_ar=v["w_ar"], delta=args.delta, labels=v["labels"], consistency=v["consistency"])
-    )
-    run = out / f"student_{v['name']}"
-    curve = []
-    trainer = Trainer(
-        student.train(),
-        loss,
-        train_set,
-        TrainConfig(
-            output_dir=str(run),
-            steps=v["steps"],
-            batch_size=args.batch_size,
-            lr=args.lr,
-            warmup_steps=20,
-            save_every=v["steps"],
-            val_every=v["steps"],
-            log_every=50,
-            seed=args.seed,
-            device=args.device,
-            precision=args.precision,
-        ),
-    )
+    run_dir = out / f"student_{v['name']}"
     t0 = time.perf_counter()
-    for stop in range(args.eval_every, v["steps"] + 1, args.eval_every):
-        trainer.fit(resume=stop > args.eval_every, until_step=stop)
+    _job(variant_argv(v, teacher_dir, store, run_dir, args))
+    train_s = time.perf_counter() - t0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    curve = []
+    for ckpt in sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:])):
+        student = load_policy(ckpt, device=args.device).eval()
         point = {
-            "step": stop,
-            "train_s": time.perf_counter() - t0,
+            "step": int(ckpt.name[5:]),
             **jacobi_passes(student, frame_set, val_rows, **_decode_kwargs(args)),
         }
         curve.append(point)
         print(
-            f"  {v['name']} step {stop}: {point['mean_iterations']:.2f} passes, ==AR {point['fixed_point_equals_ar']:.2f}, "
-            f"AR action L1 to ground truth {point['ar_action_l1_to_ground_truth']:.3f}"
+            f"  {v['name']} step {point['step']}: {point['mean_iterations']:.2f} passes, "
+            f"==AR {point['fixed_point_equals_ar']:.2f}, AR action L1 to ground truth "
+            f"{point['ar_action_l1_to_ground_truth']:.3f}"
         )
-        student.train()
-    student.eval()
     return {
         **v,
-        "trajectories": int(len(rows)),
+        "trajectories": int(summary["train_samples"]),
+        "train_s": train_s,
         "curve": curve,
         "final": curve[-1] if curve else None,
-        "student": student,
+        "run": str(run_dir),
     }
 
 
@@ -218,6 +174,8 @@ def latency_table(policy, frame_set, rows, args) -> dict:
 
 
 def run(args) -> int:
+    """teacher (`ceed train`, unless --teacher) -> trajectories (`ceed distill collect`, unless
+    --store) -> one `ceed distill train` per variant -> passes per chunk on held-out frames."""
     from ceed_vla.distill.measure import jacobi_passes
     from ceed_vla.policy import load_policy
     from ceed_vla.policy.data import ChunkDataset, split_episodes
@@ -232,9 +190,8 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     frames = load_frames_any(args)
     episodes = sorted(set(frames.episode.tolist()))
-    train_eps, val_eps = split_episodes(episodes, args.val_fraction)
+    train_eps, val_eps = split_episodes(episodes, args.val_fraction)  # the jobs' own split
     frame_set = ChunkDataset(frames, episodes)  # row i = dataset index i
-    train_rows = np.flatnonzero(np.isin(frames.episode.numpy(), train_eps))
     val_all = np.flatnonzero(np.isin(frames.episode.numpy(), val_eps))
     val_rows = np.random.default_rng(args.seed).permutation(val_all)[: args.eval_samples]
     record: dict = {
@@ -252,49 +209,44 @@ def run(args) -> int:
         "variants": {},
     }
     if args.teacher:
-        teacher, teacher_dir = load_policy(args.teacher, device=args.device).eval(), Path(args.teacher)
+        teacher_dir = Path(args.teacher)
         record["teacher"] = {"checkpoint": args.teacher}
     else:
-        teacher, summary = train_teacher(frames, train_eps, out, args)
-        teacher_dir = out / "teacher"
-        record["teacher"] = {"trained_here": summary}
+        teacher_dir = train_teacher(args, out)
+        summary = json.loads((teacher_dir.parent / "summary.json").read_text())
+        record["teacher"] = {"checkpoint": str(teacher_dir), "trained_here": summary}
+    teacher = load_policy(teacher_dir, device=args.device).eval()
     record["teacher"]["passes"] = jacobi_passes(teacher, frame_set, val_rows, **_decode_kwargs(args))
     record["teacher"]["latency"] = latency_table(teacher, frame_set, val_rows, args)
     _save(record, args)
-    usable = None
     if args.trajectories_store:  # a store collected before (e.g. by `ceed demo`) over every episode
-        from ceed_vla.distill.collect import teacher_fingerprint
-        from ceed_vla.distill.store import TrajectoryStore
-
-        store = TrajectoryStore.open(
-            args.trajectories_store, teacher_hash=teacher_fingerprint(teacher), mode="r"
-        )
-        traj = store.read()
-        usable = np.isin(frames.episode.numpy()[traj.dataset_index], train_eps)
-        record["collection"] = {
-            "store": args.trajectories_store,
-            "samples": len(traj),
-            "train_samples": int(usable.sum()),
-            "mean_iterations": float(traj.iterations.mean()),
-            "warm_start_share": float(traj.warm_start.mean()),
-        }
-        print(
-            f"using {int(usable.sum())} of {len(traj)} stored trajectories (the rest are held-out episodes)"
-        )
+        store = Path(args.trajectories_store)
     else:
-        traj, record["collection"] = collect_trajectories(teacher, frame_set, frames, train_rows, out, args)
-        print(
-            f"collected {len(traj)} trajectories in {record['collection']['wall_s']:.0f} s: {json.dumps(record['collection'])}"
-        )
+        t0 = time.perf_counter()
+        store = collect_trajectories(args, teacher_dir, out)
+        record["collection_wall_s"] = time.perf_counter() - t0
+    from ceed_vla.distill.collect import teacher_fingerprint
+    from ceed_vla.distill.store import TrajectoryStore
+
+    traj = TrajectoryStore.open(store, teacher_hash=teacher_fingerprint(teacher), mode="r").read()
+    usable = np.isin(frames.episode.numpy()[traj.dataset_index], train_eps)
+    record["collection"] = {
+        "store": str(store),
+        "samples": len(traj),
+        "train_samples": int(usable.sum()),
+        "mean_iterations": float(traj.iterations.mean()),
+        "warm_start_share": float(traj.warm_start.mean()),
+    }
+    print(f"{int(usable.sum())} of {len(traj)} stored trajectories are of training episodes")
     _save(record, args)
     for v in variants(args, len(traj)):
         left = args.budget_s - (time.perf_counter() - t_start)
         if left < args.min_variant_s:
             record["variants"][v["name"]] = {"skipped": f"{left:.0f} s of the budget left"}
             continue
-        result = distill_variant(v, teacher_dir, frame_set, traj, val_rows, out, args, usable)
-        student = result.pop("student")
-        if v["name"] == "main":
+        result = distill_variant(v, teacher_dir, store, frame_set, val_rows, out, args)
+        if v["name"] == "main" and result["final"]:
+            student = load_policy(Path(result["run"]) / "final", device=args.device).eval()
             result["latency"] = latency_table(student, frame_set, val_rows, args)
         record["variants"][v["name"]] = result
         _save(record, args)
@@ -317,21 +269,13 @@ def main(argv=None, results: Path = Path("benchmarks/results")) -> int:
     ex.add_argument("--chunk-size", type=int, default=8)
     ex.add_argument("--out", required=True)
     r = sub.add_parser("run", help="teacher -> collect -> distil variants -> measure")
-    src = r.add_mutually_exclusive_group(required=True)
-    src.add_argument("--frames", help=".npz from export-frames")
-    src.add_argument("--dataset-root")
+    r.add_argument("--dataset-root", required=True, help="LeRobotDataset root (from `ceed record`)")
     r.add_argument("--repo-id", default=None)
     r.add_argument("--teacher", default=None, help="teacher checkpoint (default: train one here)")
     r.add_argument("--work", default="runs/bench_distill")
     r.add_argument("--out-json", default=str(results / "distill.json"))
     r.add_argument("--chunk-size", type=int, default=8)
     r.add_argument("--teacher-steps", type=int, default=1500)
-    r.add_argument(
-        "--hidden", type=int, default=None, help="teacher LM width (default: the tiny preset's 256)"
-    )
-    r.add_argument(
-        "--layers", type=int, default=None, help="teacher LM layers (default: the tiny preset's 4)"
-    )
     r.add_argument("--trajectories", type=int, default=12000, help="how many to collect")
     r.add_argument(
         "--store",
@@ -353,7 +297,9 @@ def main(argv=None, results: Path = Path("benchmarks/results")) -> int:
     r.add_argument("--lr", type=float, default=1e-4)
     r.add_argument("--w-ar", type=float, default=DistillLossConfig.w_ar)
     r.add_argument("--delta", type=float, default=0.1)
-    r.add_argument("--val-fraction", type=float, default=0.2)
+    r.add_argument(
+        "--val-fraction", type=float, default=0.1, help="episodes every job holds out (theirs: 0.1)"
+    )
     r.add_argument("--precision", default="auto")
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--threads", type=int, default=None)

@@ -37,7 +37,7 @@ def export_frames(args) -> None:
 def load_frames_any(args):
     from ceed_vla.policy.data import Frames, load_frames
 
-    if not args.frames:
+    if not getattr(args, "frames", None):
         return load_frames(
             args.repo_id or f"local/{Path(args.dataset_root).name}", args.dataset_root, args.chunk_size
         )

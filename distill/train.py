@@ -43,6 +43,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--repo-id", default=None)
     io.add_argument("--output", required=True, help="run directory")
     io.add_argument("--max-trajectories", type=int, default=None, help="use only the first N sample ids")
+    io.add_argument(
+        "--guesses",
+        choices=["all", "constant"],
+        default="all",
+        help="train on every trajectory, or only on those decoded from the constant initial guess "
+        "(no warm start; an ablation)",
+    )
     io.add_argument("--val-fraction", type=float, default=0.1, help="share of episodes held out")
 
     loss = parser.add_argument_group("loss: L = L_consistency + w_ar * L_AR")
@@ -102,6 +109,9 @@ def build_datasets(args, student, store: TrajectoryStore):
             f"the store indexes frame {int(traj.dataset_index.max())} but {root} has {len(frames)}"
         )
     train_rows, val_rows = split_rows(traj, frames.episode.numpy(), args.val_fraction)
+    if args.guesses == "constant":
+        train_rows = train_rows[~traj.warm_start[train_rows].astype(bool)]
+        val_rows = val_rows[~traj.warm_start[val_rows].astype(bool)]
     sampling = config_from_args(
         StateSampling,
         args,

@@ -67,39 +67,71 @@ def test_curve_refuses_a_directory_without_checkpoints(bench, tmp_path):
         bench.main(["curve", "--frames", "x.npz", "--teacher", "t", "--run", str(tmp_path)])
 
 
-def test_run_on_a_stored_collection_trains_only_on_training_episodes(bench, tmp_path):
-    from ceed_vla.distill import collect as C
-    from ceed_vla.policy.data import ChunkDataset
+def _run_argv(root, work: Path, out: Path, *extra: str) -> list[str]:
+    argv = ["run", "--dataset-root", str(root), "--chunk-size", "4", "--val-fraction", "0.34"]
+    argv += ["--steps", "2", "--eval-every", "1", "--eval-samples", "4", "--latency-samples", "1"]
+    argv += ["--batch-size", "2", "--threads", "1", "--device", "cpu", "--work", str(work)]
+    return [*argv, "--out-json", str(out), *extra]
 
-    frames, npz, teacher = _saved_teacher(tmp_path)
-    store_path = tmp_path / "traj.zarr"
-    config = C.CollectConfig(output=str(store_path), batch_size=8, trajectories=24, warm_start=0.5)
-    store = C.open_store_for_rank(
-        store_path, C.teacher_fingerprint(teacher), teacher.chunk_tokens, teacher.n_bins, 0, 1, {}
-    )
-    dataset = ChunkDataset(frames, [0, 1, 2, 3])
-    C.collect(C.Collector(teacher, dataset, frames, config), store, 0, 1)  # every episode, as the demo does
 
-    out = tmp_path / "bench.json"
-    argv = ["run", "--frames", str(npz), "--teacher", str(tmp_path / "teacher"), "--store", str(store_path)]
-    argv += ["--chunk-size", "2", "--val-fraction", "0.5", "--variants", "main,traj_3", "--steps", "2"]
-    argv += ["--eval-every", "2", "--eval-samples", "4", "--latency-samples", "1", "--batch-size", "2"]
-    argv += ["--work", str(tmp_path / "work"), "--out-json", str(out), "--device", "cpu"]
-    assert bench.main(argv) == 0
+def test_run_calls_the_pipeline_jobs_from_teacher_to_variants(bench, policy_dataset, tmp_path):
+    """No teacher, no store: `ceed train`, `ceed distill collect` and one `ceed distill train` per
+    variant run as jobs, and every checkpoint of each run is measured."""
+    repo_id, root = policy_dataset
+    work, out = tmp_path / "work", tmp_path / "bench.json"
+    extra = ["--repo-id", repo_id, "--teacher-steps", "2", "--trajectories", "16", "--collect-batch", "8"]
+    extra += ["--variants", "main,constant_guess_only,traj_3"]
+    assert bench.main(_run_argv(root, work, out, *extra)) == 0
 
     record = json.loads(out.read_text())
-    stored = store.read()
-    held_out = np.isin(frames.episode.numpy()[stored.dataset_index], [1, 3])  # k = 2: every 2nd episode
+    assert record["teacher"]["trained_here"]["steps"] == 2  # the job's own summary.json
+    assert (work / "teacher_run" / "final" / "model.safetensors").is_file()
+    assert record["collection"]["samples"] == 16 and (work / "traj.zarr").is_dir()
+    main, constant, first3 = (record["variants"][n] for n in ("main", "constant_guess_only", "traj_3"))
+    assert [p["step"] for p in main["curve"]] == [1, 2]  # both saved checkpoints, in order
+    assert (work / "student_main" / "final" / "distill.json").is_file()
+    assert main["latency"] and "early_exit_s2" in main["latency"]
+    # What each variant trained on is what the distillation job says it trained on.
+    assert main["trajectories"] == record["collection"]["train_samples"] < 16
+    traj = json.loads((work / "student_traj_3" / "summary.json").read_text())
+    assert traj["samples_used"] == 3 and first3["trajectories"] <= 3
+    assert 0 < constant["trajectories"] < main["trajectories"]  # warm-started rows are left out
+
+
+def test_run_on_a_stored_collection_trains_only_on_training_episodes(
+    bench, policy_dataset, make_policy, tmp_path
+):
+    from ceed_vla.cli import main as ceed
+
+    torch.set_num_threads(1)
+    repo_id, root = policy_dataset
+    make_policy(seed=0).save_pretrained(tmp_path / "teacher")
+    store = tmp_path / "traj.zarr"  # every episode, as the demo collects
+    collect = ["distill", "collect", "--teacher", str(tmp_path / "teacher"), "--dataset-root", str(root)]
+    collect += ["--repo-id", repo_id, "--output", str(store), "--trajectories", "24", "--batch-size", "8"]
+    assert ceed([*collect, "--threads", "1"]) == 0
+
+    work, out = tmp_path / "work", tmp_path / "bench.json"
+    extra = ["--repo-id", repo_id, "--teacher", str(tmp_path / "teacher"), "--store", str(store)]
+    assert bench.main(_run_argv(root, work, out, *extra, "--variants", "main")) == 0
+
+    from ceed_vla.distill.store import TrajectoryStore
+    from ceed_vla.policy.data import load_frames, split_episodes
+
+    record = json.loads(out.read_text())
+    stored = TrajectoryStore.open(store).read()
+    frames = load_frames(repo_id, root, 4)
+    train_eps, _ = split_episodes(sorted(set(frames.episode.tolist())), 0.34)
+    in_train = np.isin(frames.episode.numpy()[stored.dataset_index], train_eps)
     assert record["collection"]["samples"] == 24
-    assert record["collection"]["train_samples"] == int((~held_out).sum()) < 24
-    assert record["variants"]["main"]["trajectories"] == record["collection"]["train_samples"]
-    assert record["variants"]["traj_3"]["trajectories"] == 3
-    assert not (tmp_path / "work" / "traj.zarr").exists()  # nothing was collected
+    assert record["collection"]["train_samples"] == int(in_train.sum()) < 24
+    assert record["variants"]["main"]["trajectories"] == int(in_train.sum())
+    assert not (work / "traj.zarr").exists() and not (work / "teacher_run").exists()  # neither was redone
 
 
 def test_run_on_a_store_needs_its_teacher(bench, tmp_path):
     with pytest.raises(SystemExit, match="--store needs --teacher"):
-        bench.main(["run", "--frames", "x.npz", "--store", str(tmp_path)])
+        bench.main(["run", "--dataset-root", "x", "--store", str(tmp_path)])
 
 
 def test_variant_names_set_what_they_say(bench):
