@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ceed_vla.cli import config_from_args
 from ceed_vla.scheduler import ChunkRequest, ChunkScheduler, SchedulerConfig
 
 from .config import BridgeConfig, OutputMode
@@ -73,19 +74,15 @@ class BridgeCore:
     def __init__(self, config: BridgeConfig):
         self.config = config
         self.period = config.period_s
+        # Every scheduling field the bridge's parameters share with SchedulerConfig, by name.
         self.scheduler = ChunkScheduler(
-            SchedulerConfig(
+            config_from_args(
+                SchedulerConfig,
+                config,
                 action_dim=config.action_dim,
                 period_s=config.period_s,
-                blend_steps=config.blend_steps,
-                refill_margin_ticks=config.refill_margin_ticks,
                 replan_every=config.replan_every_ticks or None,
                 init=config.decoding_init,
-                forced_prefix=config.forced_prefix,
-                latency_quantile=config.latency_quantile,
-                prefix_margin_ticks=config.prefix_margin_ticks,
-                decode_deadline=config.decode_deadline,
-                deadline_margin_s=config.deadline_margin_s,
             )
         )
         self.queue = self.scheduler.queue

@@ -75,21 +75,30 @@ if missing:
 PYEOF
 
 # Make `ceed_vla.*` importable without installing anything: when the interpreter cannot import it
-# already, a generated package `ceed_vla` whose search path is the checkout's ceed_vla/ and the repo
-# root maps ceed_vla.decoding -> decoding/, ceed_vla.policy -> policy/, like pyproject's package-dir.
+# already, a sitecustomize module installs an import finder that reads the one folder-to-package
+# mapping there is, pyproject.toml's [tool.setuptools.package-dir] (ceed_vla.decoding -> decoding/).
 TMP="$(mktemp -d)"
 # on exit: remove the temporary folder, then let tee write the log's last lines before the shell ends
 trap 'rm -rf "$TMP"; exec >&- 2>&-; wait "$TEE_PID" 2>/dev/null' EXIT
 mkdir -p "$TMP/plugins"
 export PYTHONPATH="$TMP/plugins${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${GPU_CHECK_SHIM:-0}" = 1 ] || ! (cd / && "$PY" -c 'import ceed_vla.decoding' 2>/dev/null); then
-    mkdir -p "$TMP/shim/ceed_vla"
-    cat > "$TMP/shim/ceed_vla/__init__.py" <<PYEOF
-__path__ = [${REPO@Q} + "/ceed_vla", ${REPO@Q}]
-exec(compile(open(__path__[0] + "/__init__.py").read(), __path__[0] + "/__init__.py", "exec"))
+    mkdir -p "$TMP/shim"
+    cat > "$TMP/shim/sitecustomize.py" <<PYEOF
+import importlib.util, pathlib, sys, tomllib
+_REPO = pathlib.Path(${REPO@Q})
+_DIRS = tomllib.loads((_REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+class _CheckoutPackages:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name not in _DIRS:
+            return None
+        folder = _REPO / _DIRS[name]
+        return importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+sys.meta_path.insert(0, _CheckoutPackages)
 PYEOF
     export PYTHONPATH="$TMP/shim:$REPO:$PYTHONPATH"
-    say "ceed_vla importable through a path shim"
+    say "ceed_vla importable from the checkout (pyproject's package-dir)"
 fi
 "$PY" -c 'import ceed_vla.decoding' || die "ceed_vla.decoding does not import"
 

@@ -28,14 +28,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from ceed_vla.sim.env import (
-    DEFAULT_CAMERA,
-    DEFAULT_GOAL_MARKER_RADIUS,
-    DEFAULT_MAX_EPISODE_STEPS,
-    EnvConfig,
-    MetaWorldEnv,
-    Observation,
-)
+from ceed_vla.sim.env import EnvConfig, MetaWorldEnv, Observation
 from ceed_vla.sim.tasks import TASKS
 from gymnasium import spaces
 
@@ -55,10 +48,10 @@ class CeedMetaWorld(gym.Env):
     def __init__(
         self,
         task: str,
-        image_size: int = 64,
-        camera: str = DEFAULT_CAMERA,
-        max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
-        goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS,
+        image_size: int = EnvConfig.image_size,  # EnvConfig's defaults: one source for both
+        camera: str = EnvConfig.camera,
+        max_episode_steps: int = EnvConfig.max_episode_steps,
+        goal_marker_radius: float = EnvConfig.goal_marker_radius,
         instructions: str = "eval",
         render_mode: str | None = "rgb_array",
     ):
