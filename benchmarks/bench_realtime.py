@@ -108,6 +108,9 @@ def main() -> int:
     parser.add_argument("--policy", required=True, help="checkpoint directory (or 'expert')")
     parser.add_argument("--decoding", default="early_exit", choices=("ar", "jacobi", "early_exit"))
     parser.add_argument("--sigma", type=int, default=None)
+    parser.add_argument(
+        "--fused-prefill", action="store_true", help="Jacobi modes: one forward over prompt and guess"
+    )
     parser.add_argument("--delays", default="2,3", help="comma-separated ticks per call")
     parser.add_argument("--realtime", action="store_true", help="also the measured clock, prefix off and on")
     parser.add_argument(
@@ -143,6 +146,7 @@ def main() -> int:
     ]
     common += ["--save-rollouts", "0"]
     common += ["--sigma", str(args.sigma)] if args.sigma is not None else []
+    common += ["--fused-prefill"] if args.fused_prefill else []
     common += ["--execute-steps", str(args.execute_steps)] if args.execute_steps else []
     delays = [int(d) for d in args.delays.split(",") if d.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -167,6 +171,7 @@ def main() -> int:
         "benchmark": "realtime",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "policy": args.policy,
+        "decoding": {"mode": args.decoding, "sigma": args.sigma, "fused_prefill": args.fused_prefill},
         "episodes_per_task": args.episodes,
         "split": "validation",
         "seconds": time.perf_counter() - t0,

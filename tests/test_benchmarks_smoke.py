@@ -240,9 +240,11 @@ def test_bench_realtime_runs_only_the_variants_asked_for(tmp_path, monkeypatch, 
     out = tmp_path / "realtime.json"
     argv = ["--policy", "expert", "--tasks", "reach", "--episodes", "1", "--delays", "2"]
     argv += ["--variants", "prefix", "--work", str(tmp_path / "w"), "--output", str(out)]
-    monkeypatch.setattr(sys, "argv", ["bench_realtime.py", *argv])
+    monkeypatch.setattr(sys, "argv", ["bench_realtime.py", *argv, "--fused-prefill"])
     assert bench.main() == 0
-    assert set(json.loads(out.read_text())["rows"]) == {"paused", "d2_prefix"}
+    record = json.loads(out.read_text())
+    assert set(record["rows"]) == {"paused", "d2_prefix"}
+    assert all("--fused-prefill" in e for e in jobs) and record["decoding"]["fused_prefill"] is True
 
     monkeypatch.setattr(sys, "argv", ["bench_realtime.py", *argv[:-6], "--variants", "prefx"])
     with pytest.raises(SystemExit):
