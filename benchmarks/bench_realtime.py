@@ -12,6 +12,8 @@ study resumes):
 - `d<d>_no_blend`: the same without the cross-fade (`--blend-steps 0`);
 - `d<d>_no_warm_start`: the same from the decoder's constant guess (`--init constant`);
 - `d<d>_prefix`: the forced prefix (the d queued steps given to the decoder as the chunk's first);
+- `d<d>_plan_ahead`: the chunk planned for the tick it starts at (the d queued steps committed, the
+  policy given the state they lead to, the chunk run from its step 0 after them);
 - `realtime_today`, `realtime_prefix`, `realtime_prefix_deadline` with `--realtime`: the measured
   clock at the decoder's latency, the last with the decoder stopped when the queue would run dry
   (`--decode-deadline`); `--busy-cores N` runs N busy-loop processes beside these rows only (a loaded
@@ -50,6 +52,7 @@ VARIANTS = {
     "no_blend": ["--no-forced-prefix", "--blend-steps", "0"],
     "no_warm_start": ["--no-forced-prefix", "--init", "constant"],
     "prefix": ["--forced-prefix"],
+    "plan_ahead": ["--no-forced-prefix", "--plan-ahead"],
 }
 
 

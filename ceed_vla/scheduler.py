@@ -40,6 +40,21 @@ conditioned on. The refill decision then uses the same quantile.
     new chunk:         [c c c x x x x x]      (its first d steps are the forced c)
     merged:                  [c x x x x x]    (now = t_obs + 2: the committed c still to run, then x)
 
+Planning ahead (`SchedulerConfig.plan_ahead`): the chunk is planned for the tick it will start at,
+not the tick of its observation. At the request the queue's next d steps (d as for the forced prefix)
+are committed and handed to the caller (`ChunkRequest.committed_actions`), which predicts the state
+they lead to (`ceed_vla.sim.env.MetaWorldEnv.predict_state`, the bridge's `state_rollforward`) and
+gives the policy that state with the observation's image; the chunk's step 0 is for tick
+`obs_tick + d` (`ChunkRequest.start_tick`), right after the committed steps, so no step of it is
+dropped as stale unless it is later than d ticks, and it is not cross-faded. The policy needs no
+tokens for it: any policy with a proprioceptive state can plan ahead. Exclusive with the forced
+prefix (which conditions on the same d steps through the tokens instead of the state).
+
+    ticks:        t_obs ..... now ......................
+    queue at request:  [c c c o o]            (c = committed: d = 3)
+    new chunk:               [x x x x x x x x]   (planned from the state after c, for t_obs + 3 on)
+    merged:                  [c x x x x x x x x]
+
 Deadline (`SchedulerConfig.decode_deadline`): the request carries the time by which the chunk must
 arrive, when the queue would run dry (the queued ticks times the period after the request) less
 `deadline_margin_s`, on the scheduler's clock; the Jacobi decoder stops iterating by then. With an
@@ -133,6 +148,9 @@ class SchedulerConfig:
     latency_quantile: float = 0.9  # the latency estimate behind d (and the refill, with a forced prefix)
     latency_window: int = 20  # how many recent latencies the quantile is taken over
     prefix_margin_ticks: int = 0  # added to ceil(latency quantile / period) to give d
+    plan_ahead: bool = False
+    """Commit the queue's next d steps at each request, hand them to the caller to predict the state
+    they lead to, and start the chunk after them (any policy; exclusive with `forced_prefix`)."""
     decode_deadline: bool = False
     """Give each request the time the queue would run dry, less `deadline_margin_s`, as the decode
     deadline (policies where `policy_accepts_deadline`)."""
@@ -157,6 +175,11 @@ class SchedulerConfig:
             raise ValueError(f"latency_window must be an int >= 1, got {self.latency_window!r}")
         if self.prefix_margin_ticks < 0:
             raise ValueError(f"prefix_margin_ticks must be >= 0, got {self.prefix_margin_ticks!r}")
+        if self.forced_prefix and self.plan_ahead:
+            raise ValueError(
+                "forced_prefix and plan_ahead both condition the chunk on the committed steps (through the "
+                "tokens, or through the predicted state): choose one"
+            )
         if not (math.isfinite(self.deadline_margin_s) and self.deadline_margin_s >= 0):
             raise ValueError(f"deadline_margin_s must be finite and >= 0, got {self.deadline_margin_s!r}")
 
@@ -171,6 +194,13 @@ class ChunkRequest:
     forced_bins: torch.Tensor | None = None  # [1, d * D] their bins (None when d = 0)
     deadline: float | None = None  # on `clock`: when the chunk must arrive (None: no deadline)
     clock: Callable[[], float] | None = None  # the clock of `deadline`
+    start_tick: int | None = None  # the tick the chunk's step 0 is for (None: obs_tick)
+    committed_actions: np.ndarray | None = None  # plan-ahead: [d, D] the steps that run before start_tick
+
+    @property
+    def chunk_tick(self) -> int:
+        """The tick of the chunk's step 0."""
+        return self.obs_tick if self.start_tick is None else self.start_tick
 
 
 @dataclass
@@ -308,6 +338,7 @@ class ChunkScheduler:
         self._generation = 0
         self._in_flight = False
         self._last_obs_tick: int | None = None  # observation behind the last accepted chunk
+        self._last_chunk_tick: int | None = None  # the tick of that chunk's step 0
         self._previous_bins: torch.Tensor | None = None  # [1, n] that chunk's bins (None: not a VLA)
         self.latency_ema_s = 0.0
         self._latencies: deque[float] = deque(maxlen=config.latency_window)
@@ -318,6 +349,8 @@ class ChunkScheduler:
         self.forced_chunks = 0  # chunks requested with a forced prefix
         self.forced_steps = 0  # their forced steps, summed
         self.prefix_overrun_ticks = 0  # ticks that ran old, unforced steps before such a chunk arrived
+        self.planned_ahead_chunks = 0  # chunks planned for a later start (plan_ahead, d > 0)
+        self.planned_ahead_steps = 0  # their d, summed
 
     # ---- planning -----------------------------------------------------------------------------
     @property
@@ -333,7 +366,8 @@ class ChunkScheduler:
         )
 
     def _latency_ticks(self) -> int:
-        estimate = self.latency_quantile_s() if self.config.forced_prefix else self.latency_ema_s
+        quantile = self.config.forced_prefix or self.config.plan_ahead
+        estimate = self.latency_quantile_s() if quantile else self.latency_ema_s
         return math.ceil(estimate / self.config.period_s - 1e-9)
 
     def lead_ticks(self) -> int:
@@ -363,7 +397,8 @@ class ChunkScheduler:
             if self._in_flight:
                 raise RuntimeError("a chunk request is already in flight: deliver or cancel it first")
             self._in_flight = True
-            shift = None if self._last_obs_tick is None else tick - self._last_obs_tick
+            start, committed = self._plan_ahead(tick) if self.config.plan_ahead else (tick, None)
+            shift = None if self._last_chunk_tick is None else start - self._last_chunk_tick
             guess = None
             if self.config.init == "tail" and self._previous_bins is not None:
                 k = self._previous_bins.shape[1] // self.config.action_dim
@@ -371,6 +406,8 @@ class ChunkScheduler:
                     guess = guess_from_previous_chunk(self._previous_bins, shift, self.config.action_dim)
                     self.warm_starts += 1
             request = ChunkRequest(tick, self._generation, guess, shift)
+            if committed is not None:
+                request.start_tick, request.committed_actions = start, committed
             if self.config.forced_prefix:
                 self._force_prefix(request)
             if self.config.decode_deadline:
@@ -380,6 +417,16 @@ class ChunkScheduler:
                     request.deadline = now + queued * self.config.period_s - self.config.deadline_margin_s
                     request.clock = self.clock
             return request
+
+    def _plan_ahead(self, tick: int) -> tuple[int, np.ndarray]:
+        """Commit the queue's next d steps; returns (the chunk's start tick, those steps [d, D])."""
+        queued = self.queue.remaining(tick)  # [T, D]
+        d = min(self.prefix_ticks(), queued.shape[0])
+        if d > 0:
+            self.queue.commit(tick + d)
+            self.planned_ahead_chunks += 1
+            self.planned_ahead_steps += d
+        return tick + d, queued[:d].copy()
 
     def _force_prefix(self, request: ChunkRequest) -> None:
         """Commit the queue's next d steps and put their bins in the request (d = 0: nothing)."""
@@ -417,9 +464,8 @@ class ChunkScheduler:
             step_bins = None
             if bins is not None and bins.numel() == actions.size:
                 step_bins = bins.detach().to("cpu", torch.long).reshape(actions.shape).numpy()
-            merged = self.queue.merge(
-                actions, request.obs_tick, now_tick, bins=step_bins, blend=request.forced_steps == 0
-            )
+            blend = request.forced_steps == 0 and request.chunk_tick == request.obs_tick  # not conditioned
+            merged = self.queue.merge(actions, request.chunk_tick, now_tick, bins=step_bins, blend=blend)
             self.dropped_actions += merged.dropped
             if request.forced_steps:
                 self.prefix_overrun_ticks += max(0, now_tick - request.obs_tick - request.forced_steps)
@@ -428,6 +474,7 @@ class ChunkScheduler:
                 return merged
             self.chunks += 1
             self._last_obs_tick = request.obs_tick
+            self._last_chunk_tick = request.chunk_tick
             self._previous_bins = None if bins is None else bins.detach().to("cpu", torch.long).reshape(1, -1)
             return merged
 
@@ -444,6 +491,7 @@ class ChunkScheduler:
             self.queue.clear()
             self._generation += 1
             self._last_obs_tick = None
+            self._last_chunk_tick = None
             self._previous_bins = None
 
     # ---- execution ----------------------------------------------------------------------------

@@ -283,6 +283,22 @@ class MetaWorldEnv:
             info=info,
         )
 
+    def predict_state(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The state [4] expected after `actions` [d, 4] from `state` [4]: the end effector moved by
+        the sum of the actions' translations times MetaWorld's action scale (each clipped to [-1, 1],
+        the sum kept inside the mocap bounds), the gripper as it is. The embodiment's forward model
+        for planning ahead (`ceed_vla.scheduler`, `SchedulerConfig.plan_ahead`)."""
+        state = np.asarray(state, dtype=np.float32)
+        actions = np.asarray(actions, dtype=np.float64).reshape(-1, 4)
+        if state.shape != (4,):
+            raise ValueError(f"state has shape {state.shape}; expected (4,)")
+        out = state.copy()
+        if actions.shape[0] == 0:
+            return out
+        moved = np.clip(actions[:, :3], -1.0, 1.0).sum(axis=0) * self._env.action_scale
+        out[:3] = np.clip(state[:3] + moved, self._env.mocap_low, self._env.mocap_high)
+        return out
+
     def observe(self) -> Observation:
         """The observation of the current state (renders the camera)."""
         self._check_open()

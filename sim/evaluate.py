@@ -131,6 +131,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "cross-faded, as the bridge's default)",
     )
     parser.add_argument(
+        "--plan-ahead",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="realtime/delay clocks: plan each chunk for the tick it starts at (the queue's next d steps "
+        "committed, the policy given the state they lead to), instead of dropping its stale first steps "
+        "(default: off; exclusive with --forced-prefix)",
+    )
+    parser.add_argument(
         "--latency-quantile",
         type=float,
         default=0.9,
@@ -192,6 +200,7 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
         "delay_ticks": "delay_ticks",
         "delay_ms": "delay_ms",
         "forced_prefix": "forced_prefix",
+        "plan_ahead": "plan_ahead",
         "latency_quantile": "latency_quantile",
         "prefix_margin": "prefix_margin",
         "decode_deadline": "decode_deadline",

@@ -76,6 +76,7 @@ def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
         out["forced_chunks"] = forced
         out["forced_steps_per_chunk"] = sum(e.forced_steps for e in episodes) / forced if forced else None
         out["prefix_overrun_ticks"] = sum(e.prefix_overrun_ticks for e in episodes)
+        out["planned_ahead_steps"] = sum(e.planned_ahead_steps for e in episodes)
     return out
 
 

@@ -118,6 +118,11 @@ class EvalConfig:
     forced_prefix: bool = False
     """Force the queue's next d steps as the chunk's first (off by default, as in the bridge); only
     under the realtime and delay clocks and for policies that take a forced prefix."""
+    plan_ahead: bool = False
+    """Plan each chunk for the tick it starts at: the queue's next d steps are committed, the policy
+    sees the state they lead to (`MetaWorldEnv.predict_state`) with the current image, and the chunk
+    runs from its step 0 after them; only under the realtime and delay clocks, exclusive with
+    `forced_prefix`."""
     latency_quantile: float = 0.9
     """The quantile of recent latencies d (and, with the prefix, the refill) is planned from."""
     prefix_margin: int = 0
@@ -172,6 +177,13 @@ class EvalConfig:
                 "forced_prefix needs the realtime or delay clock: under the paused clock nothing executes "
                 "while the policy computes, so there is no prefix to force"
             )
+        if self.plan_ahead and not moving:
+            raise ValueError(
+                "plan_ahead needs the realtime or delay clock: under the paused clock nothing executes "
+                "while the policy computes, so there is no later start to plan for"
+            )
+        if self.plan_ahead and self.forced_prefix:
+            raise ValueError("plan_ahead and forced_prefix both condition on the committed steps: choose one")
         if not 0.0 <= self.latency_quantile <= 1.0:
             raise ValueError(f"latency_quantile must be in [0, 1], got {self.latency_quantile!r}")
         if self.prefix_margin < 0:
@@ -261,6 +273,7 @@ class EpisodeResult:
     forced_chunks: int = 0  # chunks decoded after a forced prefix
     forced_steps: int = 0  # their forced steps, summed
     prefix_overrun_ticks: int = 0  # ticks that ran old, unforced steps before a forced chunk arrived
+    planned_ahead_steps: int = 0  # plan-ahead: committed steps the chunks were planned after, summed
     # |change of the commanded action| between consecutive ticks, mean over the action's dimensions,
     # summed over the episode's ticks (jerk = sum / count)
     action_change_sum: float = 0.0
@@ -429,6 +442,7 @@ class EvalRunner:
                 replan_every=cfg.execute_steps or _policy_action_steps(policy),
                 init=cfg.init,
                 forced_prefix=cfg.forced_prefix and policy_accepts_forced_prefix(policy),
+                plan_ahead=cfg.plan_ahead,
                 latency_quantile=cfg.latency_quantile,
                 prefix_margin_ticks=cfg.prefix_margin,
                 decode_deadline=cfg.decode_deadline and policy_accepts_deadline(policy),
@@ -458,14 +472,19 @@ class EvalRunner:
         ep.result.forced_chunks = ep.scheduler.forced_chunks
         ep.result.forced_steps = ep.scheduler.forced_steps
         ep.result.prefix_overrun_ticks = ep.scheduler.prefix_overrun_ticks
+        ep.result.planned_ahead_steps = ep.scheduler.planned_ahead_steps
         return ep.result
 
     # ------------------------------------------------------------------ internals
     def _plan(self, policy, ep: _Episode, warm: bool) -> None:
         if ep.obs is None:
             ep.obs = ep.env.observe()
-        batch = to_policy_batch([ep.obs], [ep.instruction])
         request = ep.scheduler.request(ep.tick)
+        obs = ep.obs
+        if request.committed_actions is not None and len(request.committed_actions):
+            # plan ahead: the state after the committed steps, the image as it is now
+            obs = replace(obs, state=ep.env.predict_state(obs.state, request.committed_actions))
+        batch = to_policy_batch([obs], [ep.instruction])
         previous_stats = getattr(policy, "last_decode_stats", None)
         t0 = self.timer()
         chunk, warm_started = predict_chunk(policy, batch, self.predict_kwargs, request, warm)  # [1, K, D]

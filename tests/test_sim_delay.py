@@ -279,3 +279,75 @@ def test_decodes_ended_by_their_deadline_are_counted_in_the_report():
     runner._record_call(policy, result, 0.005, policy.last_decode_stats, warm_started=True)  # no new decode
     assert result.deadline_stops == 2 and result.policy_calls == 5
     assert build_report(config, [result], {})["overall"]["deadline_stops"] == 2
+
+
+class StateSpyPolicy(TokenChunkPolicy):
+    """Records the state each call is given."""
+
+    def __init__(self, clock: FakeClock, seed: int):
+        super().__init__(clock, seed)
+        self.states: list[np.ndarray] = []
+
+    def predict_action_chunk(self, obs, init_guess=None, forced_bins=None):
+        self.states.append(obs["observation.state"][0].numpy().copy())
+        return super().predict_action_chunk(obs, init_guess=init_guess)
+
+
+def test_plan_ahead_gives_the_policy_the_predicted_state_and_runs_each_chunk_from_its_step_0():
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
+    from ceed_vla.sim.tasks import get_task
+
+    clock = FakeClock()
+    policy = StateSpyPolicy(clock, seed=0)
+    cfg = EvalConfig(
+        tasks=("push",),
+        episodes_per_task=1,
+        image_size=16,
+        max_episode_steps=40,
+        clock="delay",
+        delay_ticks=2,
+        plan_ahead=True,
+        execute_steps=4,
+    )
+    runner = EvalRunner(cfg, timer=clock, progress=False)
+    executed: list[np.ndarray] = []
+    observed: list[np.ndarray] = []  # the true state at each policy call
+    with MetaWorldEnv(EnvConfig("push", image_size=16, max_episode_steps=40)) as env:
+        step, predict = env.step, env.predict_state
+
+        def spy(action, render=True):
+            executed.append(np.asarray(action, dtype=np.float64))
+            return step(action, render=render)
+
+        def spy_predict(state, actions):
+            observed.append(np.asarray(state).copy())
+            return predict(state, actions)
+
+        env.step, env.predict_state = spy, spy_predict
+        result = runner.run_episode(policy, env, get_task("push"), seed=0)
+    # only the first chunk (no latency known yet, so planned for its observation) lost steps
+    assert result.planned_ahead_steps == 2 * (policy.calls - 1) and result.dropped_actions == 2
+    # every call after the first planned 2 committed steps ahead: the policy saw the predicted state
+    assert len(observed) == policy.calls - 1
+    for given, true in zip(policy.states[1:], observed, strict=True):
+        assert not np.allclose(given[:3], true[:3])  # moved by the committed steps' translation
+        np.testing.assert_allclose(given[3], true[3])  # the gripper as observed
+    # chunk i (i >= 2) runs from its step 0 (bins 10 * i + 0, action (10 * i) / 1000) with no cross-fade
+    starts = [float(a[0]) for a in executed if a[0] != 0.0 and round(a[0] * 1000) % 10 == 0]
+    assert [round(v * 1000) for v in starts][:3] == [20, 30, 40]  # chunk 1 lost steps 0-1
+
+
+def test_predict_state_moves_the_hand_by_the_scaled_translations_inside_the_bounds():
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+
+    with MetaWorldEnv(EnvConfig("reach", image_size=16, max_episode_steps=10)) as env:
+        state = env.reset(0).state
+        np.testing.assert_array_equal(env.predict_state(state, np.zeros((0, 4))), state)
+        moved = env.predict_state(state, np.array([[0.5, 0.0, -0.5, 1.0], [0.5, 2.0, 0.0, -1.0]]))
+        np.testing.assert_allclose(moved[:3], state[:3] + np.array([0.01, 0.01, -0.005]), atol=1e-6)
+        assert moved[3] == state[3]
+        far = env.predict_state(state, np.ones((1000, 4)))
+        assert np.all(far[:3] <= env._env.mocap_high + 1e-6)
+        with pytest.raises(ValueError, match="expected"):
+            env.predict_state(state[:3], np.zeros((1, 4)))

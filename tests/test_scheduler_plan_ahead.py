@@ -1,0 +1,86 @@
+"""Planning ahead in the scheduler and the evaluation: the chunk is planned for the tick it starts at,
+after the queue's committed steps, whose effect on the state the embodiment's model predicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ceed_vla.scheduler import ChunkScheduler, SchedulerConfig
+
+PERIOD = 0.05
+D = 2
+
+
+def _scheduler(**kw) -> ChunkScheduler:
+    config = SchedulerConfig(**{"action_dim": D, "period_s": PERIOD, "plan_ahead": True, **kw})
+    return ChunkScheduler(config)
+
+
+def _chunk(value: float, k: int = 8) -> np.ndarray:
+    """[K, D] whose step i holds value + i / 100."""
+    return value + np.repeat(np.arange(k)[:, None] / 100.0, D, axis=1)
+
+
+def test_plan_ahead_commits_the_next_d_steps_and_starts_the_chunk_after_them():
+    s = _scheduler()
+    first = s.request(0)
+    assert first.committed_actions.shape == (0, D) and first.chunk_tick == 0  # no latency known yet
+    s.deliver(first, _chunk(1.0), now_tick=0, latency_s=2 * PERIOD)  # d = 2 from now on
+    queued = s.remaining(0).copy()
+    request = s.request(0)
+    assert request.start_tick == 2 and request.chunk_tick == 2
+    np.testing.assert_array_equal(request.committed_actions, queued[:2])
+    s.pop(0), s.pop(1)  # the two committed ticks run while the policy computes
+    merged = s.deliver(request, _chunk(5.0), now_tick=2, latency_s=2 * PERIOD)
+    # on time: nothing dropped, no cross-fade, the chunk's step 0 is the action of tick 2
+    assert merged.accepted and merged.dropped == 0 and merged.blended == 0
+    np.testing.assert_allclose(s.remaining(2), _chunk(5.0))
+    assert s.planned_ahead_chunks == 1 and s.planned_ahead_steps == 2
+
+
+def test_a_chunk_arriving_early_never_changes_the_committed_steps():
+    s = _scheduler()
+    s.deliver(s.request(0), _chunk(1.0), now_tick=0, latency_s=3 * PERIOD)
+    committed = s.remaining(0)[:3].copy()
+    request = s.request(0)
+    assert request.chunk_tick == 3
+    s.pop(0)
+    s.deliver(request, _chunk(7.0), now_tick=1, latency_s=PERIOD)  # one tick: two committed still queued
+    np.testing.assert_allclose(s.remaining(1)[:2], committed[1:])
+    np.testing.assert_allclose(s.remaining(1)[2:], _chunk(7.0))
+
+
+def test_a_late_chunk_drops_only_the_ticks_it_missed():
+    s = _scheduler()
+    s.deliver(s.request(0), _chunk(1.0), now_tick=0, latency_s=PERIOD)
+    request = s.request(0)  # d = 1
+    for t in range(3):
+        s.pop(t)
+    merged = s.deliver(request, _chunk(4.0), now_tick=3, latency_s=3 * PERIOD)
+    assert merged.dropped == 2  # planned for tick 1, arrived at 3
+    np.testing.assert_allclose(s.remaining(3), _chunk(4.0)[2:])
+
+
+def test_the_warm_start_shift_counts_from_chunk_start_to_chunk_start():
+    s = _scheduler()
+    s.deliver(s.request(0), _chunk(1.0), now_tick=0, latency_s=2 * PERIOD)
+    for t in range(4):
+        s.pop(t)
+    request = s.request(4)  # observed at 4, starts at 6: six ticks after the last chunk's start (0)
+    assert request.chunk_tick == 6 and request.shift == 6
+
+
+def test_plan_ahead_and_the_forced_prefix_are_exclusive():
+    with pytest.raises(ValueError, match="choose one"):
+        SchedulerConfig(action_dim=D, period_s=PERIOD, plan_ahead=True, forced_prefix=True)
+
+
+def test_eval_config_refuses_plan_ahead_without_a_moving_clock():
+    from ceed_vla.sim.runner import EvalConfig
+
+    with pytest.raises(ValueError, match="plan_ahead needs the realtime or delay clock"):
+        EvalConfig(tasks=("reach",), plan_ahead=True)
+    with pytest.raises(ValueError, match="choose one"):
+        EvalConfig(tasks=("reach",), clock="delay", delay_ticks=2, plan_ahead=True, forced_prefix=True)
+    assert EvalConfig(tasks=("reach",), clock="delay", delay_ticks=2, plan_ahead=True).plan_ahead
