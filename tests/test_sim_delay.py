@@ -49,25 +49,31 @@ class TokenChunkPolicy:
         return (bins.reshape(K, 4).float() / 1000.0)[None]  # [1, K, 4]
 
 
-def _run(seed: int, ticks: int = 60, **config):
-    """One push episode; returns (commands executed per tick, None for a hold; the policy; result)."""
+def _run(seed: int, ticks: int = 60, policy_class=None, predicted: list | None = None, **config):
+    """One push episode; returns (commands executed per tick, None for a hold; the policy; result).
+    `predicted` collects the true state of each `predict_state` call (planning ahead)."""
     from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
     from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
     from ceed_vla.sim.tasks import get_task
 
     clock = FakeClock()
-    policy = TokenChunkPolicy(clock, seed)
+    policy = (policy_class or TokenChunkPolicy)(clock, seed)
     cfg = EvalConfig(tasks=("push",), episodes_per_task=1, image_size=16, max_episode_steps=ticks, **config)
     runner = EvalRunner(cfg, timer=clock, progress=False)
     executed: list[np.ndarray | None] = []
     with MetaWorldEnv(EnvConfig("push", image_size=16, max_episode_steps=ticks)) as env:
-        step = env.step
+        step, predict = env.step, env.predict_state
 
         def spy(action, render=True):
             executed.append(None if float(action[0]) == 0.0 else np.asarray(action, dtype=np.float64))
             return step(action, render=render)
 
-        env.step = spy
+        def spy_predict(state, actions):
+            if predicted is not None:
+                predicted.append(np.asarray(state).copy())
+            return predict(state, actions)
+
+        env.step, env.predict_state = spy, spy_predict
         policy.tick = lambda: len(executed)
         result = runner.run_episode(policy, env, get_task("push"), seed=0)
     return executed, policy, result
@@ -294,38 +300,10 @@ class StateSpyPolicy(TokenChunkPolicy):
 
 
 def test_plan_ahead_gives_the_policy_the_predicted_state_and_runs_each_chunk_from_its_step_0():
-    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
-    from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
-    from ceed_vla.sim.tasks import get_task
-
-    clock = FakeClock()
-    policy = StateSpyPolicy(clock, seed=0)
-    cfg = EvalConfig(
-        tasks=("push",),
-        episodes_per_task=1,
-        image_size=16,
-        max_episode_steps=40,
-        clock="delay",
-        delay_ticks=2,
-        plan_ahead=True,
-        execute_steps=4,
+    observed: list[np.ndarray] = []  # the true state at each policy call that planned ahead
+    executed, policy, result = _run(
+        0, 40, StateSpyPolicy, observed, clock="delay", delay_ticks=2, plan_ahead=True, execute_steps=4
     )
-    runner = EvalRunner(cfg, timer=clock, progress=False)
-    executed: list[np.ndarray] = []
-    observed: list[np.ndarray] = []  # the true state at each policy call
-    with MetaWorldEnv(EnvConfig("push", image_size=16, max_episode_steps=40)) as env:
-        step, predict = env.step, env.predict_state
-
-        def spy(action, render=True):
-            executed.append(np.asarray(action, dtype=np.float64))
-            return step(action, render=render)
-
-        def spy_predict(state, actions):
-            observed.append(np.asarray(state).copy())
-            return predict(state, actions)
-
-        env.step, env.predict_state = spy, spy_predict
-        result = runner.run_episode(policy, env, get_task("push"), seed=0)
     # only the first chunk (no latency known yet, so planned for its observation) lost steps
     assert result.planned_ahead_steps == 2 * (policy.calls - 1) and result.dropped_actions == 2
     # every call after the first planned 2 committed steps ahead: the policy saw the predicted state
@@ -334,7 +312,7 @@ def test_plan_ahead_gives_the_policy_the_predicted_state_and_runs_each_chunk_fro
         assert not np.allclose(given[:3], true[:3])  # moved by the committed steps' translation
         np.testing.assert_allclose(given[3], true[3])  # the gripper as observed
     # chunk i (i >= 2) runs from its step 0 (bins 10 * i + 0, action (10 * i) / 1000) with no cross-fade
-    starts = [float(a[0]) for a in executed if a[0] != 0.0 and round(a[0] * 1000) % 10 == 0]
+    starts = [float(a[0]) for a in executed if a is not None and round(a[0] * 1000) % 10 == 0]
     assert [round(v * 1000) for v in starts][:3] == [20, 30, 40]  # chunk 1 lost steps 0-1
 
 
