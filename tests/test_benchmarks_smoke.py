@@ -206,7 +206,7 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
     assert bench.main() == 0
 
     record = json.loads(out.read_text())
-    variants = ("today", "no_blend", "no_warm_start", "prefix")
+    variants = ("today", "no_blend", "no_warm_start", "prefix", "plan_ahead")
     expected = {"paused", "realtime_today", "realtime_prefix", "realtime_prefix_deadline"} | {
         f"d{d}_{v}" for d in (2, 3) for v in variants
     }
@@ -224,6 +224,7 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
     assert (
         "--forced-prefix" in by_row["d2_prefix"] and _arg(by_row["realtime_today"], "--clock") == "realtime"
     )
+    assert "--plan-ahead" in by_row["d3_plan_ahead"] and "--forced-prefix" not in by_row["d3_plan_ahead"]
     assert "--decode-deadline" in by_row["realtime_prefix_deadline"]
     assert "--decode-deadline" not in by_row["realtime_prefix"]
     # the load runs beside the measured-clock rows only
