@@ -1,5 +1,6 @@
 """Where real-time success goes: one decoder under the paused clock, then under the delay clock at each
-d with today's scheduling, with one piece of it switched off at a time, and with the forced prefix.
+d with today's scheduling, with one piece of it switched off at a time, planned ahead (`ceed eval`'s
+default under the moving clocks) and with the forced prefix.
 
     python benchmarks/bench_realtime.py --policy outputs/demo/quick/distill/run/final \
         --decoding early_exit --sigma 2 --delays 2,3 --episodes 4 --execute-steps 4
@@ -14,9 +15,9 @@ study resumes):
 - `d<d>_prefix`: the forced prefix (the d queued steps given to the decoder as the chunk's first);
 - `d<d>_plan_ahead`: the chunk planned for the tick it starts at (the d queued steps committed, the
   policy given the state they lead to, the chunk run from its step 0 after them);
-- `realtime_today`, `realtime_prefix`, `realtime_prefix_deadline` with `--realtime`: the measured
-  clock at the decoder's latency, the last with the decoder stopped when the queue would run dry
-  (`--decode-deadline`); `--busy-cores N` runs N busy-loop processes beside these rows only (a loaded
+- `realtime_today`, `realtime_plan_ahead`, `realtime_prefix`, `realtime_prefix_deadline` with
+  `--realtime`: the measured clock at the decoder's latency, the last with the decoder stopped when
+  the queue would run dry (`--decode-deadline`); `--busy-cores N` runs N busy-loop processes beside these rows only (a loaded
   machine, the case the deadline is for).
 Writes `--output` (JSON: every row, and each row paired with `paused` on the same episodes), a
 Markdown table on stdout and a PNG of success against d beside the JSON.
@@ -47,10 +48,11 @@ KEEP = (
     "iterations_per_chunk_warm",
     "iterations_per_chunk_cold",
 )
+TODAY = ["--no-forced-prefix", "--no-plan-ahead"]  # the stale steps dropped, the rest cross-faded
 VARIANTS = {
-    "today": ["--no-forced-prefix"],
-    "no_blend": ["--no-forced-prefix", "--blend-steps", "0"],
-    "no_warm_start": ["--no-forced-prefix", "--init", "constant"],
+    "today": TODAY,
+    "no_blend": [*TODAY, "--blend-steps", "0"],
+    "no_warm_start": [*TODAY, "--init", "constant"],
     "prefix": ["--forced-prefix"],
     "plan_ahead": ["--no-forced-prefix", "--plan-ahead"],
 }
@@ -63,7 +65,8 @@ def rows_to_run(delays: list[int], realtime: bool, variants=tuple(VARIANTS)) -> 
         for variant in variants:
             rows[f"d{d}_{variant}"] = ["--delay-ticks", str(d), *VARIANTS[variant]]
     if realtime:
-        rows["realtime_today"] = ["--clock", "realtime", "--no-forced-prefix"]
+        rows["realtime_today"] = ["--clock", "realtime", *TODAY]
+        rows["realtime_plan_ahead"] = ["--clock", "realtime", *VARIANTS["plan_ahead"]]
         rows["realtime_prefix"] = ["--clock", "realtime", "--forced-prefix"]
         rows["realtime_prefix_deadline"] = ["--clock", "realtime", "--forced-prefix", "--decode-deadline"]
     return rows
@@ -115,7 +118,11 @@ def main() -> int:
         "--fused-prefill", action="store_true", help="Jacobi modes: one forward over prompt and guess"
     )
     parser.add_argument("--delays", default="2,3", help="comma-separated ticks per call")
-    parser.add_argument("--realtime", action="store_true", help="also the measured clock, prefix off and on")
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="also the measured clock: today's scheduling, planned ahead, the prefix, the prefix with a deadline",
+    )
     parser.add_argument(
         "--busy-cores",
         type=int,

@@ -133,10 +133,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plan-ahead",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="realtime/delay clocks: plan each chunk for the tick it starts at (the queue's next d steps "
         "committed, the policy given the state they lead to), instead of dropping its stale first steps "
-        "(default: off; exclusive with --forced-prefix)",
+        "and cross-fading the rest (default: on under those clocks unless --forced-prefix; "
+        "--no-plan-ahead for the earlier scheduling)",
     )
     parser.add_argument(
         "--latency-quantile",

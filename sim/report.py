@@ -181,11 +181,17 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"{overall['forced_steps_per_chunk']:.2f} committed steps on average; "
             f"{overall['prefix_overrun_ticks']} ticks ran unforced steps before their chunk arrived.",
         ]
+    if overall.get("planned_ahead_steps"):
+        lines += [
+            "",
+            f"Planned ahead: {overall['planned_ahead_steps']} committed steps that chunks were planned after.",
+        ]
     sched = s.get("scheduler")
     if sched and s["clock"] != "paused":
         lines += [
             "",
             f"Scheduler: blend {sched['blend_steps']} ticks, refill margin {sched['refill_margin_ticks']}, "
+            f"planned ahead {'on' if sched.get('plan_ahead') else 'off'}, "
             f"forced prefix {'on' if sched['forced_prefix'] else 'off'} (latency quantile "
             f"{sched['latency_quantile']:g}, margin {sched['prefix_margin_ticks']}), decode deadline "
             f"{'on' if sched['decode_deadline'] else 'off'}, initial guess {sched['init']}.",

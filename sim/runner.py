@@ -30,7 +30,14 @@ keeps lockstep: a chunk is planned when the last one has run (or after `execute_
 blend. Wherever an earlier chunk of the episode exists, its unexecuted tail is the next chunk's
 initial Jacobi guess (`init="tail"`; `"constant"` measures the decoder's own guess).
 
-Under the real-time and delay clocks a policy that takes a forced prefix (the VLA) gets one when
+Under the real-time and delay clocks each chunk is planned ahead by default (`plan_ahead`): the
+queue's next d steps (d from the latency estimate, as below) are committed, the policy sees the state
+they lead to (`MetaWorldEnv.predict_state`) with the current image, and the chunk starts right after
+them, so none of its steps is stale and none is cross-faded. On validation seeds it kept or won
+episodes against dropping the stale steps for every decoder and delay tried (docs/sim.md,
+"Decomposing a real-time drop"); `plan_ahead=False` is the earlier scheduling.
+
+Instead, a policy that takes a forced prefix (the VLA) gets one when
 asked (`forced_prefix`, off by default: on validation seeds it cost teacher AR success and did not
 change the student's, docs/sim.md "Decomposing a real-time drop"): the queue's next d steps, d from
 the `latency_quantile` of the recent latencies plus `prefix_margin` ticks, are committed and given to the decoder as the chunk's first
@@ -118,11 +125,11 @@ class EvalConfig:
     forced_prefix: bool = False
     """Force the queue's next d steps as the chunk's first (off by default, as in the bridge); only
     under the realtime and delay clocks and for policies that take a forced prefix."""
-    plan_ahead: bool = False
+    plan_ahead: bool | None = None
     """Plan each chunk for the tick it starts at: the queue's next d steps are committed, the policy
     sees the state they lead to (`MetaWorldEnv.predict_state`) with the current image, and the chunk
     runs from its step 0 after them; only under the realtime and delay clocks, exclusive with
-    `forced_prefix`."""
+    `forced_prefix`. None: on under those clocks unless `forced_prefix`, off paused."""
     latency_quantile: float = 0.9
     """The quantile of recent latencies d (and, with the prefix, the refill) is planned from."""
     prefix_margin: int = 0
@@ -177,6 +184,8 @@ class EvalConfig:
                 "forced_prefix needs the realtime or delay clock: under the paused clock nothing executes "
                 "while the policy computes, so there is no prefix to force"
             )
+        if self.plan_ahead is None:
+            self.plan_ahead = moving and not self.forced_prefix
         if self.plan_ahead and not moving:
             raise ValueError(
                 "plan_ahead needs the realtime or delay clock: under the paused clock nothing executes "

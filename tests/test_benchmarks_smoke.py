@@ -207,9 +207,13 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
 
     record = json.loads(out.read_text())
     variants = ("today", "no_blend", "no_warm_start", "prefix", "plan_ahead")
-    expected = {"paused", "realtime_today", "realtime_prefix", "realtime_prefix_deadline"} | {
-        f"d{d}_{v}" for d in (2, 3) for v in variants
-    }
+    expected = {
+        "paused",
+        "realtime_today",
+        "realtime_plan_ahead",
+        "realtime_prefix",
+        "realtime_prefix_deadline",
+    } | {f"d{d}_{v}" for d in (2, 3) for v in variants}
     assert set(record["rows"]) == expected
     assert all(_arg(e, "--split") == "validation" for e in jobs)  # a study never looks at evaluation seeds
     by_row = {Path(_arg(e, "--output")).name: e for e in jobs}
@@ -225,6 +229,8 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
         "--forced-prefix" in by_row["d2_prefix"] and _arg(by_row["realtime_today"], "--clock") == "realtime"
     )
     assert "--plan-ahead" in by_row["d3_plan_ahead"] and "--forced-prefix" not in by_row["d3_plan_ahead"]
+    assert "--no-plan-ahead" in by_row["d2_today"] and "--no-plan-ahead" in by_row["realtime_today"]
+    assert "--plan-ahead" in by_row["realtime_plan_ahead"]
     assert "--decode-deadline" in by_row["realtime_prefix_deadline"]
     assert "--decode-deadline" not in by_row["realtime_prefix"]
     # the load runs beside the measured-clock rows only

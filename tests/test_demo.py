@@ -183,23 +183,36 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert (
         "2.67x | - | - | 1 / 1 / 2 / 0 | 1 |" in md
     )  # student_jacobi: 80 / 30, no holds (paused), no jerk given
-    assert "| teacher_ar_realtime | realtime (no prefix) | 0.50 (0.20-0.80) | 4 | 1.50 |" in md
+    assert "| teacher_ar_realtime | realtime (plan ahead) | 0.50 (0.20-0.80) | 4 | 1.50 |" in md
     assert "| 25% / 3 |" in md  # held share and late chunks of the real-time rows
 
 
 def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
-    profile = replace(PROFILE, student_delays=(2, 4), teacher_delays=(2,), realtime_with_prefix=True)
+    assert [m.name for m in replace(PROFILE, student_delays=(2,)).delay_modes()] == [
+        "student_early_exit_d2",
+        "student_early_exit_d2_plan_ahead",
+    ]  # the default schedulings
+    profile = replace(
+        PROFILE,
+        student_delays=(2, 4),
+        teacher_delays=(2,),
+        realtime_with_prefix=True,
+        delay_schedulings=("today", "plan_ahead", "prefix"),
+    )
     names = [m.name for m in profile.modes()]
-    assert names[-6:] == [
+    assert names[-9:] == [
         "teacher_ar_d2",
+        "teacher_ar_d2_plan_ahead",
         "teacher_ar_d2_prefix",
         "student_early_exit_d2",
+        "student_early_exit_d2_plan_ahead",
         "student_early_exit_d2_prefix",
         "student_early_exit_d4",
+        "student_early_exit_d4_plan_ahead",
         "student_early_exit_d4_prefix",
     ]
-    d4 = {m.name: m for m in profile.modes()}["student_early_exit_d4"]
-    assert d4.cli_args()[:7] == [
+    by_name = {m.name: m for m in profile.modes()}
+    assert by_name["student_early_exit_d4"].cli_args()[:8] == [
         "--decoding",
         "early_exit",
         "--clock",
@@ -207,10 +220,24 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
         "--delay-ticks",
         "4",
         "--no-forced-prefix",
+        "--no-plan-ahead",
+    ]  # today's scheduling asks for it: plan-ahead is `ceed eval`'s default
+    assert by_name["student_early_exit_d4_plan_ahead"].cli_args()[6:8] == [
+        "--no-forced-prefix",
+        "--plan-ahead",
     ]
+    assert by_name["student_early_exit_d4_prefix"].cli_args()[6:8] == ["--forced-prefix", "--no-plan-ahead"]
+    assert "--plan-ahead" in by_name["student_early_exit_realtime"].cli_args()
     assert "student_early_exit_realtime_prefix" in names
+    with pytest.raises(ValueError, match="delay_schedulings"):
+        replace(PROFILE, delay_schedulings=("today", "planahead"))
     paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
-    success = {"student_early_exit": 0.75, "student_early_exit_d2": 0.5, "student_early_exit_d2_prefix": 0.75}
+    success = {
+        "student_early_exit": 0.75,
+        "student_early_exit_d2": 0.5,
+        "student_early_exit_d2_prefix": 0.75,
+        "student_early_exit_d4_plan_ahead": 0.5,
+    }
     for mode in profile.modes():
         out = paths.eval_dir(mode.name)
         out.mkdir(parents=True)
@@ -229,8 +256,14 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
         in md
     )
     assert "| teacher AR, today's scheduling | 0.25 (jerk 0.010) | 0.25 (jerk 0.020) | - |" in md
+    assert (
+        "| student early exit, planned ahead | 0.75 (jerk 0.010) | 0.25 (jerk 0.020) | 0.50 (jerk 0.020) |"
+        in md
+    )
+    assert report["modes"]["student_early_exit_d2_plan_ahead"]["mode"]["scheduling"] == "plan_ahead"
+    assert "scheduling" not in report["modes"]["student_early_exit"]["mode"]  # paused: nothing to schedule
     assert "| student_early_exit_realtime_prefix | realtime (prefix) |" in md
-    assert "| student_early_exit_realtime | realtime (no prefix) |" in md
+    assert "| student_early_exit_realtime | realtime (plan ahead) |" in md
     paths.reports.mkdir()
     plots = demo.write_plots(report, paths.reports)
     assert "success_vs_delay.png" in [p.name for p in plots]

@@ -158,9 +158,12 @@ def test_the_scheduler_forces_the_queues_next_d_steps_and_they_run_as_queued():
     assert result.prefix_overrun_ticks == 0 and result.late_chunks == 0
 
 
-def test_without_the_prefix_the_scheduling_is_todays():
-    executed, policy, result = _run(seed=3, ticks=60, clock="delay", delay_ticks=2, forced_prefix=False)
+def test_without_the_prefix_or_planning_ahead_the_scheduling_is_todays():
+    executed, policy, result = _run(
+        seed=3, ticks=60, clock="delay", delay_ticks=2, forced_prefix=False, plan_ahead=False
+    )
     assert all(f is None for f in policy.forced) and result.forced_chunks == 0
+    assert result.planned_ahead_steps == 0 and result.dropped_actions > 0
     blended = [a for a in executed if a is not None and not np.allclose(a * 1000, np.round(a * 1000))]
     assert blended  # the old plan is cross-faded into the new chunk (off-grid actions)
 
@@ -329,3 +332,11 @@ def test_predict_state_moves_the_hand_by_the_scaled_translations_inside_the_boun
         assert np.all(far[:3] <= env._env.mocap_high + 1e-6)
         with pytest.raises(ValueError, match="expected"):
             env.predict_state(state[:3], np.zeros((1, 4)))
+
+
+def test_the_delay_clock_plans_ahead_by_default():
+    executed, policy, result = _run(seed=3, ticks=60, clock="delay", delay_ticks=2)
+    assert all(f is None for f in policy.forced) and result.forced_chunks == 0
+    assert result.planned_ahead_steps > 0
+    # no cross-fade: every executed action is one the policy decoded (on the 1/1000 grid)
+    assert all(np.allclose(a * 1000, np.round(a * 1000)) for a in executed if a is not None)

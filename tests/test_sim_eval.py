@@ -148,7 +148,7 @@ class SlowPolicy:
         return chunk
 
 
-def _run_slow(clock_mode: str, execute_steps=None, steps: int = 24, chunk: int = 8):
+def _run_slow(clock_mode: str, execute_steps=None, steps: int = 24, chunk: int = 8, **config):
     from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
     from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
     from ceed_vla.sim.tasks import get_task
@@ -161,6 +161,7 @@ def _run_slow(clock_mode: str, execute_steps=None, steps: int = 24, chunk: int =
         max_episode_steps=steps,
         clock=clock_mode,
         execute_steps=execute_steps,
+        **config,
     )
     runner = EvalRunner(config, timer=clock, progress=False)
     with MetaWorldEnv(EnvConfig("reach", image_size=16, max_episode_steps=steps)) as env:
@@ -172,7 +173,7 @@ def _run_slow(clock_mode: str, execute_steps=None, steps: int = 24, chunk: int =
 
 def test_realtime_clock_computes_while_the_previous_chunk_executes():
     paused, paused_dx = _run_slow("paused")
-    realtime, realtime_dx = _run_slow("realtime")
+    realtime, realtime_dx = _run_slow("realtime", plan_ahead=False)  # the stale steps dropped
 
     assert paused.steps == realtime.steps == 24
     assert paused.held_steps == 0 and paused.dropped_actions == 0
@@ -210,8 +211,10 @@ def test_report_carries_chunk_statistics_and_realtime_counters():
     assert overall["avg_sum_reward"] == pytest.approx(result.reward_sum) and result.reward_sum > 0
     assert overall["avg_max_reward"] <= overall["avg_sum_reward"]
     assert overall["late_chunks"] == 0
+    assert overall["planned_ahead_steps"] == result.planned_ahead_steps > 0  # the default scheduling
     text = report_markdown(report)
     assert "50.0 ms per chunk" in text and "steps held" in text
+    assert f"Planned ahead: {result.planned_ahead_steps} committed steps" in text
 
 
 def test_cli_eval_runs_the_expert_and_rejects_a_missing_checkpoint(tmp_path, capsys):
@@ -333,3 +336,13 @@ def test_worker_and_thread_counts_below_one_are_refused(field, value):
 
     with pytest.raises(ValueError, match=field):
         EvalConfig(tasks=("reach",), **{field: value})
+
+
+def test_realtime_clock_plans_ahead_by_default():
+    """The same slow policy at its defaults: after the first call, whose chunk starts at its
+    observation (no latency known yet: 4 stale steps dropped, 4 ticks held), each chunk is planned for
+    the tick after the 4 committed steps that run while it is computed, so none of it is stale."""
+    realtime, _ = _run_slow("realtime")
+    assert realtime.steps == 24 and realtime.held_steps == 4 and realtime.late_chunks == 0
+    assert realtime.dropped_actions == 4  # the first chunk's only
+    assert realtime.planned_ahead_steps == 4 * (realtime.policy_calls - 1)

@@ -9,6 +9,9 @@ from dataclasses import dataclass, replace
 
 from ceed_vla.sim.env import DEFAULT_CAMERA, DEFAULT_GOAL_MARKER_RADIUS
 
+SCHEDULINGS = ("today", "plan_ahead", "prefix")
+"""How a moving-clock row schedules its chunks (`EvalMode.scheduling`)."""
+
 
 @dataclass(frozen=True)
 class EvalMode:
@@ -24,6 +27,17 @@ class EvalMode:
     instructions: str | None = None  # "train" | "eval" wording; None: the profile's `eval_instructions`
     delay_ticks: int | None = None  # the delay clock's ticks per policy call (a point of the delay curve)
     forced_prefix: bool | None = None  # None: `ceed eval`'s default (off)
+    plan_ahead: bool | None = (
+        None  # None: `ceed eval`'s default (on under the moving clocks, unless prefixed)
+    )
+
+    @property
+    def scheduling(self) -> str:
+        """How a moving-clock row schedules its chunks: "prefix", "plan_ahead" or "today" (the stale
+        steps dropped, the rest cross-faded)."""
+        if self.forced_prefix:
+            return "prefix"
+        return "plan_ahead" if self.plan_ahead else "today"
 
     def cli_args(self) -> list[str]:
         args = ["--decoding", self.decoding, "--clock", self.clock]
@@ -31,6 +45,8 @@ class EvalMode:
             args += ["--delay-ticks", str(self.delay_ticks)]
         if self.forced_prefix is not None:
             args += ["--forced-prefix" if self.forced_prefix else "--no-forced-prefix"]
+        if self.plan_ahead is not None:
+            args += ["--plan-ahead" if self.plan_ahead else "--no-plan-ahead"]
         if self.sigma is not None:
             args += ["--sigma", str(self.sigma)]
         if self.tau is not None:
@@ -84,10 +100,12 @@ class DemoProfile:
     refine_steps: int = 1000
     extra_refine_args: tuple[str, ...] = ()
     # The delay curve (`ceed eval --delay-ticks d`): the student's early exit and teacher AR at each d,
-    # with today's scheduling (blend, no prefix) and with the forced prefix; d = 0 is the paused row.
+    # in each of `delay_schedulings` ("today": the stale steps dropped, the rest cross-faded;
+    # "plan_ahead"; "prefix": the forced prefix); d = 0 is the paused row.
     student_delays: tuple[int, ...] = ()
     teacher_delays: tuple[int, ...] = ()
-    # the student's real-time row with the forced prefix too, beside the one with today's scheduling
+    delay_schedulings: tuple[str, ...] = ("today", "plan_ahead")
+    # the student's real-time row with the forced prefix too, beside the planned-ahead one
     realtime_with_prefix: bool = False
 
     def __post_init__(self):
@@ -114,6 +132,11 @@ class DemoProfile:
             raise ValueError(f"delays must be >= 1 tick (d = 0 is the paused row), got {bad!r}")
         if self.eval_instructions not in ("train", "eval"):
             raise ValueError(f"eval_instructions must be 'train' or 'eval', got {self.eval_instructions!r}")
+        unknown = sorted(set(self.delay_schedulings) - set(SCHEDULINGS))
+        if unknown or not self.delay_schedulings:
+            raise ValueError(
+                f"delay_schedulings {self.delay_schedulings!r}: unknown {unknown}; choose among {SCHEDULINGS}"
+            )
 
     def modes(self) -> list[EvalMode]:
         headline = [
@@ -122,7 +145,9 @@ class DemoProfile:
             EvalMode("student_jacobi", "student", "jacobi"),
             EvalMode("student_early_exit", "student", "early_exit", sigma=self.sigma, tau=self.tau),
             EvalMode("teacher_ar_heldout_wording", "teacher", "ar", instructions="eval"),
-            EvalMode("teacher_ar_realtime", "teacher", "ar", clock="realtime", forced_prefix=False),
+            EvalMode(
+                "teacher_ar_realtime", "teacher", "ar", clock="realtime", forced_prefix=False, plan_ahead=True
+            ),
             EvalMode(
                 "student_early_exit_realtime",
                 "student",
@@ -131,6 +156,7 @@ class DemoProfile:
                 self.tau,
                 clock="realtime",
                 forced_prefix=False,
+                plan_ahead=True,
             ),
         ]
         if self.realtime_with_prefix:
@@ -153,7 +179,8 @@ class DemoProfile:
         return headline + sweep + self.delay_modes()
 
     def delay_modes(self) -> list[EvalMode]:
-        """The delay curve's points: `<paused row>_d<d>` (today's scheduling) and `..._d<d>_prefix`."""
+        """The delay curve's points: `<paused row>_d<d>` (today's scheduling), `..._d<d>_plan_ahead` and
+        `..._d<d>_prefix`, as `delay_schedulings` asks."""
         out = []
         for base, delays in (
             (EvalMode("teacher_ar", "teacher", "ar"), self.teacher_delays),
@@ -163,9 +190,19 @@ class DemoProfile:
             ),
         ):
             for d in delays:
-                for prefix in (False, True):
-                    name = f"{base.name}_d{d}" + ("_prefix" if prefix else "")
-                    out.append(replace(base, name=name, clock="delay", delay_ticks=d, forced_prefix=prefix))
+                for scheduling in self.delay_schedulings:
+                    name = f"{base.name}_d{d}" + ("" if scheduling == "today" else f"_{scheduling}")
+                    prefix, ahead = scheduling == "prefix", scheduling == "plan_ahead"
+                    out.append(
+                        replace(
+                            base,
+                            name=name,
+                            clock="delay",
+                            delay_ticks=d,
+                            forced_prefix=prefix,
+                            plan_ahead=ahead,
+                        )
+                    )
         return out
 
 

@@ -73,7 +73,8 @@ def build_report(
     """commit: the code the stages ran with (taken when the run started); default: HEAD now."""
     modes: dict[str, Any] = {}
     for mode in profile.modes():
-        modes[mode.name] = {**mode_row(_eval_report(paths, mode.name)), "mode": asdict(mode)}
+        described = asdict(mode) | ({"scheduling": mode.scheduling} if mode.clock != "paused" else {})
+        modes[mode.name] = {**mode_row(_eval_report(paths, mode.name)), "mode": described}
     ar_ms = modes["teacher_ar"]["ms_per_chunk_p50"]
     reference = episode_outcomes(_eval_report(paths, "teacher_ar"))
     for name, row in modes.items():
@@ -205,9 +206,11 @@ def _is_delay_row(row: dict[str, Any]) -> bool:
     return row["mode"].get("delay_ticks") is not None
 
 
-def _prefix_note(row: dict[str, Any]) -> str:
-    """How a real-time row scheduled: " (prefix)" when chunks were decoded after a forced prefix,
-    " (no prefix)" when it was switched off; nothing for paused rows and reports from before it."""
+def _scheduling_note(row: dict[str, Any]) -> str:
+    """How a real-time row scheduled: " (plan ahead)", " (prefix)" when chunks were decoded after a
+    forced prefix, " (no prefix)" when neither; nothing for paused rows and reports from before them."""
+    if row["mode"].get("plan_ahead"):
+        return " (plan ahead)"
     if row["mode"].get("forced_prefix") is False:
         return " (no prefix)"
     return " (prefix)" if row.get("forced_steps_per_chunk") else ""
@@ -226,7 +229,7 @@ def main_table(report: dict[str, Any]) -> list[str]:
         if _is_delay_row(r):
             continue
         lo, hi = r["success_ci95"]
-        clock = r["mode"]["clock"] + _prefix_note(r)
+        clock = r["mode"]["clock"] + _scheduling_note(r)
         lines.append(
             f"| {name} | {clock} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "
             f"| {_fmt(r.get('seconds_to_success'), '.2f')} "
@@ -239,23 +242,30 @@ def main_table(report: dict[str, Any]) -> list[str]:
 
 
 CURVE_LABELS = {
-    ("teacher_ar", False): "teacher AR, today's scheduling",
-    ("teacher_ar", True): "teacher AR, forced prefix",
-    ("student_early_exit", False): "student early exit, today's scheduling",
-    ("student_early_exit", True): "student early exit, forced prefix",
+    ("teacher_ar", "today"): "teacher AR, today's scheduling",
+    ("teacher_ar", "plan_ahead"): "teacher AR, planned ahead",
+    ("teacher_ar", "prefix"): "teacher AR, forced prefix",
+    ("student_early_exit", "today"): "student early exit, today's scheduling",
+    ("student_early_exit", "plan_ahead"): "student early exit, planned ahead",
+    ("student_early_exit", "prefix"): "student early exit, forced prefix",
 }
+
+
+def _row_scheduling(row: dict[str, Any]) -> str:
+    mode = row["mode"]
+    if mode.get("forced_prefix"):
+        return "prefix"
+    return "plan_ahead" if mode.get("plan_ahead") else "today"
 
 
 def delay_curves(report: dict[str, Any]) -> DelayCurves:
     """Success against delay from the delay rows; d = 0 is each decoder's paused row."""
     curves: DelayCurves = {}
-    for (base, prefix), label in CURVE_LABELS.items():
+    for (base, scheduling), label in CURVE_LABELS.items():
         points = {
             r["mode"]["delay_ticks"]: r
             for name, r in report["modes"].items()
-            if _is_delay_row(r)
-            and name.startswith(f"{base}_d")
-            and bool(r["mode"].get("forced_prefix")) == prefix
+            if _is_delay_row(r) and name.startswith(f"{base}_d") and _row_scheduling(r) == scheduling
         }
         if points and base in report["modes"]:
             curves[label] = {0: report["modes"][base], **dict(sorted(points.items()))}
@@ -270,8 +280,9 @@ def delay_section(report: dict[str, Any]) -> list[str]:
     return [
         "Success against delay (`ceed eval --delay-ticks d`: every policy call takes d control ticks of "
         "12.5 ms, whatever the machine; d = 0 is the paused row). Today's scheduling drops the chunk's "
-        "first d actions and cross-fades the rest into the old plan; the forced prefix gives the decoder the "
-        "d queued steps that run meanwhile as the chunk's first ones. Cells: success (jerk, the mean "
+        "first d actions and cross-fades the rest into the old plan; planning ahead commits the d queued "
+        "steps that run meanwhile and plans the chunk for the tick after them, from the state they lead to; "
+        "the forced prefix gives the decoder those steps as the chunk's first ones. Cells: success (jerk, the mean "
         "|change of the command| between ticks).",
         "",
         *delay_table_markdown(curves, note_zero="paused").splitlines(),
@@ -389,7 +400,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     curves = delay_curves(report)
     if curves:
         path = out / "success_vs_delay.png"
-        dashed = tuple(label for (_, prefix), label in CURVE_LABELS.items() if not prefix)
+        dashed = tuple(label for (_, scheduling), label in CURVE_LABELS.items() if scheduling == "today")
         plot_success_vs_delay(curves, path, title="Success against delay (d ticks per call)", dashed=dashed)
         paths.append(path)
 
