@@ -222,7 +222,12 @@ class BridgeConfig:
     # the decoder as the chunk's forced first steps, d = ceil(latency quantile / period) + margin;
     # switched off at configure for a policy that does not take a prefix
     forced_prefix: bool = False
-    latency_quantile: float = 0.9  # of the last 20 latencies, for d and the refill (with the prefix)
+    # planning ahead (ceed_vla/scheduler.py): the queue's next d steps are committed, the policy is
+    # given the state they lead to (core.state_rollforward, or the embodiment's forward model) and the
+    # chunk starts right after them, neither dropped as stale nor cross-faded; any policy. Exclusive
+    # with forced_prefix; None (the default) = on unless forced_prefix, resolved here
+    plan_ahead: bool | None = None
+    latency_quantile: float = 0.9  # of the last 20 latencies, for d and the refill (prefix or plan-ahead)
     prefix_margin_ticks: int = 0
     # Jacobi modes: the decoder stops iterating when the queue would run dry, less deadline_margin_s
     decode_deadline: bool = False
@@ -305,6 +310,14 @@ class BridgeConfig:
             raise ConfigError(
                 f"decoding_fused_prefill=true needs decoding_mode 'jacobi' or 'early_exit' "
                 f"(got {self.decoding_mode!r}): AR has no guess block"
+            )
+        if self.plan_ahead is None:
+            self.plan_ahead = not self.forced_prefix
+        if self.plan_ahead and self.forced_prefix:
+            raise ConfigError(
+                "plan_ahead=true and forced_prefix=true: both condition the chunk on the committed steps "
+                "(plan_ahead through the state they lead to, forced_prefix through the decoder's tokens); choose "
+                "one: set plan_ahead: false to force the prefix, or drop forced_prefix: true to plan ahead"
             )
         require_range(self.latency_quantile, "latency_quantile", 0.0, 1.0)
         if self.prefix_margin_ticks < 0:

@@ -13,6 +13,13 @@ observation), so a policy that decodes faster than the chunk it produces keeps t
 running dry. The queue, that decision, warm-start guesses and late chunks are
 `ceed_vla.scheduler.ChunkScheduler`, the same class `ceed eval` schedules the simulator with.
 
+Planning ahead (`plan_ahead`, on by default unless `forced_prefix`): at each request the queue's next
+d steps are committed (d from the latency quantile) and the policy is given the state they lead to
+with the current images; its chunk runs from the tick right after them. The state comes from the
+embodiment's forward model when one was given (`BridgeCore(predict_state=...)`: the sim robot passes
+MetaWorld's), else from `state_rollforward`: a commanded joint driven to a position is where its last
+committed target puts it, every other entry stays as measured.
+
 All methods are thread-safe: ROS callbacks, the control timer and the inference worker call them
 from different threads.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +42,45 @@ from .config import BridgeConfig, OutputMode
 from .safety import EStopLatch, SafetyFilter, StaleWatchdog
 
 STATE, ENV_STATE = "state", "environment_state"
+
+PredictState = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""An embodiment's forward model: (state [S], committed actions [d, D], both in the policy's units) ->
+the state [S] expected once those actions have run."""
+
+
+def state_rollforward(
+    state: np.ndarray,
+    committed: np.ndarray,
+    state_joints: Sequence[tuple[int, int]],
+    positions: Sequence[bool],
+    scale: np.ndarray,
+    offset: np.ndarray,
+    low: Sequence[float] | None = None,
+    high: Sequence[float] | None = None,
+) -> np.ndarray:
+    """The state [S] (the policy's units) expected once the committed actions have run, from the
+    measured `state` [S]: what the bridge knows without a model of the embodiment.
+
+    `committed` [d, D] are the queued actions in the controller's units (`BridgeCore.to_controller`
+    applied). `state_joints` pairs a state entry with the action dimension commanding the same joint
+    ((index in the state, action dimension)); `positions` [D] says which dimensions command a position
+    (those not held at zero, `SafetyConfig.zero_hold`). A controller drives such a joint to its
+    commanded target, so its entry becomes the last committed target, clipped to [low, high] [D] (the
+    safety filter's limits, the controller's units) when given, and converted back to the policy's
+    units: (a - offset) / scale (`scale`, `offset` [D]: policy -> controller). Every other entry (a
+    velocity or delta command, a state entry no action commands) stays as measured. With no committed
+    step the state is returned unchanged. Returns a new array of the state's dtype."""
+    out = np.array(state, copy=True)
+    committed = np.asarray(committed, dtype=np.float64)
+    if committed.ndim != 2 or committed.shape[0] == 0:
+        return out
+    target = committed[-1]  # [D] where the position dimensions are driven
+    if low is not None and high is not None:
+        target = np.clip(target, np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64))
+    for i, d in state_joints:
+        if positions[d]:
+            out[i] = (target[d] - offset[d]) / scale[d]
+    return out
 
 
 @dataclass
@@ -71,8 +118,12 @@ class BridgeStats:
 
 
 class BridgeCore:
-    def __init__(self, config: BridgeConfig):
+    """`predict_state`: the embodiment's forward model for planning ahead (`PredictState`); None =
+    `state_rollforward`."""
+
+    def __init__(self, config: BridgeConfig, predict_state: PredictState | None = None):
         self.config = config
+        self.predict_state = predict_state
         self.period = config.period_s
         # Every scheduling field the bridge's parameters share with SchedulerConfig, by name.
         self.scheduler = ChunkScheduler(
@@ -115,7 +166,8 @@ class BridgeCore:
             for i, name in enumerate(config.state_joint_names)
             if name in config.joint_names
         ]
-        self._positions = not all(config.safety.zero_hold)  # some dimensions command positions
+        self._position_dims = [not z for z in config.safety.zero_hold]  # [D] commands a position
+        self._positions = any(self._position_dims)  # some dimensions command positions
         self.stale_counts: dict[str, int] = {}  # input -> ticks held because it was stale
         self._env_state: np.ndarray | None = None  # [E] float32
         self._instruction = config.instruction.strip()
@@ -211,14 +263,45 @@ class BridgeCore:
         with self._lock:
             if self._hold_reason(now, for_inference=True) is not None or not self.scheduler.due(self._tick):
                 return None
+            chunk = self.scheduler.request(self._tick)
+            try:
+                state = self._planned_state(chunk.committed_actions)
+            except Exception:
+                self.scheduler.cancel()  # the caller treats it as a failed inference
+                raise
             request = InferenceRequest(
-                observation=self._observation(),
-                chunk=self.scheduler.request(self._tick),
+                observation=self._observation(state),
+                chunk=chunk,
                 image_stamp=min(self._image_stamps.values()),
                 reset_policy=self._reset_policy,
             )
             self._reset_policy = False
             return request
+
+    def _planned_state(self, committed: np.ndarray | None) -> np.ndarray:
+        """The state [S] the policy plans from (the policy's units): as measured, or with plan-ahead
+        committed steps [d, D] (the controller's units) the state they lead to."""
+        if committed is None or len(committed) == 0:
+            return self._state
+        if self.predict_state is None:
+            return state_rollforward(
+                self._state,
+                committed,
+                self._state_joints,
+                self._position_dims,
+                self.scale,
+                self.offset,
+                self.config.action_low,
+                self.config.action_high,
+            )
+        policy_units = (np.asarray(committed, dtype=np.float64) - self.offset) / self.scale  # [d, D]
+        state = np.asarray(self.predict_state(self._state.copy(), policy_units), dtype=np.float32)
+        if state.shape != self._state.shape or not np.all(np.isfinite(state)):
+            raise ValueError(
+                f"the forward model returned a state of shape {state.shape} (finite: {np.isfinite(state).all()}) "
+                f"for one of shape {self._state.shape}: it must return a finite state of the same shape"
+            )
+        return state
 
     def deliver(
         self,
@@ -343,6 +426,8 @@ class BridgeCore:
                 "warm_starts": self.scheduler.warm_starts,
                 "forced_chunks": self.scheduler.forced_chunks,
                 "prefix_overrun_ticks": self.scheduler.prefix_overrun_ticks,
+                "planned_ahead_chunks": self.scheduler.planned_ahead_chunks,
+                "planned_ahead_steps": self.scheduler.planned_ahead_steps,
                 "missed_ticks": self.stats.missed_ticks,
                 "inference_errors": self.stats.inference_errors,
                 "consecutive_inference_errors": self.stats.consecutive_inference_errors,
@@ -412,13 +497,14 @@ class BridgeCore:
         self._reset_policy = True
         self._fresh_chunk_stamp = None
 
-    def _observation(self) -> dict:
+    def _observation(self, state: np.ndarray) -> dict:
+        """The policy observation: the newest images, `state` [S] (the policy's units), the task."""
         obs = {
             key: torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)[None]  # [1, 3, H, W]
             for key, image in self._images.items()
         }
         obs |= {
-            "observation.state": torch.from_numpy(self._state).float()[None],  # [1, S]
+            "observation.state": torch.from_numpy(state).float()[None],  # [1, S]
             "task": [self._instruction],
         }
         if self._env_state is not None:

@@ -71,7 +71,12 @@ class InferenceWorker:
 
     def step(self) -> bool:
         """Serve one request if the core has one; returns whether a chunk was predicted."""
-        request = self.core.inference_request(self.clock())
+        try:
+            request = self.core.inference_request(self.clock())
+        except Exception as exc:  # the forward model failed (planning ahead): as a policy failure
+            self.core.inference_failed()
+            self.on_error(exc)
+            return False
         if request is None:
             return False
         start = time.perf_counter()

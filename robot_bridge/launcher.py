@@ -137,12 +137,18 @@ def create_node(spec: NodeSpec | str, **kwargs):
 
 def create_nodes(path: Path, only: list[str] | None = None, context=None) -> list:
     """Create the nodes of parameter file `path` (or the `only` ones) in an initialised rclpy
-    context that was given `--ros-args --params-file path`. On failure none is left behind."""
-    specs = node_specs(path, only)
+    context that was given `--ros-args --params-file path`. On failure none is left behind. A sim
+    robot is created first, and a policy bridge beside one sim robot plans ahead with its forward
+    model (`SimRobotNode.forward_model`, where it applies to the bridge's parameters)."""
+    specs = sorted(node_specs(path, only), key=lambda spec: spec.name != "sim_robot")
     nodes = []
     try:
         for spec in specs:
-            nodes.append(create_node(spec, context=context))
+            kwargs = {}
+            sims = [node for node in nodes if hasattr(node, "forward_model")]
+            if spec.name == "policy_bridge" and len(sims) == 1:
+                kwargs["forward_model"] = sims[0].forward_model
+            nodes.append(create_node(spec, context=context, **kwargs))
     except BaseException:
         for node in nodes:
             node.destroy_node()

@@ -72,9 +72,12 @@ STOP_ACK_TIMEOUT_S = 0.5  # how long a stop waits for subscribers to acknowledge
 
 
 class PolicyBridgeNode(LifecycleNode):
-    """`policy`: an object with the policy API to use instead of the `policy` parameter (tests)."""
+    """`policy`: an object with the policy API to use instead of the `policy` parameter (tests).
+    `forward_model(config) -> PredictState | None`: called at configure with the effective
+    `BridgeConfig`, the embodiment's forward model for planning ahead where it applies (the sim robot
+    in the same process: `SimRobotNode.forward_model`); None, or a None result: `state_rollforward`."""
 
-    def __init__(self, node_name: str = NODE_NAME, *, policy=None, **kwargs):
+    def __init__(self, node_name: str = NODE_NAME, *, policy=None, forward_model=None, **kwargs):
         # every parameter given to the node is declared, so a misspelt one can be refused
         kwargs.setdefault("automatically_declare_parameters_from_overrides", True)
         super().__init__(node_name, **kwargs)
@@ -84,6 +87,7 @@ class PolicyBridgeNode(LifecycleNode):
         self.fatal: BaseException | None = None  # set when the node must stop (exit status 1)
         self._active = False
         self._given_policy = policy
+        self._forward_model = forward_model
         self._predict_kwargs: dict = {}
         self.config: BridgeConfig | None = None
         self.core: BridgeCore | None = None
@@ -109,6 +113,7 @@ class PolicyBridgeNode(LifecycleNode):
             # the scheduler's real-time options only for a policy that takes them (the VLA)
             self.config.forced_prefix &= policy_accepts_forced_prefix(self.policy)
             self.config.decode_deadline &= policy_accepts_deadline(self.policy)
+            predict_state = None if self._forward_model is None else self._forward_model(self.config)
         except (ValueError, OSError, ImportError) as exc:  # ConfigError, PolicySpecError, a bad checkpoint
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -122,7 +127,12 @@ class PolicyBridgeNode(LifecycleNode):
                 self.get_logger().info(
                     f"the policy encodes frames at {contract.image_size} px (its training size)"
                 )
-        self.core = BridgeCore(self.config)
+        self.core = BridgeCore(self.config, predict_state=predict_state)
+        if self.config.plan_ahead:
+            model = "the embodiment's forward model" if predict_state else "state_rollforward"
+            self.get_logger().info(
+                f"planning ahead: each chunk starts after the committed steps, from the state {model} predicts"
+            )
         self._create_subscriptions()
         self._create_publishers()
         self.get_logger().info(

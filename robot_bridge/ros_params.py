@@ -117,7 +117,12 @@ FIXES = {
 
 def coerce(name: str, type_name: str, value):
     """`value` read from ROS as the field's type, strictly: a boolean is not a number, a string is
-    not a number, a number is not a string; an int passes for a float (YAML `20` for `20.0`)."""
+    not a number, a number is not a string; an int passes for a float (YAML `20` for `20.0`). An
+    optional field (`bool | None`) left unset stays None: the config derives its value."""
+    if type_name.endswith(" | None"):
+        if value is None:
+            return None
+        type_name = type_name.removesuffix(" | None")
     if type_name in ("float", "int", "list[float]"):
         values = (
             list(value) if type_name == "list[float]" and not isinstance(value, (str, bytes)) else [value]

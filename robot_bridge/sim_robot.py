@@ -17,6 +17,10 @@ same header stamp, so an observation never mixes two instants.
     out  instruction_topic        std_msgs/String, latched
     out  success_topic            std_msgs/Bool, latched, on every change and at episode end
     in   command_topic            Float64MultiArray | JointTrajectory | TwistStamped (command_mode)
+
+A policy bridge in the same process (`ceed bridge --params launch/config/sim.yaml`) plans ahead with
+the simulator's own forward model (`forward_model`: `MetaWorldEnv.predict_state`, as `ceed eval`
+does) where its state and commands are this robot's; otherwise it uses its `state_rollforward`.
 """
 
 from __future__ import annotations
@@ -152,6 +156,7 @@ class SimRobotNode(Node):
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._env = None  # the MetaWorldEnv, made in the sim thread
         self._make_entities()
         self._thread = threading.Thread(target=self._run, name="ceed-sim", daemon=True)
         self._thread.start()
@@ -235,6 +240,7 @@ class SimRobotNode(Node):
                 )
             )
             env.reset(c.seed)
+            self._env = env
         except BaseException as exc:  # handed to the constructor, which raises it
             self._error = exc
             self._ready.set()
@@ -280,6 +286,43 @@ class SimRobotNode(Node):
             self.camera_pubs[key].publish(conv.array_to_image(image, stamp))
         self.state_pub.publish(conv.vector_to_joint_state(obs.state, STATE_NAMES, stamp))
         self.env_state_pub.publish(Float32MultiArray(data=obs.environment_state.astype(np.float32).tolist()))
+
+    def forward_model(self, bridge):
+        """The state rollforward of a policy bridge (`BridgeConfig` `bridge`) driving this robot, for
+        planning ahead: (state [4], committed actions [d, 4], the policy's units) -> the state [4]
+        after them, by `MetaWorldEnv.predict_state` with each command applied for the sim steps of one
+        bridge tick (zero-order hold). None where it would not predict the bridge's state: the bridge
+        reads another state layout or topic, commands another topic (a dry run reaches no robot) or
+        another mode, converts units, or ticks at a rate that is not a whole number of sim steps."""
+        c, env = self.config, self._env
+        steps = c.step_rate_hz / bridge.control_rate_hz  # sim steps per bridge tick
+        same = (
+            env is not None
+            and bridge.state_type == "joint_state"
+            and list(bridge.state_joint_names) == STATE_NAMES
+            and bridge.state_topic == c.state_topic
+            and bridge.action_dim == ACTION_DIM
+            and bridge.output_mode is c.command_mode
+            and bridge.published_command_topic == c.command_topic
+            and (
+                c.command_mode is not OutputMode.TWIST
+                or (bridge.twist_scale == c.twist_scale and bridge.published_gripper_topic == c.gripper_topic)
+            )
+            and all(v == 1.0 for v in bridge.unit_scale_array)
+            and all(v == 0.0 for v in bridge.unit_offset_array)
+            and round(steps) >= 1
+            and abs(steps - round(steps)) < 1e-6
+        )
+        if not same:
+            return None
+        repeat = round(steps)
+
+        def predict_state(state: np.ndarray, committed: np.ndarray) -> np.ndarray:
+            return env.predict_state(
+                state, np.repeat(np.asarray(committed).reshape(-1, ACTION_DIM), repeat, 0)
+            )
+
+        return predict_state
 
     def destroy_node(self):
         self._stop.set()

@@ -118,6 +118,8 @@ def test_bridge_drives_the_sim_robot_through_an_episode(hardware_process):
         nodes = launcher.create_nodes(params, context=peer.context)
         assert sorted(n.get_name() for n in nodes) == ["policy_bridge", "sim_robot"]
         sim = next(n for n in nodes if n.get_name() == "sim_robot")
+        bridge = next(n for n in nodes if n.get_name() == "policy_bridge")
+        assert bridge.core.predict_state is not None  # it plans ahead with MetaWorld's forward model
         peer.spin(nodes)
         succeeded = _wait(lambda: any(m.data for m in peer.received["/sim/success"]), 60)
         steps = sim.steps
@@ -127,6 +129,7 @@ def test_bridge_drives_the_sim_robot_through_an_episode(hardware_process):
     assert succeeded, f"the episode did not succeed over ROS 2 (sim stopped after {steps} steps)"
     assert 0 < steps < 250
     assert diagnostics and max(int(d["chunks"]) for d in diagnostics) >= steps // 2
+    assert max(int(d["planned_ahead_chunks"]) for d in diagnostics) > 0
 
 
 def test_hardware_launch_file_is_a_dry_run(hardware_process):

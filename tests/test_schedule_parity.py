@@ -1,7 +1,8 @@
 """The simulator schedules chunks exactly as the robot does: `ceed eval`'s real-time clock and the
 bridge's core run the same `ChunkScheduler`, and for the same scripted latencies they execute the
-same actions, hold on the same ticks and hand the policy the same warm-start guesses and the same
-forced prefixes (on by default in both for a policy that takes one)."""
+same actions, hold on the same ticks, hand the policy the same warm-start guesses and the same
+forced prefixes, and plan the same chunks ahead: at their defaults (both plan ahead), with today's
+scheduling (eval `plan_ahead=False`, bridge `plan_ahead: false`) and with the forced prefix."""
 
 from __future__ import annotations
 
@@ -19,6 +20,28 @@ from tests.test_sim_eval import FakeClock
 HZ = 80.0  # MetaWorld's control rate; the bridge runs at the same rate here
 K = 8
 LATENCIES = [4, 3, 9, 2, 5, 1, 6, 3, 2, 7, 4, 3, 2, 5, 1, 6, 2, 3, 4, 2]  # ticks per call; 9 is late
+MODES = ("plan_ahead", "blend", "forced_prefix")  # the defaults; today's scheduling; the forced prefix
+# What the scheduling without plan-ahead executed before planning ahead existed (eval and bridge alike):
+# the held ticks, the stale actions dropped, the sum of the executed x, the first bin of each call's
+# warm-start guess and each call's forced steps. Planning ahead must leave these as they were.
+TODAY = {
+    "blend": {
+        "held": [0, 1, 2, 3, 12, 13, 14, 15, 16, 17, 31, 34, 43, 44, 46, 47, 48, 68],
+        "dropped": 63,
+        "sum": 23.1883,
+        "guess0": [None, 16, 112, None, 308, 420, 512, 624, 712]
+        + [812, 928, 1016, 1112, 1212, 1320, 1412, 1524],
+        "forced": [0] * 17,
+    },
+    "forced_prefix": {
+        "held": [0, 1, 2, 3, 12, 13, 14, 15, 16, 17, 32, 41, 43, 44, 45],
+        "dropped": 69,
+        "sum": 26.215,
+        "guess0": [None, 16, 28, None, 308, 328, 424, 528, 712, 720]
+        + [928, 1016, 1028, 1120, 1228, 1324, 1428, 1608, 1620],
+        "forced": [0, 4, 4, 0, 6, 3, 7, 2, 5, 6, 1, 4, 5, 6, 3, 7, 2, 6, 5],
+    },
+}
 
 
 class ScriptedPolicy:
@@ -31,6 +54,7 @@ class ScriptedPolicy:
         self.calls = 0
         self.guesses: list[list[int] | None] = []
         self.forced: list[list[int] | None] = []
+        self.requests: list = []  # the scheduler's ChunkRequest behind each call
 
     def reset(self) -> None:
         pass
@@ -51,7 +75,7 @@ class ScriptedPolicy:
         return chunk
 
 
-def _eval_actions(ticks: int, prefix: bool):
+def _eval_actions(ticks: int, mode: str):
     from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
     from ceed_vla.sim.evaluate import EvalConfig, EvalRunner
     from ceed_vla.sim.tasks import get_task
@@ -64,10 +88,26 @@ def _eval_actions(ticks: int, prefix: bool):
         image_size=16,
         max_episode_steps=ticks,
         clock="realtime",
-        forced_prefix=prefix,
+        forced_prefix=mode == "forced_prefix",
+        **({"plan_ahead": False} if mode == "blend" else {}),  # else its default
     )
+    assert config.plan_ahead == (mode == "plan_ahead")
     runner = EvalRunner(config, timer=clock, progress=False)
     assert isinstance(runner.scheduler(policy, HZ), ChunkScheduler)
+    make_scheduler = runner.scheduler
+
+    def spied_scheduler(policy, control_hz):  # records every request the episode makes
+        scheduler = make_scheduler(policy, control_hz)
+        request = scheduler.request
+
+        def spy(tick, now=None):
+            policy.requests.append(request(tick, now))
+            return policy.requests[-1]
+
+        scheduler.request = spy
+        return scheduler
+
+    runner.scheduler = spied_scheduler
     executed: list[float | None] = []
     with MetaWorldEnv(EnvConfig("push", image_size=16, max_episode_steps=ticks)) as env:
         step = env.step
@@ -82,17 +122,19 @@ def _eval_actions(ticks: int, prefix: bool):
     return executed, policy, result
 
 
-def _bridge_actions(ticks: int, prefix: bool):
-    core = BridgeCore(
-        BridgeConfig(
-            control_rate_hz=HZ,
-            instruction="push the puck",
-            max_delta=[2.0],
-            hold_mode="last",
-            initial_command=[0.0] * 4,  # a position output needs to know where the arm starts
-            forced_prefix=prefix,
-        )
+def _bridge_actions(ticks: int, mode: str):
+    params = {"forced_prefix": True} if mode == "forced_prefix" else {}
+    params |= {"plan_ahead": False} if mode == "blend" else {}  # else its default
+    config = BridgeConfig(
+        control_rate_hz=HZ,
+        instruction="push the puck",
+        max_delta=[2.0],
+        hold_mode="last",
+        initial_command=[0.0] * 4,  # a position output needs to know where the arm starts
+        **params,
     )
+    assert config.plan_ahead == (mode == "plan_ahead")
+    core = BridgeCore(config)
     assert isinstance(core.scheduler, ChunkScheduler)
     clock = FakeClock()
     policy = ScriptedPolicy(clock)
@@ -117,6 +159,7 @@ def _bridge_actions(ticks: int, prefix: bool):
             run_tick()
             continue
         # the inference worker computes while the control timer keeps ticking
+        policy.requests.append(request.chunk)
         chunk, _ = predict_chunk(policy, request.observation, {}, request.chunk, warm=True)
         lag = LATENCIES[policy.calls - 1]
         for _ in range(lag):
@@ -128,11 +171,21 @@ def _bridge_actions(ticks: int, prefix: bool):
     return executed, policy, core
 
 
-@pytest.mark.parametrize("prefix", [False, True], ids=["blend", "forced_prefix"])
-def test_eval_and_bridge_execute_the_same_actions_for_the_same_latencies(prefix):
+def _plans(policy) -> list[tuple[int, int, list]]:
+    """Per call: (observation tick, the tick of the chunk's step 0, the committed steps it follows)."""
+    plans = []
+    for r in policy.requests:
+        committed = [] if r.committed_actions is None else np.round(r.committed_actions, 6).tolist()
+        plans.append((r.obs_tick, r.chunk_tick, committed))
+    return plans
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eval_and_bridge_execute_the_same_actions_for_the_same_latencies(mode):
     ticks = 70
-    sim, sim_policy, result = _eval_actions(ticks, prefix)
-    robot, robot_policy, core = _bridge_actions(ticks, prefix)
+    sim, sim_policy, result = _eval_actions(ticks, mode)
+    robot, robot_policy, core = _bridge_actions(ticks, mode)
+    status = core.status(ticks / HZ)
     sim_guesses, robot_guesses = sim_policy.guesses, robot_policy.guesses
     assert len(sim) == ticks  # push does not succeed from these actions: the whole horizon ran
     np.testing.assert_allclose(
@@ -140,14 +193,33 @@ def test_eval_and_bridge_execute_the_same_actions_for_the_same_latencies(prefix)
     )
     assert sim_guesses == robot_guesses[: len(sim_guesses)]
     assert sim[:4] == [None] * 4 and None not in sim[4:10]  # held while the first chunk computed
-    late = core.status(ticks / HZ)["late_chunks"]
-    assert result.late_chunks == late >= 1  # the 9-tick call outlived its chunk
+    assert result.late_chunks == status["late_chunks"]
     assert any(g is not None for g in sim_guesses)  # warm starts reached the policy
     assert result.held_steps == sum(a is None for a in robot)
     assert sim_policy.forced == robot_policy.forced[: len(sim_policy.forced)]
     forced = [f for f in sim_policy.forced if f is not None]
-    assert result.forced_chunks == len(forced) == core.status(ticks / HZ)["forced_chunks"]
-    if prefix:
+    assert result.forced_chunks == len(forced) == status["forced_chunks"]
+    # the same chunks planned for the same ticks after the same committed steps
+    sim_plans, robot_plans = _plans(sim_policy), _plans(robot_policy)
+    assert sim_plans == robot_plans[: len(sim_plans)] and len(sim_plans) == len(sim_policy.guesses)
+    assert result.planned_ahead_steps == status["planned_ahead_steps"]
+    if mode == "plan_ahead":
+        ahead = [(obs, start, c) for obs, start, c in sim_plans if start > obs]
+        assert len(ahead) >= 5 and status["planned_ahead_chunks"] == len(ahead)  # chunks started later
+        assert all(start - obs == len(c) for obs, start, c in ahead)  # right after the committed steps
+        assert result.planned_ahead_steps == sum(len(c) for _, _, c in ahead) > 0
+        assert not forced
+        return
+    assert all(start == obs and not c for obs, start, c in sim_plans)  # planned for the observation tick
+    assert result.planned_ahead_steps == 0 == status["planned_ahead_chunks"]
+    today = TODAY[mode]
+    assert [i for i, a in enumerate(robot) if a is None] == today["held"]
+    assert status["dropped_actions"] == today["dropped"]
+    assert round(sum(a for a in robot if a is not None), 4) == today["sum"]
+    assert [None if g is None else g[0] for g in robot_guesses] == today["guess0"]
+    assert [0 if f is None else len(f) // 4 for f in robot_policy.forced] == today["forced"]
+    assert result.late_chunks >= 1  # the 9-tick call outlived its chunk
+    if mode == "forced_prefix":
         assert len(forced) >= 5  # the queue's next steps reached the policy as its first ones
         assert result.prefix_overrun_ticks >= 1  # the 9-tick call outlived its prefix
     else:
