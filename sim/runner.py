@@ -33,9 +33,9 @@ initial Jacobi guess (`init="tail"`; `"constant"` measures the decoder's own gue
 Under the real-time and delay clocks each chunk is planned ahead by default (`plan_ahead`): the
 queue's next d steps (d from the latency estimate, as below) are committed, the policy sees the state
 they lead to (`MetaWorldEnv.predict_state`) with the current image, and the chunk starts right after
-them, so none of its steps is stale and none is cross-faded. On validation seeds it kept or won
-episodes against dropping the stale steps for every decoder and delay tried (docs/sim.md,
-"Decomposing a real-time drop"); `plan_ahead=False` is the earlier scheduling.
+them, so none of its steps is stale and none is cross-faded. On validation seeds, paired against
+dropping the stale steps on the same episodes, it won 68 episodes and lost 9 over twelve decoder and
+delay pairs (docs/experiments/2026-12-realtime.md); `plan_ahead=False` is the earlier scheduling.
 
 Instead, a policy that takes a forced prefix (the VLA) gets one when
 asked (`forced_prefix`, off by default: on validation seeds it cost teacher AR success and did not
