@@ -202,17 +202,20 @@ def test_a_committed_action_is_never_changed_by_an_arriving_chunk():
     assert status["forced_chunks"] == 0
 
 
+# trajectory mode on joints the state names: positions in degrees, the controller in radians + offset
+DEGREES_TO_RADIANS = dict(
+    output_mode="trajectory",
+    joint_names=JOINTS,
+    unit_conversion=["deg_to_rad"],
+    unit_offset=[0.1],
+    action_low=[-10.0] * 4,
+    action_high=[10.0] * 4,
+    max_delta=[100.0],
+)
+
+
 def test_the_policy_plans_from_the_state_the_committed_position_targets_lead_to():
-    # trajectory mode on joints the state names: positions in degrees, the controller in radians + offset
-    core = _core(
-        output_mode="trajectory",
-        joint_names=JOINTS,
-        unit_conversion=["deg_to_rad"],
-        unit_offset=[0.1],
-        action_low=[-10.0] * 4,
-        action_high=[10.0] * 4,
-        max_delta=[100.0],
-    )
+    core = _core(**DEGREES_TO_RADIANS)
     first = np.linspace(0.0, 90.0, 10)[:, None].repeat(4, 1)  # [10, 4] degrees
     measured = (0.5, 0.4, 0.3, 0.2)  # radians + offset, as the controller reports them
     _first_chunk(core, first)
@@ -220,16 +223,7 @@ def test_the_policy_plans_from_the_state_the_committed_position_targets_lead_to(
     last = first[len(commands) + 2]  # the last committed step, degrees
     np.testing.assert_allclose(request.observation["observation.state"][0].numpy(), last, rtol=1e-5)
     # without plan-ahead the policy sees the measured state (in its units)
-    core = _core(
-        plan_ahead=False,
-        output_mode="trajectory",
-        joint_names=JOINTS,
-        unit_conversion=["deg_to_rad"],
-        unit_offset=[0.1],
-        action_low=[-10.0] * 4,
-        action_high=[10.0] * 4,
-        max_delta=[100.0],
-    )
+    core = _core(plan_ahead=False, **DEGREES_TO_RADIANS)
     _first_chunk(core, first)
     request, _, _ = _tick_until_due(core, 0.0, measured)
     assert request.chunk.committed_actions is None and request.chunk.start_tick is None
