@@ -27,9 +27,8 @@ class EvalMode:
     instructions: str | None = None  # "train" | "eval" wording; None: the profile's `eval_instructions`
     delay_ticks: int | None = None  # the delay clock's ticks per policy call (a point of the delay curve)
     forced_prefix: bool | None = None  # None: `ceed eval`'s default (off)
-    plan_ahead: bool | None = (
-        None  # None: `ceed eval`'s default (on under the moving clocks, unless prefixed)
-    )
+    # None: `ceed eval`'s default (on under the moving clocks, unless prefixed)
+    plan_ahead: bool | None = None
 
     @property
     def scheduling(self) -> str:

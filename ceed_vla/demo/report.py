@@ -252,10 +252,10 @@ CURVE_LABELS = {
 
 
 def _row_scheduling(row: dict[str, Any]) -> str:
+    """`EvalMode.scheduling` as the report stored it; a report from before planning ahead stored none
+    (its rows were today's scheduling or the forced prefix)."""
     mode = row["mode"]
-    if mode.get("forced_prefix"):
-        return "prefix"
-    return "plan_ahead" if mode.get("plan_ahead") else "today"
+    return mode.get("scheduling") or ("prefix" if mode.get("forced_prefix") else "today")
 
 
 def delay_curves(report: dict[str, Any]) -> DelayCurves:
