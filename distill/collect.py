@@ -34,8 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from ceed_vla.policy.data import PrefixConfig
-from ceed_vla.policy.train_args import add_prefix_arguments, prefix_config_from_args
+from ceed_vla.policy.data import ObservationLag, PrefixConfig
+from ceed_vla.policy.train_args import (
+    add_obs_lag_arguments,
+    add_prefix_arguments,
+    obs_lag_from_args,
+    prefix_config_from_args,
+)
 from tqdm.auto import tqdm
 
 from ceed_vla.atomic import atomic_write_json
@@ -59,6 +64,8 @@ class CollectConfig:
     )
     seed: int = 0
     prefix: PrefixConfig = field(default_factory=PrefixConfig)  # forced prefixes (off by default)
+    # images older than the state, drawn per frame from `seed` (`ceed distill train` draws the same)
+    obs_lag: ObservationLag = field(default_factory=ObservationLag)
 
     def __post_init__(self) -> None:
         if self.trajectories is not None and self.trajectories < 1:
@@ -270,6 +277,10 @@ def range_fraction_l1(tokenizer, teacher: torch.Tensor, gt: torch.Tensor, is_pad
     return chunk_l1(tokenizer.normalize(teacher.float()) / 2.0, tokenizer.normalize(gt.float()) / 2.0, is_pad)
 
 
+def _lag_key(lag: ObservationLag) -> tuple[float, int] | None:
+    return (lag.prob, lag.max_steps) if lag.active else None
+
+
 def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int) -> dict[str, Any]:
     """Collect this rank's remaining samples; returns the summary of everything its shard holds."""
     cfg = collector.config
@@ -286,6 +297,12 @@ def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int)
         raise StoreError(
             f"{store.path} rank {rank} holds samples that this plan does not produce (seed, dataset "
             f"or world size changed?); resume with the original arguments or use a new --output"
+        )
+    stored = ObservationLag(**store.attrs.get("meta", {}).get("collect", {}).get("obs_lag", {}))
+    if len(done) and _lag_key(stored) != _lag_key(cfg.obs_lag):
+        raise StoreError(
+            f"{store.path} was collected with observation lag {asdict(stored)}, not {asdict(cfg.obs_lag)}; "
+            "resume with the original --obs-lag-* flags or use a new --output"
         )
     todo = planned[len(done) :]
     t0 = time.perf_counter()
@@ -351,6 +368,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     add_prefix_arguments(parser.add_argument_group("forced prefixes (real-time chunking)"))
+    add_obs_lag_arguments(parser.add_argument_group("observation lag (planning ahead)"))
     parser.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
     parser.add_argument(
         "--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)"
@@ -403,12 +421,13 @@ def main(args: argparse.Namespace) -> int:
         "delta",
         "seed",
         prefix=prefix_config_from_args(args),
+        obs_lag=obs_lag_from_args(args),
     )
     teacher = load_policy(args.teacher, device=args.device).eval()
     root = Path(args.dataset_root)
     repo_id = args.repo_id or f"local/{root.name}"
     frames = load_policy_frames(teacher, root, repo_id)
-    dataset = ChunkDataset(frames, sorted(set(frames.episode.tolist())))
+    dataset = ChunkDataset(frames, sorted(set(frames.episode.tolist())), seed=cfg.seed, obs_lag=cfg.obs_lag)
     meta = {
         "teacher": str(Path(args.teacher).resolve()),
         "dataset_root": str(root.resolve()),

@@ -92,7 +92,7 @@ def split_rows(traj, episodes: np.ndarray, val_fraction: float) -> tuple[np.ndar
 
 
 def build_datasets(args, student, store: TrajectoryStore):
-    from ceed_vla.policy.data import ChunkDataset, load_policy_frames
+    from ceed_vla.policy.data import ChunkDataset, ObservationLag, load_policy_frames
 
     meta = store.attrs.get("meta", {})
     root = args.dataset_root or meta.get("dataset_root")
@@ -100,7 +100,14 @@ def build_datasets(args, student, store: TrajectoryStore):
         raise SystemExit("the store records no dataset root: pass --dataset-root")
     repo_id = args.repo_id or meta.get("repo_id") or f"local/{Path(root).name}"
     frames = load_policy_frames(student, root, repo_id)
-    frame_set = ChunkDataset(frames, sorted(set(frames.episode.tolist())))
+    # the frames as the teacher saw them when it was collected: the same lag draws, from the same seed
+    collected = meta.get("collect", {})
+    frame_set = ChunkDataset(
+        frames,
+        sorted(set(frames.episode.tolist())),
+        seed=collected.get("seed", 0),
+        obs_lag=ObservationLag(**collected.get("obs_lag", {})),
+    )
     traj = store.read()
     if args.max_trajectories is not None:
         traj = _first(traj, args.max_trajectories)

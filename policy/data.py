@@ -92,6 +92,39 @@ class PrefixConfig:
 
 
 @dataclass
+class ObservationLag:
+    """Training for planning ahead: with probability `prob` per sample, the cameras show frame t - k
+    (k uniform in 1..max_steps, clamped to the episode's first frame) while the state and the action
+    chunk are frame t's.
+
+    A real-time scheduler that plans ahead (docs/sim.md) asks for the chunk that starts after the d
+    steps already committed, from the state those steps lead to, but the only image it has is the one
+    taken when it asked: d ticks older than the state. A policy trained on synchronous frames has
+    never seen the arm in one place in the state and in another in the image; these samples show it
+    that pairing, with the demonstration's own continuation from the newer state as the target.
+    """
+
+    prob: float = 0.0
+    max_steps: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"observation lag prob is a probability in [0, 1], got {self.prob!r}")
+        if self.max_steps < 1:
+            raise ValueError(f"observation lag max_steps must be >= 1, got {self.max_steps!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.prob > 0
+
+    def draw(self, rng: np.random.Generator) -> int:
+        """k, the frames the image lags behind the state (0: no lag); one generator call order."""
+        use = rng.random() < self.prob
+        k = int(rng.integers(1, self.max_steps + 1))
+        return k if use else 0
+
+
+@dataclass
 class DataConfig:
     roots: list[str]  # one or more local LeRobotDataset roots (their episodes are concatenated)
     repo_ids: list[str] | None = None  # default: local/<root folder name>
@@ -103,6 +136,7 @@ class DataConfig:
     image_keys: list[str] | None = None  # cameras to use, by feature key (default: every camera)
     image_size: int | None = None  # resize frames to this square size as they load (bounded memory)
     prefix: PrefixConfig | None = None  # forced-prefix training samples (None = off)
+    obs_lag: ObservationLag | None = None  # images older than the state (None = off)
 
     def __post_init__(self) -> None:
         if self.prefix is not None:
@@ -357,7 +391,8 @@ class ChunkDataset(Dataset):
       replaced by a random string of letters (`noisy_instruction`);
     - `prefix` (`PrefixConfig`): a forced prefix of d steps, as `action_prefix_steps` [] long and
       `action_prefix_offset` [K, D] long (bin offsets of the forced steps, 0 elsewhere). Both keys
-      are there for every sample (d = 0 without a prefix) when the prefix is on, and absent when off.
+      are there for every sample (d = 0 without a prefix) when the prefix is on, and absent when off;
+    - `obs_lag` (`ObservationLag`): the cameras show a frame up to k steps before the state's.
     """
 
     def __init__(
@@ -368,6 +403,7 @@ class ChunkDataset(Dataset):
         seed: int = 0,
         instruction_noise: float = 0.0,
         prefix: PrefixConfig | None = None,
+        obs_lag: ObservationLag | None = None,
     ):
         self.frames = frames
         keep = torch.isin(frames.episode, torch.tensor(sorted(episodes), dtype=torch.long))
@@ -378,6 +414,7 @@ class ChunkDataset(Dataset):
         self.prefix = prefix if prefix is not None and prefix.active else None
         if self.prefix is not None:
             self.prefix.check_chunk(len(frames.delta))
+        self.obs_lag = obs_lag if obs_lag is not None and obs_lag.active else None
         self.seed = seed
         self.epoch = 0
 
@@ -394,9 +431,10 @@ class ChunkDataset(Dataset):
         start, end = int(f.ep_start[idx]), int(f.ep_end[idx])
         pad = (target < start) | (target >= end)  # [K]
         action = f.actions[target.clamp(start, end - 1)]  # [K, D]
+        seen = max(start, idx - self._lag(idx))  # the frame the cameras show
         sample = {}
         for c, (key, images) in enumerate(f.cameras.items()):
-            image = images[idx].float() / 255.0  # [3, H, W]
+            image = images[seen].float() / 255.0  # [3, H, W]
             sample[key] = self._shift(image, idx * 31 + c if c else idx) if self.shift else image
         item = {
             **sample,
@@ -418,6 +456,12 @@ class ChunkDataset(Dataset):
         offset = torch.zeros((len(self.delta), action_dim), dtype=torch.long)  # [K, D]
         offset[:d] = torch.from_numpy(offsets)
         return {PREFIX_STEPS_KEY: torch.tensor(d, dtype=torch.long), PREFIX_OFFSET_KEY: offset}
+
+    def _lag(self, idx: int) -> int:
+        """Frames the cameras lag behind sample `idx`'s state, drawn from (seed, epoch, idx); 0 when off."""
+        if self.obs_lag is None:
+            return 0
+        return self.obs_lag.draw(np.random.default_rng([self.seed, self.epoch, idx, 3]))
 
     def _instruction(self, text: str, idx: int) -> str:
         if not self.instruction_noise:
@@ -506,6 +550,7 @@ def build_datasets(config: DataConfig, seed: int = 0) -> tuple[Frames, ChunkData
         seed=seed,
         instruction_noise=config.instruction_noise,
         prefix=config.prefix,
+        obs_lag=config.obs_lag,
     )
     val = ChunkDataset(frames, val_eps, shift=0, seed=seed) if val_eps else None
     return frames, train, val

@@ -25,8 +25,10 @@ from .data import DataConfig, build_datasets, train_statistics
 from .fresh import fresh_policy
 from .modeling import VLAPolicy
 from .train_args import (
+    add_obs_lag_arguments,
     add_prefix_arguments,
     add_training_arguments,
+    obs_lag_from_args,
     prefix_config_from_args,
     train_config_from_args,
 )
@@ -99,6 +101,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     add_training_arguments(train, steps=1500, lr=3e-4, val_every=100)
     add_prefix_arguments(parser.add_argument_group("forced prefix (training for real-time chunking)"))
+    add_obs_lag_arguments(parser.add_argument_group("observation lag (training for planning ahead)"))
 
 
 def model_config(args: argparse.Namespace, action_dim: int, state_dim: int, contract=None) -> VLAConfig:
@@ -164,7 +167,7 @@ def main(args: argparse.Namespace) -> int:
     data_cfg = config_from_args(
         DataConfig, args, "chunk_size", "val_fraction", "shift", "instruction_noise", "max_episodes",
         "image_keys", "image_size", roots=args.dataset_root, repo_ids=args.repo_id,
-        prefix=prefix_config_from_args(args),
+        prefix=prefix_config_from_args(args), obs_lag=obs_lag_from_args(args),
     )  # fmt: skip
     frames, train_set, val_set = build_datasets(data_cfg, seed=args.seed)
     cfg = train_config_from_args(args)
@@ -183,6 +186,8 @@ def main(args: argparse.Namespace) -> int:
     }
     if data_cfg.prefix.active:
         dataset_info["prefix"] = asdict(data_cfg.prefix)
+    if data_cfg.obs_lag.active:
+        dataset_info["obs_lag"] = asdict(data_cfg.obs_lag)
     trainer = Trainer(
         policy,
         NextTokenLoss(args.first_step_weight),

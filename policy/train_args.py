@@ -9,7 +9,7 @@ from dataclasses import fields
 
 from ceed_vla.cli import config_from_args
 
-from .data import PrefixConfig
+from .data import ObservationLag, PrefixConfig
 from .trainer import TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -100,3 +100,26 @@ def add_prefix_arguments(group) -> None:
 
 def prefix_config_from_args(args: argparse.Namespace) -> PrefixConfig:
     return PrefixConfig(prob=args.prefix_prob, max_steps=args.prefix_max_steps, noise=args.prefix_noise)
+
+
+def add_obs_lag_arguments(group) -> None:
+    """The observation-lag flags (training for planning ahead), shared by `ceed train` (training
+    samples) and `ceed distill collect` (the frames the teacher decodes and the student learns from);
+    off unless --obs-lag-prob is above 0."""
+    d = ObservationLag()
+    group.add_argument(
+        "--obs-lag-prob",
+        type=float,
+        default=d.prob,
+        help="share of samples whose cameras show a frame k steps before the state's (0 = off)",
+    )
+    group.add_argument(
+        "--obs-lag-max-steps",
+        type=int,
+        default=d.max_steps,
+        help="k is drawn uniformly in 1..this (the most steps a scheduler plans ahead)",
+    )
+
+
+def obs_lag_from_args(args: argparse.Namespace) -> ObservationLag:
+    return ObservationLag(prob=args.obs_lag_prob, max_steps=args.obs_lag_max_steps)
