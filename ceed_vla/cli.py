@@ -49,6 +49,11 @@ JOBS: dict[str | None, list[Job]] = {
     "bench": [
         Job("env", "ceed_vla.sim.bench", "env steps/s with rendering, ours vs LeRobot's MetaWorld env"),
         Job("decode", "ceed_vla.policy.bench_decode", "ms per chunk and iterations for every decoding mode"),
+        Job(
+            "speed",
+            "ceed_vla.policy.bench_speed",
+            "ms per chunk of several decoders, interleaved on recorded observations",
+        ),
         Job("train", "ceed_vla.policy.bench", "training throughput and AR decode latency"),
         Job("bridge", "ceed_vla.robot_bridge.bench", "control rate, jitter and camera-to-command latency"),
     ],

@@ -222,17 +222,40 @@ def dataset_observations(root: str, repo_id: str | None, count: int, stride: int
     ds = LeRobotDataset(repo_id or f"local/{Path(root).name}", root=root)
     if len(ds) == 0:
         raise BenchConfigError(f"dataset {root} has no frames")
-    observations = []
-    for i in range(count):
-        item = ds[(i * stride) % len(ds)]
-        observations.append(
-            {
-                **{k: item[k][None].float() for k in ds.meta.camera_keys},  # every camera
-                STATE_KEY: item[STATE_KEY][None].float(),
-                TASK_KEY: [item["task"]],
-            }
-        )
-    return observations
+    return [_observation(ds, ds[(i * stride) % len(ds)]) for i in range(count)]
+
+
+def dataset_observation_runs(
+    root: str, repo_id: str | None, runs: int, run_length: int, stride: int
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """`run_length` consecutive observations of a control loop executing `stride` steps per chunk
+    (frames start, start + stride, ...), from each of `runs` episodes spread evenly over the dataset
+    (so every task of a multi-task recording is in). -> (observations, the episode of each)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset(repo_id or f"local/{Path(root).name}", root=root)
+    if len(ds) == 0:
+        raise BenchConfigError(f"dataset {root} has no frames")
+    episode = torch.as_tensor(ds.hf_dataset["episode_index"]).flatten()
+    ids = episode.unique().tolist()
+    if runs > len(ids):
+        raise BenchConfigError(f"dataset {root} has {len(ids)} episodes; ask for at most that many runs")
+    observations, run_of = [], []
+    for e in (ids[round(i * (len(ids) - 1) / max(runs - 1, 1))] for i in range(runs)):
+        frames = torch.nonzero(episode == e).flatten().tolist()
+        for index in frames[:: max(stride, 1)][:run_length]:
+            observations.append(_observation(ds, ds[index]))
+            run_of.append(int(e))
+    return observations, run_of
+
+
+def _observation(ds, item) -> dict[str, Any]:
+    """A dataset item as the policy's batch of one: every camera, the state, the task."""
+    return {
+        **{k: item[k][None].float() for k in ds.meta.camera_keys},
+        STATE_KEY: item[STATE_KEY][None].float(),
+        TASK_KEY: [item["task"]],
+    }
 
 
 # ----------------------------------------------------------------------------------------- measuring

@@ -36,7 +36,7 @@ def test_changing_distillation_reruns_only_what_depends_on_it(tmp_path):
     before = _keys(PROFILE, tmp_path)
     after = _keys(replace(PROFILE, distill_steps=6), tmp_path)
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"distill"} | {n for n in before if n.startswith("eval_student")}
+    assert changed == {"distill", "speed"} | {n for n in before if n.startswith("eval_student")}
 
 
 def test_changing_recording_reruns_everything(tmp_path):
@@ -74,6 +74,31 @@ def test_every_evaluation_gets_the_profile_wording(tmp_path, monkeypatch):
         replace(PROFILE, eval_instructions="heldout")
 
 
+def test_the_speed_stage_times_every_decoder_of_the_table_once(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo.StageCommand, "__call__", lambda self, out: calls.append(self.argv))
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    profile = replace(PROFILE, student_delays=(2,), execute_steps=2)
+    stages = {s.name: s for s in demo.build_stages(profile, paths)}
+    stages["speed"].run(tmp_path)
+    (argv,) = calls
+    assert argv[:2] == ["bench", "speed"] and argv[argv.index("--steps-executed") + 1] == "2"
+    modes = [argv[i + 1] for i, a in enumerate(argv) if a == "--mode"]
+    assert [m.split(",")[0] for m in modes] == [
+        "name=teacher/ar",  # the reference: first
+        "name=teacher/jacobi",
+        "name=student/jacobi",
+        "name=student/early_exit/sigma=3",
+        "name=student/early_exit/sigma=2",
+        "name=student/early_exit/sigma=1/fused",
+    ]  # the real-time, held-out wording and delay rows reuse these decoders
+    assert modes[-1].endswith(",decoding=early_exit,sigma=1,fused=1")
+    assert f"policy={paths.teacher}" in modes[0] and f"policy={paths.round_student(1)}" in modes[-1]
+    before = _keys(profile, tmp_path)
+    after = _keys(replace(profile, speed_rounds=9), tmp_path)
+    assert {n for n in before if before[n] != after[n]} == {"speed"}
+
+
 def test_replanning_interval_reaches_every_evaluation_and_reruns_only_them(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(demo.StageCommand, "__call__", lambda self, out: calls.append(self.argv))
@@ -84,7 +109,10 @@ def test_replanning_interval_reaches_every_evaluation_and_reruns_only_them(tmp_p
             stage.run(tmp_path)
     assert [argv[argv.index("--execute-steps") + 1] for argv in calls] == ["4"] * len(PROFILE.modes())
     before, after = _keys(PROFILE, tmp_path), _keys(profile, tmp_path)
-    assert {n for n in before if before[n] != after[n]} == {n for n in before if n.startswith("eval_")}
+    # the speed stage too: its warm starts shift out the executed steps
+    assert {n for n in before if before[n] != after[n]} == {n for n in before if n.startswith("eval_")} | {
+        "speed"
+    }
     with pytest.raises(ValueError, match="execute_steps must be >= 1 or None, got 0"):
         replace(PROFILE, execute_steps=0)
 
@@ -114,7 +142,11 @@ def test_worker_count_reaches_recording_and_evaluations_and_reruns_only_the_eval
 
 def test_sweep_skips_the_headline_sigma():
     sweep = [m for m in PROFILE.modes() if m.sweep]
-    assert [m.sigma for m in sweep] == [2]
+    assert [(m.name, m.sigma, m.fused) for m in sweep] == [
+        ("student_sigma2", 2, False),
+        ("student_sigma1_fused", 1, True),
+    ]
+    assert sweep[1].cli_args()[-1] == "--fused-prefill"
     headline = {m.name for m in PROFILE.modes() if not m.sweep}
     assert {"teacher_ar", "teacher_jacobi", "student_jacobi", "student_early_exit"} <= headline
     assert {m.clock for m in PROFILE.modes()} == {"paused", "realtime"}
@@ -149,8 +181,24 @@ def _eval_report(success, ms, iters, wins=(True, True, False, False)):
     return {"overall": overall, "per_task": per_task, "episodes": episodes}
 
 
+def _write_speed(profile, paths, speedups=None):
+    """The speed stage's record for every decoder of `profile`: speedups by decoder (default 2.0)."""
+    speedups = speedups or {}
+    entries = {}
+    for name in profile.decoders():
+        x = 1.0 if name == "teacher/ar" else speedups.get(name, 2.0)
+        entries[name] = {
+            "ms_p50": 60.0 / x, "ms_p95": 70.0 / x, "speedup_vs_reference": x, "speedup_min": x * 0.9,
+            "speedup_max": x * 1.1, "forward_passes_per_chunk": 1.0 if name.endswith("fused") else 2.0,
+        }  # fmt: skip
+    paths.speed.parent.mkdir(parents=True, exist_ok=True)
+    record = {"reference": "teacher/ar", "rounds": 7, "samples": 20, "threads": 1, "runs": 5, "run_length": 4}
+    paths.speed.write_text(json.dumps({**record, "entries": entries}))
+
+
 def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    _write_speed(PROFILE, paths, {"student/jacobi": 3.5})
     timings = {"teacher_ar": 80.0, "teacher_jacobi": 50.0, "student_jacobi": 30.0}
     for mode in PROFILE.modes():
         out = paths.eval_dir(mode.name)
@@ -168,8 +216,13 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert report["modes"]["teacher_ar"]["paired_vs_teacher_ar"]["only_b"] == 0
     for row in report["modes"].values():
         assert set(demo.REPORT_KEYS) <= set(row)
+    # speed comes from the one interleaved run, never from the evaluations' own timings (80 / 30 ms)
     assert report["modes"]["teacher_ar"]["speedup_vs_ar"] == pytest.approx(1.0)
-    assert report["modes"]["student_jacobi"]["speedup_vs_ar"] == pytest.approx(80.0 / 30.0)
+    assert report["modes"]["student_jacobi"]["speedup_vs_ar"] == pytest.approx(3.5)
+    assert report["modes"]["student_jacobi"]["speedup_range"] == pytest.approx([3.15, 3.85])
+    assert report["modes"]["teacher_ar_heldout_wording"]["speedup_vs_ar"] == 1.0  # the same decoder
+    assert report["modes"]["student_sigma1_fused"]["forwards_per_chunk"] == 1.0
+    assert report["modes"]["student_jacobi"]["ms_per_chunk_p50"] == 30.0  # kept, as a secondary column
     assert report["config"]["tasks"] == ["reach", "push"] or report["config"]["tasks"] == ("reach", "push")
     paths.reports.mkdir()
     plots = demo.write_plots(report, paths.reports)
@@ -180,9 +233,8 @@ def test_report_has_every_key_and_speedup_against_teacher_ar(tmp_path):
     assert demo.mode_order(on_disk) == [m.name for m in PROFILE.modes()]
     md = demo.report_markdown(report)
     assert "| student_early_exit | paused | 0.50" in md
-    assert (
-        "2.67x | - | - | 1 / 1 / 2 / 0 | 1 |" in md
-    )  # student_jacobi: 80 / 30, no holds (paused), no jerk given
+    assert "| 17.1 | 3.50x (3.15-3.85) | 2.00 | 4.00 | 30.0 / 36.0 | 267 | - | - | 1 / 1 / 2 / 0 | 1 |" in md
+    assert "one interleaved run (`ceed bench speed`)" in md and "20 recorded observations" in md
     assert "| teacher_ar_realtime | realtime (plan ahead) | 0.50 (0.20-0.80) | 4 | 1.50 |" in md
     assert "| 25% / 3 |" in md  # held share and late chunks of the real-time rows
 
@@ -232,6 +284,7 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
     with pytest.raises(ValueError, match="delay_schedulings"):
         replace(PROFILE, delay_schedulings=("today", "planahead"))
     paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    _write_speed(profile, paths)
     success = {
         "student_early_exit": 0.75,
         "student_early_exit_d2": 0.5,
@@ -282,6 +335,7 @@ def test_report_only_redraws_from_report_json_without_running_a_stage(tmp_path, 
 
     monkeypatch.setattr(demo, "Pipeline", lambda *a, **k: pytest.fail("--report-only must not run stages"))
     paths = demo.DemoPaths(work=tmp_path / "work", reports=tmp_path / "reports")
+    _write_speed(PROFILE, paths)
     for mode in PROFILE.modes():
         paths.eval_dir(mode.name).mkdir(parents=True)
         (paths.eval_dir(mode.name) / "report.json").write_text(json.dumps(_eval_report(0.5, 40.0, 4.0)))
@@ -308,6 +362,9 @@ def test_report_only_redraws_from_report_json_without_running_a_stage(tmp_path, 
 
 def test_missing_eval_report_names_the_file(tmp_path):
     paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    with pytest.raises(FileNotFoundError, match="speed.json is missing: the demo's speed stage"):
+        demo.build_report(PROFILE, paths, summary={})
+    _write_speed(PROFILE, paths)
     with pytest.raises(FileNotFoundError, match="eval_teacher_ar"):
         demo.build_report(PROFILE, paths, summary={})
 
@@ -399,7 +456,7 @@ def test_a_second_round_distils_the_student_on_its_own_trajectories(tmp_path, mo
     assert {n for n in before if n not in _keys(PROFILE, tmp_path)} >= {"collect_r2", "distill_r2"}
     after = _keys(replace(two, refine_steps=8), tmp_path)
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"distill_r2"} | {n for n in before if n.startswith("eval_student")}
+    assert changed == {"distill_r2", "speed"} | {n for n in before if n.startswith("eval_student")}
 
     calls = {}
     monkeypatch.setattr(

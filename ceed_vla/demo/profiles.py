@@ -29,6 +29,16 @@ class EvalMode:
     forced_prefix: bool | None = None  # None: `ceed eval`'s default (off)
     # None: `ceed eval`'s default (on under the moving clocks, unless prefixed)
     plan_ahead: bool | None = None
+    fused: bool = False  # early exit's first iteration in the prefill: one forward at sigma 1
+
+    @property
+    def decoder(self) -> str:
+        """The decoder this row runs, as the interleaved speed stage names it
+        (`policy/decoding[/sigma=S][/tau=T][/fused]`): rows that differ only in clock or wording share it."""
+        parts = [self.policy, self.decoding]
+        parts += [f"sigma={self.sigma}"] if self.sigma is not None else []
+        parts += [f"tau={self.tau}"] if self.tau is not None else []
+        return "/".join(parts + (["fused"] if self.fused else []))
 
     @property
     def scheduling(self) -> str:
@@ -50,6 +60,8 @@ class EvalMode:
             args += ["--sigma", str(self.sigma)]
         if self.tau is not None:
             args += ["--tau", str(self.tau)]
+        if self.fused:
+            args += ["--fused-prefill"]
         return args
 
 
@@ -106,6 +118,14 @@ class DemoProfile:
     delay_schedulings: tuple[str, ...] = ("today", "plan_ahead")
     # the student's real-time row with the forced prefix too, beside the planned-ahead one
     realtime_with_prefix: bool = False
+    # the sweep's sigmas also decoded with the fused prefill (one forward per chunk at sigma 1)
+    fused_sigmas: tuple[int, ...] = (1,)
+    # The speed columns: every decoder of the table timed in one process, interleaved, on recorded
+    # observations (`ceed bench speed`): `speed_run_length` consecutive frames of `speed_runs` episodes,
+    # `speed_rounds` times, at one thread (as each evaluation worker decodes).
+    speed_runs: int = 5
+    speed_run_length: int = 4
+    speed_rounds: int = 7
 
     def __post_init__(self):
         if not self.tasks:
@@ -119,11 +139,17 @@ class DemoProfile:
             "distill_rounds",
             "refine_steps",
             "workers",
+            "speed_runs",
+            "speed_run_length",
+            "speed_rounds",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.sigma < 1:
-            raise ValueError(f"sigma must be >= 1, got {self.sigma!r}")
+        if self.sigma < 1 or any(s < 1 for s in (*self.sweep_sigmas, *self.fused_sigmas)):
+            raise ValueError(
+                f"sigmas must be >= 1, got sigma={self.sigma!r}, sweep_sigmas={self.sweep_sigmas!r}, "
+                f"fused_sigmas={self.fused_sigmas!r}"
+            )
         if self.execute_steps is not None and self.execute_steps < 1:
             raise ValueError(f"execute_steps must be >= 1 or None, got {self.execute_steps!r}")
         bad = [d for d in (*self.student_delays, *self.teacher_delays) if d < 1]
@@ -175,7 +201,27 @@ class DemoProfile:
             for s in self.sweep_sigmas
             if s != self.sigma
         ]
+        sweep += [
+            EvalMode(
+                f"student_sigma{s}_fused",
+                "student",
+                "early_exit",
+                sigma=s,
+                tau=self.tau,
+                sweep=True,
+                fused=True,
+            )
+            for s in self.fused_sigmas
+        ]
         return headline + sweep + self.delay_modes()
+
+    def decoders(self) -> dict[str, EvalMode]:
+        """The distinct decoders of the table (`EvalMode.decoder` -> its first row), teacher AR first:
+        what the speed stage times."""
+        out: dict[str, EvalMode] = {}
+        for mode in self.modes():
+            out.setdefault(mode.decoder, mode)
+        return out
 
     def delay_modes(self) -> list[EvalMode]:
         """The delay curve's points: `<paused row>_d<d>` (today's scheduling), `..._d<d>_plan_ahead` and

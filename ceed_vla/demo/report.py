@@ -29,6 +29,9 @@ REPORT_KEYS = (
     "tokens_per_chunk",
     "actions_per_s",
     "speedup_vs_ar",
+    "speedup_range",
+    "ms_per_chunk_interleaved",
+    "forwards_per_chunk",
     "paired_vs_teacher_ar",
     "seconds_to_success",
     "held_fraction",
@@ -71,15 +74,18 @@ def build_report(
     profile: DemoProfile, paths: DemoPaths, summary: dict[str, dict], commit: str | None = None
 ) -> dict[str, Any]:
     """commit: the code the stages ran with (taken when the run started); default: HEAD now."""
+    speed = _speed_record(paths)
     modes: dict[str, Any] = {}
     for mode in profile.modes():
-        described = asdict(mode) | ({"scheduling": mode.scheduling} if mode.clock != "paused" else {})
-        modes[mode.name] = {**mode_row(_eval_report(paths, mode.name)), "mode": described}
-    ar_ms = modes["teacher_ar"]["ms_per_chunk_p50"]
+        described = asdict(mode) | {"decoder": mode.decoder}
+        described |= {"scheduling": mode.scheduling} if mode.clock != "paused" else {}
+        modes[mode.name] = {
+            **mode_row(_eval_report(paths, mode.name)),
+            **speed_columns(speed, mode.decoder),
+            "mode": described,
+        }
     reference = episode_outcomes(_eval_report(paths, "teacher_ar"))
     for name, row in modes.items():
-        ms = row["ms_per_chunk_p50"]
-        row["speedup_vs_ar"] = (ar_ms / ms) if (ar_ms and ms) else None
         # a = teacher AR, b = this mode, on the same (task, seed) episodes
         row["paired_vs_teacher_ar"] = paired_outcomes(reference, episode_outcomes(_eval_report(paths, name)))
     missing = [(n, k) for n, r in modes.items() for k in REPORT_KEYS if k not in r]
@@ -93,6 +99,28 @@ def build_report(
         "machine": machine_info(),
         "git_commit": commit or git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "speed": {k: speed[k] for k in ("reference", "rounds", "samples", "threads", "runs", "run_length")},
+    }
+
+
+def _speed_record(paths: DemoPaths) -> dict[str, Any]:
+    path = paths.speed
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the demo's speed stage writes it (`ceed bench speed`)")
+    return json.loads(path.read_text())
+
+
+def speed_columns(speed: dict[str, Any], decoder: str) -> dict[str, Any]:
+    """A row's speed, from the one interleaved measurement of every decoder (never from the row's own
+    evaluation, whose timing is minutes apart from the others')."""
+    if decoder not in speed["entries"]:
+        raise KeyError(f"the speed record has no decoder {decoder!r} (it has {sorted(speed['entries'])})")
+    s = speed["entries"][decoder]
+    return {
+        "ms_per_chunk_interleaved": s["ms_p50"],
+        "speedup_vs_ar": s["speedup_vs_reference"],
+        "speedup_range": [s["speedup_min"], s["speedup_max"]],
+        "forwards_per_chunk": s["forward_passes_per_chunk"],
     }
 
 
@@ -219,10 +247,10 @@ def _scheduling_note(row: dict[str, Any]) -> str:
 def main_table(report: dict[str, Any]) -> list[str]:
     """Every mode but the delay curve's points, as Markdown table lines."""
     lines = [
-        "| mode | clock | success (95% CI) | episodes | s to success | ms/chunk p50 | p95 | iterations/chunk "
-        "| actions/s | speedup vs AR | held / late chunks | jerk | vs teacher AR: both / only AR / only this / "
-        "neither | McNemar p |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | clock | success (95% CI) | episodes | s to success | ms/chunk | speedup vs AR (range) "
+        "| forwards/chunk | iterations/chunk | ms/chunk in the episodes p50 / p95 | actions/s "
+        "| held / late chunks | jerk | vs teacher AR: both / only AR / only this / neither | McNemar p |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in mode_order(report):
         r = report["modes"][name]
@@ -233,12 +261,37 @@ def main_table(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | {clock} | {r['success_rate']:.2f} ({lo:.2f}-{hi:.2f}) | {r['episodes']} "
             f"| {_fmt(r.get('seconds_to_success'), '.2f')} "
-            f"| {_fmt(r['ms_per_chunk_p50'], '.1f')} | {_fmt(r['ms_per_chunk_p95'], '.1f')} "
-            f"| {_fmt(r['iterations_per_chunk'], '.2f')} | {_fmt(r['actions_per_s'], '.0f')} "
-            f"| {_fmt(r['speedup_vs_ar'], '.2f')}x | {_held_cells(r)} | {_fmt(r.get('jerk'), '.4f')} "
+            f"| {_fmt(r.get('ms_per_chunk_interleaved'), '.1f')} | {_speedup_cell(r)} "
+            f"| {_fmt(r.get('forwards_per_chunk'), '.2f')} | {_fmt(r['iterations_per_chunk'], '.2f')} "
+            f"| {_fmt(r['ms_per_chunk_p50'], '.1f')} / {_fmt(r['ms_per_chunk_p95'], '.1f')} "
+            f"| {_fmt(r['actions_per_s'], '.0f')} | {_held_cells(r)} | {_fmt(r.get('jerk'), '.4f')} "
             f"| {_paired_cells(r.get('paired_vs_teacher_ar'))} |"
         )
     return lines
+
+
+def _speedup_cell(row: dict[str, Any]) -> str:
+    if row.get("speedup_vs_ar") is None:
+        return "-"
+    spread = row.get("speedup_range")
+    return f"{row['speedup_vs_ar']:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
+
+
+def speed_sentence(report: dict[str, Any]) -> str:
+    """How the speed columns were measured (empty for a report from before the speed stage)."""
+    s = report.get("speed")
+    if not s:
+        return ""
+    return (
+        f" Speed columns: one interleaved run (`ceed bench speed`) in which every decoder of the table "
+        f"decoded the same {s['samples']} recorded observations ({s['run_length']} consecutive frames of "
+        f"{s['runs']} episodes, each decoder warm-started from its own previous chunk) {s['rounds']} times, "
+        f"at {s['threads']} thread(s), the decoders' order rotated every round; ms/chunk is the median "
+        "decode, the speedup the median over rounds of teacher AR's mean over this decoder's, with the "
+        "range over rounds. Rows that differ only in clock or wording run the same decoder and share its "
+        "speed. The evaluation's own timing (two workers side by side, each mode in its own stage) is "
+        "the secondary column."
+    )
 
 
 CURVE_LABELS = {
@@ -313,7 +366,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         + ". The paused clock waits for the policy (as papers report); the real-time clock keeps the "
         "simulation moving while the policy computes, scheduling chunks as the robot bridge does. "
         "Seconds to success are simulated (80 Hz control) over the episodes that succeed."
-        + _replan_sentence(report["config"].get("execute_steps")),
+        + _replan_sentence(report["config"].get("execute_steps"))
+        + speed_sentence(report),
         "",
         *main_table(report),
     ]

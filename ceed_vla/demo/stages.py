@@ -5,6 +5,7 @@
     collect  teacher exact Jacobi over the dataset -> zarr trajectories       (ceed distill collect)
     distill  teacher + trajectories                -> student checkpoint      (ceed distill train)
     collect_r2, distill_r2, ...  optional on-policy rounds (profile field `distill_rounds`)
+    speed    every decoder of the table timed in one process, interleaved  (ceed bench speed)
     eval_*   every decoding mode, same held-out episodes, paused, real-time and delay clocks (ceed eval)
 
 Every stage is one `ceed` job run as a subprocess, so each can also be run by hand with the command
@@ -48,6 +49,11 @@ class DemoPaths:
 
     def eval_dir(self, mode: str) -> Path:
         return self.work / f"eval_{mode}"
+
+    @property
+    def speed(self) -> Path:
+        """The speed stage's record: every decoder of the table, timed interleaved (`ceed bench speed`)."""
+        return self.work / "speed" / "speed.json"
 
 
 def collect_stage(r: int) -> str:
@@ -182,6 +188,17 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
                 depends_on=[collect_stage(r)],
             ),
         ]
+    stages.append(
+        Stage(
+            "speed",
+            StageCommand(speed_argv(p, paths)),
+            {
+                "decoders": list(p.decoders()),
+                **_stage_config(p, "speed_runs", "speed_run_length", "speed_rounds", "execute_steps"),
+            },
+            depends_on=["teacher", distill_stage(p.distill_rounds)],
+        )
+    )
     for mode in p.modes():
         ckpt = paths.teacher if mode.policy == "teacher" else paths.round_student(p.distill_rounds)
         argv = ["eval", "--policy", str(ckpt), "--tasks", ",".join(p.tasks)]
@@ -208,6 +225,22 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
             )
         )
     return stages
+
+
+def speed_argv(p: DemoProfile, paths: DemoPaths) -> list[str]:
+    """`ceed bench speed` over every decoder of the table, teacher AR the reference."""
+    argv = ["bench", "speed", "--dataset", str(paths.dataset), "--out", str(paths.speed)]
+    argv += ["--runs", str(p.speed_runs), "--run-length", str(p.speed_run_length)]
+    argv += ["--rounds", str(p.speed_rounds), "--threads", "1"]
+    if p.execute_steps is not None:
+        argv += ["--steps-executed", str(p.execute_steps)]
+    for name, mode in p.decoders().items():
+        ckpt = paths.teacher if mode.policy == "teacher" else paths.round_student(p.distill_rounds)
+        spec = f"name={name},policy={ckpt},decoding={mode.decoding}"
+        spec += f",sigma={mode.sigma}" if mode.sigma is not None else ""
+        spec += f",tau={mode.tau}" if mode.tau is not None else ""
+        argv += ["--mode", spec + (",fused=1" if mode.fused else "")]
+    return argv
 
 
 def _eval_stage(argv: list[str]):
