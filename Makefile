@@ -29,7 +29,7 @@ $(VENV)/.synced: pyproject.toml uv.lock scripts/setup_env.sh
 	@touch $@
 
 demo: venv
-	$(VENV)/bin/ceed demo --profile $(PROFILE)
+	$(VENV)/bin/ceed demo --profile $(PROFILE) --readme README.md
 
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
