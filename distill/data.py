@@ -36,6 +36,10 @@ class StateSampling:
         trains the student on states near the fixed point that early exit stops at.
     initial: probability of taking the initial guess (the state a first iteration starts from, and
         all that early exit at sigma 1 sees) instead of a uniformly drawn intermediate state.
+    first_token: probability that an initial state's first free token is moved by 1..noise_bins
+        bins. The recorded initial state holds the prefill's exact first token; the fused prefill
+        (one forward over [prompt, guess block]) decodes from the guess itself, whose first token is
+        the previous chunk's or the constant one. These states train the student for that pass.
     """
 
     consistency: str = "global"
@@ -43,6 +47,7 @@ class StateSampling:
     noise_bins: int = 3
     n_bins: int = 256
     initial: float = 0.0
+    first_token: float = 0.0
 
     def __post_init__(self) -> None:
         if self.consistency not in CONSISTENCY_MODES:
@@ -53,6 +58,8 @@ class StateSampling:
             raise ValueError(f"noise_bins must be >= 1, got {self.noise_bins}")
         if not 0.0 <= self.initial <= 1.0:
             raise ValueError(f"initial is a probability in [0, 1], got {self.initial}")
+        if not 0.0 <= self.first_token <= 1.0:
+            raise ValueError(f"first_token is a probability in [0, 1], got {self.first_token}")
 
 
 def sample_state(
@@ -71,7 +78,17 @@ def sample_state(
     else:
         j = int(rng.integers(0, len(states) - 1))  # an intermediate state, never the fixed point
     target = states[j + 1] if cfg.consistency == "local" else fixed
-    return states[j].copy(), target.copy()
+    state = states[j].copy()
+    if j == 0 and cfg.first_token > 0 and n > forced and rng.random() < cfg.first_token:
+        state[forced] = _moved(int(state[forced]), rng, cfg)  # the guess's first token, not the prefill's
+    return state, target.copy()
+
+
+def _moved(token: int, rng: np.random.Generator, cfg: StateSampling) -> int:
+    """`token` moved by 1..noise_bins bins either way, bouncing off the ends of the bin range."""
+    shift = int(rng.integers(1, cfg.noise_bins + 1)) * int(rng.choice([-1, 1]))
+    up = token + shift
+    return int(np.clip(token - shift if not 0 <= up < cfg.n_bins else up, 0, cfg.n_bins - 1))
 
 
 def noised_fixed_point(

@@ -76,6 +76,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="probability of training on the initial guess rather than a uniformly drawn Jacobi state",
     )
+    loss.add_argument(
+        "--first-guess-noise",
+        type=float,
+        default=0.0,
+        help="share of initial states whose first free token is moved by 1..--noise-bins bins: the state "
+        "the fused prefill decodes from, whose first token is the guess's rather than the prefill's",
+    )
 
     train = parser.add_argument_group("training")
     add_training_arguments(train, steps=2000, lr=1e-4, val_every=250, val_batches=8)
@@ -127,6 +134,7 @@ def build_datasets(args, student, store: TrajectoryStore):
         "noise_bins",
         n_bins=student.n_bins,
         initial=args.initial_state_share,
+        first_token=args.first_guess_noise,
     )
     train_set = DistillDataset(frame_set, traj, train_rows, sampling, seed=args.seed)
     val_set = (

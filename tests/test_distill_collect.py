@@ -137,6 +137,38 @@ def test_initial_state_share_draws_the_initial_guess_that_often():
         StateSampling(initial=2.0)
 
 
+def test_first_guess_noise_moves_only_the_first_free_token_of_initial_states():
+    states = np.array([[5, 0, 0, 0], [5, 1, 0, 0], [5, 1, 2, 0], [5, 1, 2, 3]])
+    cfg = StateSampling(initial=1.0, first_token=1.0, noise_bins=2, n_bins=8)
+    rng = np.random.default_rng(0)
+    firsts = set()
+    for _ in range(200):
+        s, t = sample_state(states, rng, cfg)
+        assert t.tolist() == [5, 1, 2, 3] and s[1:].tolist() == [0, 0, 0]
+        assert 1 <= abs(int(s[0]) - 5) <= 2  # the first token moved, the rest is the initial guess
+        firsts.add(int(s[0]))
+    assert firsts == {3, 4, 6, 7}
+    edge = np.array([[7, 0, 0], [7, 1, 2]])  # at the top bin the move bounces back into the range
+    for _ in range(50):
+        s, _ = sample_state(edge, rng, StateSampling(initial=1.0, first_token=1.0, noise_bins=2, n_bins=8))
+        assert s[0] in (5, 6)
+    # with a forced prefix the first free token moves, never a forced one
+    s, _ = sample_state(states, np.random.default_rng(1), cfg, forced=2)
+    assert s[:2].tolist() == [5, 0] and s[2] != 0 and s[3] == 0
+    # later states keep the prefill's token (the fused pass is the first iteration only); the
+    # initial state drawn by the uniform draw is moved like one drawn for `initial`
+    drawn = [sample_state(states, rng, StateSampling(first_token=1.0, n_bins=8))[0] for _ in range(60)]
+    assert all(x[0] == 5 for x in drawn if x[1] != 0) and all(x[0] != 5 for x in drawn if x[1] == 0)
+    assert any(x[1] == 0 for x in drawn) and any(x[1] != 0 for x in drawn)
+    # off draws nothing: the stream, and so every other draw, is unchanged
+    a = [sample_state(states, np.random.default_rng(k), StateSampling(initial=0.5))[0].tolist() for k in range(20)]
+    b = [sample_state(states, np.random.default_rng(k), StateSampling(initial=0.5, first_token=0.0))[0].tolist()
+         for k in range(20)]  # fmt: skip
+    assert a == b
+    with pytest.raises(ValueError, match="first_token"):
+        StateSampling(first_token=1.5)
+
+
 def test_noised_fixed_point_keeps_a_prefix_and_stays_in_range():
     fixed = np.array([0, 10, 20, 30, 63, 63], dtype=np.int16)
     rng = np.random.default_rng(1)
