@@ -161,7 +161,10 @@ def test_first_guess_noise_moves_only_the_first_free_token_of_initial_states():
     assert all(x[0] == 5 for x in drawn if x[1] != 0) and all(x[0] != 5 for x in drawn if x[1] == 0)
     assert any(x[1] == 0 for x in drawn) and any(x[1] != 0 for x in drawn)
     # off draws nothing: the stream, and so every other draw, is unchanged
-    a = [sample_state(states, np.random.default_rng(k), StateSampling(initial=0.5))[0].tolist() for k in range(20)]
+    a = [
+        sample_state(states, np.random.default_rng(k), StateSampling(initial=0.5))[0].tolist()
+        for k in range(20)
+    ]
     b = [sample_state(states, np.random.default_rng(k), StateSampling(initial=0.5, first_token=0.0))[0].tolist()
          for k in range(20)]  # fmt: skip
     assert a == b
