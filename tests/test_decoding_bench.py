@@ -8,29 +8,14 @@ import pytest
 import torch
 from ceed_vla.decoding.bench import BenchConfigError, DecodeBenchConfig, format_table, plot, run
 
-from tests.fixtures.policy import tiny_test_config
 
-
-@pytest.fixture(scope="module")
-def tiny_policy():
-    from ceed_vla.policy import ActionTokenizer, StateNormalizer, VLAPolicy
-    from ceed_vla.policy.text_tokenizer import train_instruction_tokenizer
-
-    torch.manual_seed(0)
-    config = tiny_test_config(chunk_size=3, n_action_steps=2)
-    tokenizer = train_instruction_tokenizer(["open the drawer", "push the puck"], vocab_size=64)
-    actions = ActionTokenizer.fit(torch.rand(64, 4) * 2 - 1, config.n_bins)
-    policy = VLAPolicy.build(config, tokenizer, actions, StateNormalizer.fit(torch.randn(64, 4)))
-    return policy.eval()
-
-
-def test_bench_record_table_and_plot(tiny_policy, tmp_path):
+def test_bench_record_table_and_plot(tiny_decode_policy, tmp_path):
     torch.set_num_threads(1)
     cfg = DecodeBenchConfig(
         samples=2, repeats=1, warmup=0, sigmas=(1,), taus=(3,), inits=("constant", "prev_tail"),
         fused_sigmas=(1,),
     )  # fmt: skip
-    record = run(cfg, policy=tiny_policy)
+    record = run(cfg, policy=tiny_decode_policy)
     rows = {r["name"]: r for r in record["results"]}
     assert list(rows) == [
         "ar", "jacobi/constant", "jacobi/prev_tail", "ee/sigma=1", "ee/tau=3",
@@ -81,14 +66,14 @@ def test_bench_config_rejects_bad_values(kwargs, match):
         DecodeBenchConfig(**kwargs)
 
 
-def test_saved_observations_round_trip(tiny_policy, tmp_path):
+def test_saved_observations_round_trip(tiny_decode_policy, tmp_path):
     """Observations saved by one run are decoded by another with the same results, and a file with too
     few of them, or not of this format, is refused with the fix in the message."""
     torch.set_num_threads(1)
     obs = tmp_path / "obs.pt"
     common = dict(samples=3, repeats=1, warmup=0, sigmas=(2,), taus=(), inits=("constant",), plot=False)
-    first = run(DecodeBenchConfig(seed=7, save_observations=str(obs), **common), policy=tiny_policy)
-    second = run(DecodeBenchConfig(seed=99, observations=str(obs), **common), policy=tiny_policy)
+    first = run(DecodeBenchConfig(seed=7, save_observations=str(obs), **common), policy=tiny_decode_policy)
+    second = run(DecodeBenchConfig(seed=99, observations=str(obs), **common), policy=tiny_decode_policy)
     assert second["observations"].startswith("file:obs.pt (synthetic")
     for a, b in zip(first["results"], second["results"], strict=True):
         for key in ("iterations_per_chunk", "forward_passes_per_chunk", "identical_to_ar"):
@@ -97,16 +82,19 @@ def test_saved_observations_round_trip(tiny_policy, tmp_path):
 
     saved, source = load_observations(obs, 3)
     assert source.startswith("synthetic") and len(saved) == 3
-    seed7, seed99 = synthetic_observations(tiny_policy, 3, 7), synthetic_observations(tiny_policy, 3, 99)
+    seed7, seed99 = (
+        synthetic_observations(tiny_decode_policy, 3, 7),
+        synthetic_observations(tiny_decode_policy, 3, 99),
+    )
     for s, a, b in zip(saved, seed7, seed99, strict=True):
         assert torch.equal(s["observation.image"], a["observation.image"]) and s["task"] == a["task"]
         assert not torch.equal(s["observation.image"], b["observation.image"])  # the seed was ignored
     with pytest.raises(BenchConfigError, match="pass --samples 3"):
-        run(DecodeBenchConfig(observations=str(obs), **{**common, "samples": 4}), policy=tiny_policy)
+        run(DecodeBenchConfig(observations=str(obs), **{**common, "samples": 4}), policy=tiny_decode_policy)
     junk = tmp_path / "junk.pt"
     torch.save({"something": 1}, junk)
     with pytest.raises(BenchConfigError, match="--save-observations"):
-        run(DecodeBenchConfig(observations=str(junk), **common), policy=tiny_policy)
+        run(DecodeBenchConfig(observations=str(junk), **common), policy=tiny_decode_policy)
     with pytest.raises(BenchConfigError, match="not both"):
         DecodeBenchConfig(observations=str(obs), dataset=str(tmp_path))
     with pytest.raises(BenchConfigError, match="is not a file"):

@@ -14,38 +14,23 @@ from ceed_vla.decoding import speed as S
 from ceed_vla.decoding.bench import synthetic_observations
 from ceed_vla.policy.bench_speed import parse_mode
 
-from tests.fixtures.policy import tiny_test_config
 
-
-@pytest.fixture(scope="module")
-def tiny_policy():
-    from ceed_vla.policy import ActionTokenizer, StateNormalizer, VLAPolicy
-    from ceed_vla.policy.text_tokenizer import train_instruction_tokenizer
-
-    torch.manual_seed(0)
-    config = tiny_test_config(chunk_size=3, n_action_steps=2)
-    tokenizer = train_instruction_tokenizer(["open the drawer", "push the puck"], vocab_size=64)
-    actions = ActionTokenizer.fit(torch.rand(64, 4) * 2 - 1, config.n_bins)
-    policy = VLAPolicy.build(config, tokenizer, actions, StateNormalizer.fit(torch.randn(64, 4)))
-    return policy.eval()
-
-
-def test_a_real_measurement_holds_every_decoder_and_the_counts(tiny_policy):
+def test_a_real_measurement_holds_every_decoder_and_the_counts(tiny_decode_policy):
     torch.set_num_threads(1)
-    n_bins = tiny_policy.n_bins
+    n_bins = tiny_decode_policy.n_bins
     entries = [
-        S.SpeedEntry("ar", tiny_policy, DecodeConfig(mode="ar", n_bins=n_bins)),
-        S.SpeedEntry("jacobi", tiny_policy, DecodeConfig(mode="jacobi", n_bins=n_bins)),
-        S.SpeedEntry("sigma1_fused", tiny_policy, DecodeConfig(mode="early_exit", sigma=1, n_bins=n_bins, fused_prefill=True)),
+        S.SpeedEntry("ar", tiny_decode_policy, DecodeConfig(mode="ar", n_bins=n_bins)),
+        S.SpeedEntry("jacobi", tiny_decode_policy, DecodeConfig(mode="jacobi", n_bins=n_bins)),
+        S.SpeedEntry("sigma1_fused", tiny_decode_policy, DecodeConfig(mode="early_exit", sigma=1, n_bins=n_bins, fused_prefill=True)),
     ]  # fmt: skip
-    obs = synthetic_observations(tiny_policy, 4, seed=1)
+    obs = synthetic_observations(tiny_decode_policy, 4, seed=1)
     out = S.measure_interleaved(entries, obs, runs=[0, 0, 1, 1], steps_executed=2, rounds=2, warmup=0)
     rows = out["entries"]
     assert out["reference"] == "ar" and out["rounds"] == 2 and out["samples"] == 4
     assert rows["ar"]["speedup_vs_reference"] == 1.0 and rows["ar"]["speedups_per_round"] == [1.0, 1.0]
-    assert rows["ar"]["forward_passes_per_chunk"] == tiny_policy.chunk_tokens
+    assert rows["ar"]["forward_passes_per_chunk"] == tiny_decode_policy.chunk_tokens
     assert rows["sigma1_fused"]["forward_passes_per_chunk"] == 1
-    assert rows["jacobi"]["iterations_per_chunk"] <= tiny_policy.chunk_tokens
+    assert rows["jacobi"]["iterations_per_chunk"] <= tiny_decode_policy.chunk_tokens
     for r in rows.values():
         assert len(r["round_means_ms"]) == 2 and 0 < r["ms_p50"] <= r["ms_p95"]
         assert r["speedup_min"] <= r["speedup_vs_reference"] <= r["speedup_max"]

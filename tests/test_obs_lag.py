@@ -13,6 +13,7 @@ from ceed_vla.policy.data import ChunkDataset, ObservationLag
 
 from ceed_vla.keys import IMAGE_KEY
 from tests.fixtures.distill import make_synthetic_frames
+from tests.fixtures.policy import tiny_train_argv
 
 torch.set_num_threads(1)
 
@@ -84,12 +85,7 @@ def test_ceed_train_takes_the_lag_flags(policy_dataset, tmp_path):
 
     _, root = policy_dataset
     out = tmp_path / "run"
-    args = [
-        "train", "--dataset-root", str(root), "--repo-id", "local/synthetic", "--output", str(out),
-        "--steps", "2", "--batch-size", "8", "--warmup-steps", "1", "--val-every", "2", "--save-every", "2",
-        "--threads", "1", "--chunk-size", "4", "--val-fraction", "0.2",
-        "--obs-lag-prob", "0.5", "--obs-lag-max-steps", "3",
-    ]  # fmt: skip
+    args = tiny_train_argv(root, out, "--obs-lag-prob", "0.5", "--obs-lag-max-steps", "3")
     assert cli.main(args) == 0
     assert json.loads((out / "final/dataset.json").read_text())["obs_lag"] == {"prob": 0.5, "max_steps": 3}
     with pytest.raises(ValueError, match="max_steps must be >= 1"):

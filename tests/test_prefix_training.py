@@ -11,6 +11,7 @@ from ceed_vla.policy.data import ChunkDataset, DataConfig, PrefixConfig
 
 from ceed_vla.keys import PREFIX_OFFSET_KEY, PREFIX_STEPS_KEY
 from tests.fixtures.distill import make_synthetic_frames, make_tiny_vla
+from tests.fixtures.policy import tiny_train_argv
 
 torch.set_num_threads(1)
 
@@ -159,12 +160,9 @@ def test_ceed_train_takes_the_prefix_flags(policy_dataset, tmp_path):
 
     _, root = policy_dataset
     out = tmp_path / "run"
-    args = [
-        "train", "--dataset-root", str(root), "--repo-id", "local/synthetic", "--output", str(out),
-        "--steps", "2", "--batch-size", "8", "--warmup-steps", "1", "--val-every", "2", "--save-every", "2",
-        "--threads", "1", "--chunk-size", "4", "--val-fraction", "0.2",
-        "--prefix-prob", "0.5", "--prefix-max-steps", "3", "--prefix-noise", "1.5",
-    ]  # fmt: skip
+    args = tiny_train_argv(
+        root, out, "--prefix-prob", "0.5", "--prefix-max-steps", "3", "--prefix-noise", "1.5"
+    )
     assert cli.main(args) == 0
     info = json.loads((out / "final/dataset.json").read_text())
     assert info["prefix"] == {"prob": 0.5, "max_steps": 3, "noise": 1.5}
