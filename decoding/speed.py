@@ -102,9 +102,9 @@ def measure_interleaved(
         return ms, iterations, forwards
 
     for entry in entries:  # untimed: first-call allocations, graph capture, caches
-        embeds, mask = prefixes[id(entry.policy)][0]
+        p = entry.policy
+        embeds, mask = prefixes[id(p)][0]
         for _ in range(warmup):
-            p = entry.policy
             decode(p.lm, embeds, mask, p.chunk_tokens, p.action_token_start, entry.decode)
 
     times = {n: [] for n in names}

@@ -80,15 +80,9 @@ def sample_state(
     target = states[j + 1] if cfg.consistency == "local" else fixed
     state = states[j].copy()
     if j == 0 and cfg.first_token > 0 and n > forced and rng.random() < cfg.first_token:
-        state[forced] = _moved(int(state[forced]), rng, cfg)  # the guess's first token, not the prefill's
+        shift = int(rng.integers(1, cfg.noise_bins + 1)) * int(rng.choice([-1, 1]))
+        state[forced] = _bounced(np.int64(state[forced]), shift, cfg.n_bins)  # the guess's, not the prefill's
     return state, target.copy()
-
-
-def _moved(token: int, rng: np.random.Generator, cfg: StateSampling) -> int:
-    """`token` moved by 1..noise_bins bins either way, bouncing off the ends of the bin range."""
-    shift = int(rng.integers(1, cfg.noise_bins + 1)) * int(rng.choice([-1, 1]))
-    up = token + shift
-    return int(np.clip(token - shift if not 0 <= up < cfg.n_bins else up, 0, cfg.n_bins - 1))
 
 
 def noised_fixed_point(
@@ -103,10 +97,13 @@ def noised_fixed_point(
     moved[rng.integers(c, n)] = True  # at least one token differs
     shift = rng.integers(1, cfg.noise_bins + 1, n) * rng.choice([-1, 1], n)
     base = fixed.astype(np.int64)
+    return np.where(moved, _bounced(base, shift, cfg.n_bins), base).astype(fixed.dtype)
+
+
+def _bounced(base: np.ndarray, shift: np.ndarray, n_bins: int) -> np.ndarray:
+    """base + shift, or base - shift where that leaves the bin range (bouncing off its ends)."""
     up = base + shift
-    off_range = (up < 0) | (up >= cfg.n_bins)
-    moved_to = np.clip(np.where(off_range, base - shift, up), 0, cfg.n_bins - 1)  # bounce off the ends
-    return np.where(moved, moved_to, base).astype(fixed.dtype)
+    return np.clip(np.where((up < 0) | (up >= n_bins), base - shift, up), 0, n_bins - 1)
 
 
 class DistillDataset(Dataset):

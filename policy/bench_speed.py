@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from ceed_vla.decoding import DecodeConfig
 from ceed_vla.decoding.bench import BenchConfigError, dataset_observation_runs
+from ceed_vla.decoding.config import MODES as DECODINGS
 from ceed_vla.decoding.speed import SpeedEntry, measure_interleaved
 
 from ceed_vla.atomic import atomic_write_bytes
 
 MODE_KEYS = ("name", "policy", "decoding", "sigma", "tau", "fused")
-DECODINGS = ("ar", "jacobi", "early_exit")
 
 
 def parse_mode(text: str) -> dict[str, Any]:

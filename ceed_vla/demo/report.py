@@ -75,19 +75,19 @@ def build_report(
 ) -> dict[str, Any]:
     """commit: the code the stages ran with (taken when the run started); default: HEAD now."""
     speed = _speed_record(paths)
+    evals = {mode.name: _eval_report(paths, mode.name) for mode in profile.modes()}
+    reference = episode_outcomes(evals["teacher_ar"])
     modes: dict[str, Any] = {}
     for mode in profile.modes():
         described = asdict(mode) | {"decoder": mode.decoder}
         described |= {"scheduling": mode.scheduling} if mode.clock != "paused" else {}
         modes[mode.name] = {
-            **mode_row(_eval_report(paths, mode.name)),
+            **mode_row(evals[mode.name]),
             **speed_columns(speed, mode.decoder),
+            # a = teacher AR, b = this mode, on the same (task, seed) episodes
+            "paired_vs_teacher_ar": paired_outcomes(reference, episode_outcomes(evals[mode.name])),
             "mode": described,
         }
-    reference = episode_outcomes(_eval_report(paths, "teacher_ar"))
-    for name, row in modes.items():
-        # a = teacher AR, b = this mode, on the same (task, seed) episodes
-        row["paired_vs_teacher_ar"] = paired_outcomes(reference, episode_outcomes(_eval_report(paths, name)))
     missing = [(n, k) for n, r in modes.items() for k in REPORT_KEYS if k not in r]
     if missing:
         raise RuntimeError(f"report rows lack keys: {missing}")

@@ -50,6 +50,10 @@ class DemoPaths:
     def eval_dir(self, mode: str) -> Path:
         return self.work / f"eval_{mode}"
 
+    def checkpoint(self, policy: str, rounds: int) -> Path:
+        """The checkpoint an evaluation row decodes with: "teacher", or the last round's student."""
+        return self.teacher if policy == "teacher" else self.round_student(rounds)
+
     @property
     def speed(self) -> Path:
         """The speed stage's record: every decoder of the table, timed interleaved (`ceed bench speed`)."""
@@ -200,7 +204,7 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
         )
     )
     for mode in p.modes():
-        ckpt = paths.teacher if mode.policy == "teacher" else paths.round_student(p.distill_rounds)
+        ckpt = paths.checkpoint(mode.policy, p.distill_rounds)
         argv = ["eval", "--policy", str(ckpt), "--tasks", ",".join(p.tasks)]
         argv += ["--episodes", str(p.eval_episodes), "--image-size", str(p.image_size), "--seed", str(p.seed)]
         argv += ["--camera", p.camera, "--goal-marker-radius", str(p.goal_marker_radius)]
@@ -235,7 +239,7 @@ def speed_argv(p: DemoProfile, paths: DemoPaths) -> list[str]:
     if p.execute_steps is not None:
         argv += ["--steps-executed", str(p.execute_steps)]
     for name, mode in p.decoders().items():
-        ckpt = paths.teacher if mode.policy == "teacher" else paths.round_student(p.distill_rounds)
+        ckpt = paths.checkpoint(mode.policy, p.distill_rounds)
         spec = f"name={name},policy={ckpt},decoding={mode.decoding}"
         spec += f",sigma={mode.sigma}" if mode.sigma is not None else ""
         spec += f",tau={mode.tau}" if mode.tau is not None else ""
