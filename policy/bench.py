@@ -1,7 +1,9 @@
 """`ceed bench train`: training throughput (samples/s) and AR decode latency (ms per chunk).
 
 Training runs the real `Trainer` (data path, augmentation, AdamW, clipping) on synthetic frames of
-the recorded shape, so the number is the trainer's and not the disk's. Decode latency is
+the recorded shape, so the number is the trainer's and not the disk's. Each precision is timed
+`--rounds` times, the precisions in turn, and compared by its median (bf16 on the CPU includes the
+fp32 attention of `precision.py`). Decode latency is
 `predict_action_chunk` at batch 1 with AR decoding, the reference mode. Writes one JSON record.
 
     ceed bench train --preset tiny --image-size 64 --threads 2
@@ -38,6 +40,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per precision")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="the precisions timed in turn this many times (interleaved)"
+    )
     parser.add_argument("--chunks", type=int, default=20, help="timed AR decodes")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
@@ -90,6 +95,24 @@ def train_throughput(args: argparse.Namespace, frames: Frames, precision: str) -
     }
 
 
+def _speedups(train: list[dict]) -> list[dict]:
+    """Per precision: median samples/s over its rounds and the ratio to fp32's median (None without
+    an fp32 row). The rounds alternate precisions, so a machine busy for a while slows both."""
+    by: dict[str, list[float]] = {}
+    for row in train:
+        by.setdefault(row["precision"], []).append(row["samples_per_s"])
+    fp32 = statistics.median(by["fp32"]) if "fp32" in by else None
+    return [
+        {
+            "precision": name,
+            "rounds": len(values),
+            "samples_per_s_median": statistics.median(values),
+            "speedup_vs_fp32": statistics.median(values) / fp32 if fp32 else None,
+        }
+        for name, values in by.items()
+    ]
+
+
 def decode_latency(args: argparse.Namespace, frames: Frames) -> dict:
     torch.manual_seed(0)
     policy = build_policy(args, frames).to(args.device).eval()
@@ -120,7 +143,11 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     frames = synthetic_frames(args.image_size, args.chunk_size)
-    train = [train_throughput(args, frames, p.strip()) for p in args.precisions.split(",") if p.strip()]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if args.rounds < 1 or not precisions:
+        raise SystemExit("ceed bench train: --rounds must be >= 1 and --precisions name at least one")
+    train = [train_throughput(args, frames, p) for _ in range(args.rounds) for p in precisions]
+    summary = _speedups(train)
     decode = decode_latency(args, frames)
     record = {
         "benchmark": "train",
@@ -134,6 +161,7 @@ def main(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "train": train,
+        "summary": summary,
         "decode": decode,
     }
     print(f"\n{args.preset} preset, {train[0]['parameters'] / 1e6:.2f}M parameters, {args.image_size}px, "
@@ -142,6 +170,10 @@ def main(args: argparse.Namespace) -> int:
     print("| --- | ---: |")
     for row in train:
         print(f"| {row['precision']} | {row['samples_per_s']:.1f} |")
+    for row in summary:
+        ratio = f", {row['speedup_vs_fp32']:.2f}x fp32" if row["speedup_vs_fp32"] else ""
+        print(f"{row['precision']}: median {row['samples_per_s_median']:.1f} samples/s over "
+              f"{row['rounds']} round(s){ratio}")  # fmt: skip
     print(f"\nAR decode, {decode['chunk_tokens']} tokens: {decode['ms_per_chunk_p50']:.1f} ms/chunk p50 "
           f"({decode['ms_per_token_p50']:.2f} ms/token), mean {decode['ms_per_chunk_mean']:.1f} ms")  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)

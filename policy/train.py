@@ -200,7 +200,7 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"policy: {policy.num_parameters() / 1e6:.2f}M parameters, chunk {policy.config.chunk_size}x"
             f"{policy.config.action_dim} = {policy.chunk_tokens} tokens; train {len(train_set)} samples, "
-            f"val {dataset_info['val_samples']}; device {trainer.device}, precision {cfg.precision}, "
+            f"val {dataset_info['val_samples']}; device {trainer.device}, precision {trainer.precision_name}, "
             f"{trainer.info.world} process(es)"
         )
     summary = trainer.fit(resume=args.resume)

@@ -10,6 +10,7 @@ from dataclasses import fields
 from ceed_vla.cli import config_from_args
 
 from .data import ObservationLag, PrefixConfig
+from .precision import PRECISIONS
 from .trainer import TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -44,7 +45,12 @@ def add_training_arguments(group, **defaults) -> None:
         default=d["ema_decay"],
         help="exponential moving average of the weights, saved as the policy (0 = off; 0.999 is typical)",
     )
-    group.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d["precision"])
+    group.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default=d["precision"],
+        help="bf16 autocast (fp32 weights) or fp32; auto: bf16 on CUDA and on CPUs with AMX or AVX512-BF16",
+    )
     group.add_argument("--save-every", type=int, default=d["save_every"])
     group.add_argument("--val-every", type=int, default=d["val_every"])
     group.add_argument("--val-batches", type=int, default=d["val_batches"])

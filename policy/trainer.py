@@ -51,6 +51,7 @@ from ceed_vla.atomic import atomic_savefig
 
 from . import sharding as fsdp
 from .checkpoint_io import CheckpointError, atomic_directory, atomic_write_text
+from .precision import PRECISIONS, attention_in_fp32, autocast_dtype
 
 TRAINING_STATE_FILE = "training_state.pt"
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -89,7 +90,7 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
-    precision: str = "auto"  # "fp32" | "bf16" | "auto" (bf16 on CUDA, fp32 on CPU)
+    precision: str = "auto"  # "fp32" | "bf16" | "auto" (bf16 where the hardware has it: precision.py)
     save_every: int = 500
     val_every: int = 100
     val_batches: int = 16
@@ -121,7 +122,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if self.precision not in ("fp32", "bf16", "auto"):
+        if self.precision not in PRECISIONS:
             raise ValueError(
                 f"TrainConfig.precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}"
             )
@@ -308,14 +309,22 @@ class Trainer:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        p = self.config.precision
-        if p == "bf16" or (p == "auto" and self.device.type == "cuda"):
-            return torch.bfloat16
-        return None
+        return autocast_dtype(self.config.precision, self.device)
 
-    def _autocast(self):
+    @property
+    def precision_name(self) -> str:
+        """The precision the run computes in, "auto" resolved."""
+        return "fp32" if self.autocast_dtype is None else "bf16"
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
         dtype = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            if dtype is not None and self.device.type == "cpu":  # see precision.py
+                with attention_in_fp32(self.loss_module):
+                    yield
+            else:
+                yield
 
     def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
         return DataLoader(
@@ -382,6 +391,7 @@ class Trainer:
             "steps": self.step,
             "train_seconds": elapsed,
             "samples_per_s": (self.step - start_step) * self.config.batch_size / max(elapsed, 1e-9),
+            "precision": self.precision_name,
             "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
         }
         if self.info.main:
