@@ -283,6 +283,14 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
     assert "student_early_exit_realtime_prefix" in names
     with pytest.raises(ValueError, match="delay_schedulings"):
         replace(PROFILE, delay_schedulings=("today", "planahead"))
+    # today's scheduling only where `today_delays` says; the other schedulings at every d
+    assert [m.name for m in replace(PROFILE, student_delays=(1, 2), today_delays=(2,)).delay_modes()] == [
+        "student_early_exit_d1_plan_ahead",
+        "student_early_exit_d2",
+        "student_early_exit_d2_plan_ahead",
+    ]
+    with pytest.raises(ValueError, match="delays must be >= 1"):
+        replace(PROFILE, today_delays=(0,))
     paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
     _write_speed(profile, paths)
     success = {
