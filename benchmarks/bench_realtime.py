@@ -117,6 +117,11 @@ def main() -> int:
     parser.add_argument(
         "--fused-prefill", action="store_true", help="Jacobi modes: one forward over prompt and guess"
     )
+    parser.add_argument(
+        "--exact-executed",
+        action="store_true",
+        help="early exit: the steps each chunk executes left exact (`ceed eval --exact-executed`), every row",
+    )
     parser.add_argument("--delays", default="2,3", help="comma-separated ticks per call")
     parser.add_argument(
         "--realtime",
@@ -157,6 +162,7 @@ def main() -> int:
     common += ["--save-rollouts", "0"]
     common += ["--sigma", str(args.sigma)] if args.sigma is not None else []
     common += ["--fused-prefill"] if args.fused_prefill else []
+    common += ["--exact-executed"] if args.exact_executed else []
     common += ["--execute-steps", str(args.execute_steps)] if args.execute_steps else []
     delays = [int(d) for d in args.delays.split(",") if d.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -181,7 +187,12 @@ def main() -> int:
         "benchmark": "realtime",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "policy": args.policy,
-        "decoding": {"mode": args.decoding, "sigma": args.sigma, "fused_prefill": args.fused_prefill},
+        "decoding": {
+            "mode": args.decoding,
+            "sigma": args.sigma,
+            "fused_prefill": args.fused_prefill,
+            "exact_executed": args.exact_executed,
+        },
         "episodes_per_task": args.episodes,
         "split": "validation",
         "seconds": time.perf_counter() - t0,

@@ -60,6 +60,13 @@ arrive, when the queue would run dry (the queued ticks times the period after th
 `deadline_margin_s`, on the scheduler's clock; the Jacobi decoder stops iterating by then. With an
 empty queue (the arm holds anyway) there is no deadline.
 
+Exact executed steps (`SchedulerConfig.exact_executed`): the request says how many of the chunk's
+steps will run before the next chunk takes over (`ChunkRequest.exact_steps`): the next observation is
+`replan_every` ticks away, or d if the call takes longer, and the next chunk starts d after it, so
+max(replan_every, d) + d - (the chunk's start - its observation) steps; it needs
+`replan_every` (without it the whole chunk runs: decode it exactly). An early-exit decoder leaves those steps exact (the model's greedy AR actions) and
+only the rest of the chunk, which seeds the next warm start, approximate.
+
 The bridge calls this from three threads (ROS callbacks, the control timer, the inference worker);
 `ceed eval` from one. Both drive it through the same methods, so the simulator schedules exactly as
 the robot does: the real-time clock of `ceed eval` advances the simulation by the measured latency
@@ -113,10 +120,16 @@ def policy_accepts_deadline(policy) -> bool:
     return _accepts(policy, "deadline", "clock")
 
 
+def policy_accepts_exact_steps(policy) -> bool:
+    """Whether `policy.predict_action_chunk` takes `exact_steps` (the VLA does);
+    `SchedulerConfig.exact_executed` is for such policies only."""
+    return _accepts(policy, "exact_steps")
+
+
 def predict_chunk(policy, observation: dict, predict_kwargs: dict, request: ChunkRequest, warm: bool):
     """`policy.predict_action_chunk` for `request`: with its warm-start guess when the policy takes
-    one (`warm`, from `policy_accepts_init_guess`), its forced prefix and its deadline when the
-    scheduler set them (only for policies that take them). Returns (chunk [1, K, D], whether it was
+    one (`warm`, from `policy_accepts_init_guess`), its forced prefix, its deadline and its exact
+    steps when the scheduler set them (only for policies that take them). Returns (chunk [1, K, D], whether it was
     warm)."""
     kwargs = dict(predict_kwargs)
     if warm and request.init_guess is not None:
@@ -125,6 +138,8 @@ def predict_chunk(policy, observation: dict, predict_kwargs: dict, request: Chun
         kwargs["forced_bins"] = request.forced_bins
     if request.deadline is not None:
         kwargs["deadline"], kwargs["clock"] = request.deadline, request.clock
+    if request.exact_steps is not None:
+        kwargs["exact_steps"] = request.exact_steps
     return policy.predict_action_chunk(observation, **kwargs), "init_guess" in kwargs
 
 
@@ -155,6 +170,9 @@ class SchedulerConfig:
     """Give each request the time the queue would run dry, less `deadline_margin_s`, as the decode
     deadline (policies where `policy_accepts_deadline`)."""
     deadline_margin_s: float = 0.0
+    exact_executed: bool = False
+    """Ask the decoder to leave exact the chunk's steps that will run before the next chunk
+    (`ChunkRequest.exact_steps`; policies where `policy_accepts_exact_steps`)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.action_dim, int) and self.action_dim > 0):
@@ -180,6 +198,11 @@ class SchedulerConfig:
                 "forced_prefix and plan_ahead both condition the chunk on the committed steps (through the "
                 "tokens, or through the predicted state): choose one"
             )
+        if self.exact_executed and self.replan_every is None:
+            raise ValueError(
+                "exact_executed needs replan_every: without it the whole chunk runs, so decode it exactly "
+                "(exact Jacobi) instead"
+            )
         if not (math.isfinite(self.deadline_margin_s) and self.deadline_margin_s >= 0):
             raise ValueError(f"deadline_margin_s must be finite and >= 0, got {self.deadline_margin_s!r}")
 
@@ -196,6 +219,7 @@ class ChunkRequest:
     clock: Callable[[], float] | None = None  # the clock of `deadline`
     start_tick: int | None = None  # the tick the chunk's step 0 is for (None: obs_tick)
     committed_actions: np.ndarray | None = None  # plan-ahead: [d, D] the steps that run before start_tick
+    exact_steps: int | None = None  # the chunk's steps that will run before the next one (None: not asked)
 
     @property
     def chunk_tick(self) -> int:
@@ -410,6 +434,8 @@ class ChunkScheduler:
                 request.start_tick, request.committed_actions = start, committed
             if self.config.forced_prefix:
                 self._force_prefix(request)
+            if self.config.exact_executed:
+                request.exact_steps = self._executed_steps(request)
             if self.config.decode_deadline:
                 queued = len(self.queue.remaining(tick))
                 if queued:
@@ -427,6 +453,12 @@ class ChunkScheduler:
             self.planned_ahead_chunks += 1
             self.planned_ahead_steps += d
         return tick + d, queued[:d].copy()
+
+    def _executed_steps(self, request: ChunkRequest) -> int:
+        """The steps of the chunk asked for by `request` that will run before the next chunk takes over
+        (uncapped: the policy caps it at its chunk)."""
+        d = self.prefix_ticks()
+        return max(self.config.replan_every, d) + d - (request.chunk_tick - request.obs_tick)
 
     def _force_prefix(self, request: ChunkRequest) -> None:
         """Commit the queue's next d steps and put their bins in the request (d = 0: nothing)."""

@@ -18,6 +18,12 @@ the n - f free tokens are decoded after them exactly as a chunk of n - f tokens 
 Deadline: Jacobi is an anytime algorithm (every state is a whole chunk), so a caller may give a time
 by which the chunk must be back; iteration stops at the fixed point, sigma or that time, whichever
 comes first.
+
+Exact prefix: a caller that knows how many of the chunk's steps will execute before the next chunk
+replaces them may ask for those tokens exact (`exact_tokens`). The early exit then stops at sigma or
+tau only once that prefix is final (unchanged for an iteration, hence the greedy AR tokens): the
+commands the arm runs are the model's own AR ones, and the rest of the chunk, which only seeds the
+next warm start, stays an early-exit guess. The deadline still ends it.
 """
 
 from __future__ import annotations
@@ -98,7 +104,11 @@ def _decode_ar(backend, first: torch.Tensor, n_tokens: int) -> tuple[torch.Tenso
 
 
 def _fused_first_iteration(
-    block_logits: torch.Tensor, state0: torch.Tensor, right: torch.Tensor, config: DecodeConfig
+    block_logits: torch.Tensor,
+    state0: torch.Tensor,
+    right: torch.Tensor,
+    config: DecodeConfig,
+    exact_tokens: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first Jacobi iteration from the fused pass. block_logits [B, n-1, V] were computed from
     the guess, whose position 0 `right` [B] says was the exact first token; state0 [B, n] is the
@@ -112,7 +122,7 @@ def _fused_first_iteration(
     fixed = torch.where(right, step.converged, ones)
     # A wrong first guess: nothing moved says nothing (the rows saw another token 0), so neither the
     # fixed point nor tau may stop here; the next, ordinary iteration decides.
-    done = step.done & right
+    done = step.done & right & (fixed >= min(exact_tokens, state0.shape[1]))
     return step.next_state, fixed, done
 
 
@@ -144,11 +154,14 @@ def _decode_jacobi(
     trajectory: list[torch.Tensor] | None,
     deadline: _Deadline,
     after_fused: tuple[torch.Tensor, torch.Tensor] | None = None,
+    exact_tokens: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, int, str]:
     """Iterate to the fixed point, the early exit or the deadline; `after_fused` = (final prefix
-    length, done) when the fused pass already ran the first iteration (it counts towards sigma).
+    length, done) when the fused pass already ran the first iteration (it counts towards sigma);
+    sigma and tau stop a sequence only once its first `exact_tokens` are final.
     Returns (state [B, n], iterations [B], passes, what stopped it)."""
     b, n = state.shape
+    need = min(exact_tokens, n)  # reached: every iteration finalises at least one more token
     impl = resolve_step_impl(config.step_impl, state.device)
     # Position 0 (the prefill's token) is final; every iteration makes at least one more final, so
     # exact Jacobi needs at most n - 1 iterations.
@@ -167,12 +180,14 @@ def _decode_jacobi(
         done = fixed >= n  # [B] a one-token block is final after the prefill
     by_tau = done & (fixed < n)  # [B] stopped by the bin tolerance short of the fixed point
     passes = 0
+    capped = False  # sigma stopped a sequence short of its fixed point
     while True:
+        if used + passes >= cap:  # past sigma only a sequence whose exact prefix is not final goes on
+            final = fixed >= need
+            capped |= bool((~done & final).any())
+            done = done | final
         if bool(done.all()):
-            stopped = "tau" if bool(by_tau.any()) else "fixed_point"
-            break
-        if used + passes >= cap:
-            stopped = "sigma"
+            stopped = "sigma" if capped else "tau" if bool(by_tau.any()) else "fixed_point"
             break
         if deadline.passed():
             stopped = "deadline"
@@ -181,8 +196,9 @@ def _decode_jacobi(
         frozen = torch.where(done, n, fixed)  # a finished sequence keeps its state
         step = jacobi_step(logits, state, frozen, tau=tau, impl=impl)
         iterations += (~done).long()
-        by_tau |= ~done & step.done & (step.converged < n)
-        state, fixed, done = step.next_state, step.converged, done | step.done
+        step_done = step.done & (step.converged >= need)  # tau waits for the exact prefix
+        by_tau |= ~done & step_done & (step.converged < n)
+        state, fixed, done = step.next_state, step.converged, done | step_done
         passes += 1
         if trajectory is not None:
             trajectory.append(state.clone())
@@ -213,6 +229,7 @@ def decode(
     forced_bins: torch.Tensor | None = None,
     deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    exact_tokens: int = 0,
 ) -> DecodeOutput:
     """Decode ``n_tokens`` action bins greedily after the prompt.
 
@@ -231,11 +248,17 @@ def decode(
     iteration, so the output is the best one reached. AR ignores it (it has no whole chunk before
     its last step). ``stats.stopped_by`` says what ended the call.
 
+    exact_tokens: the chunk's first tokens (forced ones included) that early exit must leave exact:
+    sigma and tau stop only once they are final, so they equal AR's (the deadline still stops it).
+    0 is the plain early exit; exact modes are exact everywhere anyway.
+
     Returns bins [B, n] (the forced tokens first), stats, and the Jacobi trajectory when
     ``config.record_trajectory``.
     """
     config = config or DecodeConfig()
     mask = _check_inputs(prefix_embeds, prefix_mask, n_tokens, config, init_guess, forced_bins)
+    if not (isinstance(exact_tokens, int) and 0 <= exact_tokens <= n_tokens):
+        raise DecodeInputError(f"exact_tokens={exact_tokens!r} must be an int in [0, n_tokens={n_tokens}]")
     device = prefix_embeds.device
     _sync(device)
     start = time.perf_counter()
@@ -249,6 +272,7 @@ def decode(
         forced = forced_bins.to(device=device, dtype=torch.long)  # [B, f]
         embeds, mask = _append_forced(lm, embeds, mask, forced, action_token_start)
     m = n_tokens - f  # free tokens
+    exact_free = max(0, exact_tokens - f)
     guess = None if init_guess is None else init_guess[:, f:]
     trajectory = None
     stopped = "complete"
@@ -264,18 +288,22 @@ def decode(
         first = _greedy(first_logits)  # [B]
         state0 = guess.clone()
         state0[:, 0] = first
-        state, fixed, done = _fused_first_iteration(block_logits, state0, guess[:, 0] == first, config)
+        state, fixed, done = _fused_first_iteration(
+            block_logits, state0, guess[:, 0] == first, config, exact_free
+        )
         if config.record_trajectory:
             trajectory = [state0, state.clone()]
         bins, iterations, block_passes, stopped = _decode_jacobi(
-            backend, state, config, trajectory, timer, after_fused=(fixed, done)
+            backend, state, config, trajectory, timer, after_fused=(fixed, done), exact_tokens=exact_free
         )
         passes = 1 + block_passes
     else:
         first = _greedy(backend.prefill(embeds, mask, m))  # [B]
         state = initial_state(config, first, m, guess)  # [B, m]
         trajectory = [state.clone()] if config.record_trajectory else None
-        bins, iterations, block_passes, stopped = _decode_jacobi(backend, state, config, trajectory, timer)
+        bins, iterations, block_passes, stopped = _decode_jacobi(
+            backend, state, config, trajectory, timer, exact_tokens=exact_free
+        )
         passes = 1 + block_passes
     if forced is not None:
         bins = torch.cat([forced, bins], dim=1)  # [B, n]

@@ -40,6 +40,7 @@ class SpeedEntry:
     policy: Any
     decode: DecodeConfig
     warm_start: bool = True  # Jacobi modes: the initial guess from this decoder's previous chunk
+    exact_steps: int = 0  # early exit: the chunk's first steps left exact (`decode`'s exact_tokens)
 
 
 def measure_interleaved(
@@ -90,8 +91,16 @@ def measure_interleaved(
             guess = None
             if entry.warm_start and entry.decode.mode != "ar" and previous is not None:
                 guess = guess_from_previous_chunk(previous, steps_executed, p.config.action_dim)
+            exact = min(entry.exact_steps * p.config.action_dim, p.chunk_tokens)
             out = decode(
-                p.lm, embeds, mask, p.chunk_tokens, p.action_token_start, entry.decode, init_guess=guess
+                p.lm,
+                embeds,
+                mask,
+                p.chunk_tokens,
+                p.action_token_start,
+                entry.decode,
+                init_guess=guess,
+                exact_tokens=exact,
             )
             ms.append(out.stats.wall_ms)
             iterations.append(out.stats.mean_iterations)

@@ -7,7 +7,8 @@
         --rounds 5 --threads 1 --out outputs/speed.json
 
 A `--mode` is comma-separated key=value pairs: name, policy (a checkpoint directory), decoding (ar,
-jacobi or early_exit), and optionally sigma, tau and fused (1: the prefill carries the guess block).
+jacobi or early_exit), and optionally sigma, tau, fused (1: the prefill carries the guess block) and
+exact (early exit: the chunk's first steps left exact, as `ceed eval --exact-executed` asks).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from ceed_vla.decoding.speed import SpeedEntry, measure_interleaved
 
 from ceed_vla.atomic import atomic_write_bytes
 
-MODE_KEYS = ("name", "policy", "decoding", "sigma", "tau", "fused")
+MODE_KEYS = ("name", "policy", "decoding", "sigma", "tau", "fused", "exact")
 
 
 def parse_mode(text: str) -> dict[str, Any]:
-    """`name=N,policy=P,decoding=D[,sigma=S][,tau=T][,fused=0|1]` -> a dict; clear errors otherwise."""
+    """`name=N,policy=P,decoding=D[,sigma=S][,tau=T][,fused=0|1][,exact=E]` -> a dict; clear errors
+    otherwise."""
     spec: dict[str, Any] = {}
     for part in text.split(","):
         key, eq, value = part.partition("=")
@@ -51,16 +53,20 @@ def parse_mode(text: str) -> dict[str, Any]:
     if spec["decoding"] not in DECODINGS:
         raise argparse.ArgumentTypeError(f"--mode {text!r}: decoding must be one of {DECODINGS}")
     try:
-        for k in ("sigma", "tau"):
+        for k in ("sigma", "tau", "exact"):
             if k in spec:
                 spec[k] = int(spec[k])
         spec["fused"] = {"0": False, "1": True}[spec.get("fused", "0")]
     except (ValueError, KeyError) as err:
         raise argparse.ArgumentTypeError(
-            f"--mode {text!r}: sigma and tau are integers, fused is 0 or 1 ({err})"
+            f"--mode {text!r}: sigma, tau and exact are integers, fused is 0 or 1 ({err})"
         ) from err
     if spec["decoding"] == "ar" and (spec["fused"] or "sigma" in spec or "tau" in spec):
         raise argparse.ArgumentTypeError(f"--mode {text!r}: AR takes no sigma, tau or fused")
+    if "exact" in spec and (spec["decoding"] != "early_exit" or spec["exact"] < 0):
+        raise argparse.ArgumentTypeError(
+            f"--mode {text!r}: exact (steps left exact, >= 0) is for decoding=early_exit; the other modes are exact"
+        )
     return spec
 
 
@@ -104,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
             n_bins=policy.n_bins,
             fused_prefill=spec["fused"],
         )
-        entries.append(SpeedEntry(spec["name"], policy, config))
+        entries.append(SpeedEntry(spec["name"], policy, config, exact_steps=spec.get("exact", 0)))
     first = entries[0].policy.config
     steps = args.steps_executed or first.n_action_steps or first.chunk_size
     try:

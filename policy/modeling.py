@@ -383,13 +383,16 @@ class VLAPolicy(nn.Module):
         forced_bins: torch.Tensor | None = None,
         deadline: float | None = None,
         clock=None,
+        exact_steps: int | None = None,
     ):
         """[B, K, D] actions; `decoding` is a `ceed_vla.decoding.DecodeConfig` (AR when None).
 
         init_guess: [B, K*D] bins, the Jacobi warm start. forced_bins: [B, d*D] bins of the chunk's
         first d steps (the actions that execute while it is computed): they are the chunk's first d
         steps exactly and the rest is decoded conditioned on them. deadline: a time on `clock`
-        (`time.monotonic` when None) by which Jacobi decoding returns its best chunk.
+        (`time.monotonic` when None) by which Jacobi decoding returns its best chunk. exact_steps: the
+        chunk's first steps an early exit must leave exact (the ones that will execute; capped at the
+        chunk): they are the greedy AR actions, the rest the early exit's.
         """
         from ceed_vla.decoding import DecodeConfig, decode
 
@@ -403,6 +406,9 @@ class VLAPolicy(nn.Module):
                 f"forced_bins has {forced_bins.shape[-1]} bins, not whole steps of "
                 f"action_dim={self.config.action_dim}"
             )
+        if exact_steps is not None and not (isinstance(exact_steps, int) and exact_steps >= 0):
+            raise ConfigError(f"exact_steps must be an int >= 0 or None, got {exact_steps!r}")
+        exact_tokens = min(exact_steps or 0, self.config.chunk_size) * self.config.action_dim
         embeds, mask = self.prefix_embeddings(obs)
         timing = {} if clock is None else {"clock": clock}
         out = decode(
@@ -415,6 +421,7 @@ class VLAPolicy(nn.Module):
             init_guess=None if init_guess is None else init_guess.to(self.device),
             forced_bins=None if forced_bins is None else forced_bins.to(self.device),
             deadline=deadline,
+            exact_tokens=exact_tokens,
             **timing,
         )
         self.last_decode_stats = out.stats

@@ -232,6 +232,10 @@ class BridgeConfig:
     # Jacobi modes: the decoder stops iterating when the queue would run dry, less deadline_margin_s
     decode_deadline: bool = False
     deadline_margin_s: float = 0.0
+    # early exit: the steps each chunk runs before the next one (max(replan_every_ticks, d) of them)
+    # are left exact, the model's AR actions; needs replan_every_ticks; switched off at configure for
+    # a policy that does not take it
+    exact_executed: bool = False
     action_low: list[float] = field(default_factory=lambda: [-1.0] * DEFAULT_ACTION_DIM)
     action_high: list[float] = field(default_factory=lambda: [1.0] * DEFAULT_ACTION_DIM)
     max_delta: list[float] = field(default_factory=lambda: [0.5])
@@ -327,6 +331,12 @@ class BridgeConfig:
             raise ConfigError(
                 f"decode_deadline=true needs decoding_mode 'jacobi' or 'early_exit' (got {self.decoding_mode!r}): "
                 "AR has no whole chunk before its last step"
+            )
+        if self.exact_executed and (self.decoding_mode != "early_exit" or not self.replan_every_ticks):
+            raise ConfigError(
+                f"exact_executed=true needs decoding_mode 'early_exit' and replan_every_ticks > 0 (got "
+                f"{self.decoding_mode!r}, {self.replan_every_ticks}): the other modes are exact already, and "
+                "without a replanning interval the whole chunk runs (decode it with 'jacobi')"
             )
         if self.decoding_init not in INIT_CHOICES:
             raise ConfigError(

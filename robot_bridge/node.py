@@ -48,7 +48,11 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Empty, Float32MultiArray, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
-from ceed_vla.scheduler import policy_accepts_deadline, policy_accepts_forced_prefix
+from ceed_vla.scheduler import (
+    policy_accepts_deadline,
+    policy_accepts_exact_steps,
+    policy_accepts_forced_prefix,
+)
 
 from . import conversions as conv
 from . import ros_params
@@ -113,6 +117,7 @@ class PolicyBridgeNode(LifecycleNode):
             # the scheduler's real-time options only for a policy that takes them (the VLA)
             self.config.forced_prefix &= policy_accepts_forced_prefix(self.policy)
             self.config.decode_deadline &= policy_accepts_deadline(self.policy)
+            self.config.exact_executed &= policy_accepts_exact_steps(self.policy)
             predict_state = None if self._forward_model is None else self._forward_model(self.config)
         except (ValueError, OSError, ImportError) as exc:  # ConfigError, PolicySpecError, a bad checkpoint
             self.get_logger().error(f"configure failed: {exc}")

@@ -155,6 +155,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--deadline-margin-ms", type=float, default=0.0, help="see --decode-deadline")
     parser.add_argument(
+        "--exact-executed",
+        action="store_true",
+        help="early exit: leave exact (the model's AR actions) the chunk's steps that will run before the "
+        "next chunk, max(execute steps, d) of them; only the rest of the chunk exits early",
+    )
+    parser.add_argument(
         "--decoding", choices=("ar", "jacobi", "early_exit"), default=None, help="VLA decoding mode"
     )
     parser.add_argument("--sigma", type=int, default=None, help="early exit: iteration cap")
@@ -206,6 +212,7 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
         "prefix_margin": "prefix_margin",
         "decode_deadline": "decode_deadline",
         "deadline_margin_ms": "deadline_margin_ms",
+        "exact_executed": "exact_executed",
         "instructions": "instructions",
         "execute_steps": "execute_steps",
         "init": "init",

@@ -187,6 +187,11 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"Planned ahead: {overall['planned_ahead_steps']} committed steps that chunks were planned after.",
         ]
     sched = s.get("scheduler")
+    if sched and sched.get("exact_executed"):
+        lines += [
+            "",
+            "Executed steps exact: each chunk's steps that run before the next one are the AR actions.",
+        ]
     if sched and s["clock"] != "paused":
         lines += [
             "",

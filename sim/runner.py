@@ -86,6 +86,7 @@ from ceed_vla.scheduler import (
     SchedulerConfig,
     decoded_bins,
     policy_accepts_deadline,
+    policy_accepts_exact_steps,
     policy_accepts_forced_prefix,
     policy_accepts_init_guess,
     predict_chunk,
@@ -137,6 +138,9 @@ class EvalConfig:
     decode_deadline: bool = False
     """Realtime: the decoder stops iterating when the queue would run dry, less `deadline_margin_ms`."""
     deadline_margin_ms: float = 0.0
+    exact_executed: bool = False
+    """The decoder leaves exact the chunk's steps that will run before the next chunk (policies that
+    take `exact_steps`; a no-op for AR and exact Jacobi)."""
     split: str = "eval"
     """`eval`: the held-out evaluation seeds; `validation`: the seeds model selection may look at."""
     save_rollouts: int = 0
@@ -456,6 +460,7 @@ class EvalRunner:
                 prefix_margin_ticks=cfg.prefix_margin,
                 decode_deadline=cfg.decode_deadline and policy_accepts_deadline(policy),
                 deadline_margin_s=cfg.deadline_margin_ms / 1000.0,
+                exact_executed=cfg.exact_executed and policy_accepts_exact_steps(policy),
             ),
             clock=self.timer,
         )

@@ -183,6 +183,14 @@ def test_a_stop_ramps_to_the_hold():
         ({"prefix_margin_ticks": -1}, "prefix_margin_ticks=-1"),
         ({"deadline_margin_s": math.nan}, "deadline_margin_s=nan"),
         ({"decode_deadline": True}, "decode_deadline=true needs decoding_mode"),
+        (
+            {"exact_executed": True, "replan_every_ticks": 2},
+            "exact_executed=true needs decoding_mode 'early_exit'",
+        ),
+        (
+            {"exact_executed": True, "decoding_mode": "early_exit", "decoding_sigma": 2},
+            "and replan_every_ticks > 0",
+        ),
     ],
 )
 def test_config_refuses_non_finite_and_out_of_range_values(kwargs, quoted):
@@ -217,7 +225,16 @@ def test_real_time_chunking_parameters_are_read_strictly_and_reach_the_scheduler
         0.95,
         1,
     )
-    assert scheduler.decode_deadline and scheduler.deadline_margin_s == 0.005
+    assert scheduler.decode_deadline and scheduler.deadline_margin_s == 0.005 and not scheduler.exact_executed
+    exact = {
+        "decoding_mode": "early_exit",
+        "decoding_sigma": 2,
+        "replan_every_ticks": 2,
+        "exact_executed": True,
+    }
+    assert BridgeCore(ros_params.from_dict(BridgeConfig, {**params, **exact})).scheduler.config.exact_executed
+    with pytest.raises(ConfigError, match="exact_executed=.yes. is not a valid bool"):
+        ros_params.from_dict(BridgeConfig, {"exact_executed": "yes"})
     # off by default (on validation seeds it cost teacher AR success, docs/sim.md)
     assert not BridgeConfig(initial_command=[0.0] * 4).forced_prefix
 

@@ -22,6 +22,7 @@ def test_a_real_measurement_holds_every_decoder_and_the_counts(tiny_decode_polic
         S.SpeedEntry("ar", tiny_decode_policy, DecodeConfig(mode="ar", n_bins=n_bins)),
         S.SpeedEntry("jacobi", tiny_decode_policy, DecodeConfig(mode="jacobi", n_bins=n_bins)),
         S.SpeedEntry("sigma1_fused", tiny_decode_policy, DecodeConfig(mode="early_exit", sigma=1, n_bins=n_bins, fused_prefill=True)),
+        S.SpeedEntry("sigma1_fused_exact", tiny_decode_policy, DecodeConfig(mode="early_exit", sigma=1, n_bins=n_bins, fused_prefill=True), exact_steps=99),
     ]  # fmt: skip
     obs = synthetic_observations(tiny_decode_policy, 4, seed=1)
     out = S.measure_interleaved(entries, obs, runs=[0, 0, 1, 1], steps_executed=2, rounds=2, warmup=0)
@@ -31,6 +32,8 @@ def test_a_real_measurement_holds_every_decoder_and_the_counts(tiny_decode_polic
     assert rows["ar"]["forward_passes_per_chunk"] == tiny_decode_policy.chunk_tokens
     assert rows["sigma1_fused"]["forward_passes_per_chunk"] == 1
     assert rows["jacobi"]["iterations_per_chunk"] <= tiny_decode_policy.chunk_tokens
+    # the whole chunk asked exact (99 steps, capped at the chunk): iterated to the fixed point
+    assert rows["sigma1_fused_exact"]["forward_passes_per_chunk"] > 1
     for r in rows.values():
         assert len(r["round_means_ms"]) == 2 and 0 < r["ms_p50"] <= r["ms_p95"]
         assert r["speedup_min"] <= r["speedup_vs_reference"] <= r["speedup_max"]
@@ -39,7 +42,7 @@ def test_a_real_measurement_holds_every_decoder_and_the_counts(tiny_decode_polic
 def _fake_decode(calls, ms_by_mode):
     """A stand-in for `decode` that takes a fixed time per mode and records each call."""
 
-    def fake(lm, embeds, mask, n, start, config, init_guess=None):
+    def fake(lm, embeds, mask, n, start, config, init_guess=None, exact_tokens=0):
         calls.append((config.mode, None if init_guess is None else init_guess.clone(), float(embeds.sum())))
         stats = SimpleNamespace(wall_ms=ms_by_mode[config.mode](), mean_iterations=1.0, forward_passes=2)
         return SimpleNamespace(stats=stats, bins=torch.zeros(1, n, dtype=torch.long))
@@ -105,6 +108,8 @@ def test_bad_measurements_are_refused():
         ("name=a,policy=p,decoding=early_exit,sigam=2", "unknown key 'sigam'"),
         ("name=a,policy=p,decoding=early_exit,fused=yes", "fused is 0 or 1"),
         ("name=a,name=b,policy=p,decoding=ar", "'name' given twice"),
+        ("name=a,policy=p,decoding=jacobi,exact=2", "exact .* is for decoding=early_exit"),
+        ("name=a,policy=p,decoding=early_exit,sigma=1,exact=two", "exact are integers"),
     ],
 )
 def test_mode_specs_are_checked(text, match):
@@ -113,6 +118,7 @@ def test_mode_specs_are_checked(text, match):
     assert parse_mode("name=s1,policy=p,decoding=early_exit,sigma=1,fused=1") == {
         "name": "s1", "policy": "p", "decoding": "early_exit", "sigma": 1, "fused": True,
     }  # fmt: skip
+    assert parse_mode("name=s1,policy=p,decoding=early_exit,sigma=1,exact=2")["exact"] == 2
 
 
 def test_ceed_bench_speed_writes_its_record(policy_dataset, make_policy, tmp_path):

@@ -145,6 +145,13 @@ def test_predict_action_chunk_decodes_the_argmax_of_the_training_forward(make_po
     assert torch.equal(jacobi, actions)
     with pytest.raises(ConfigError, match="n_bins"):
         policy.predict_action_chunk(batch, decoding=DecodeConfig(n_bins=128))
+    # exact_steps: an early exit whose first steps are AR's (capped at the chunk), bad values refused
+    sigma1 = DecodeConfig(mode="early_exit", sigma=1, init="random")
+    for steps in (1, 2, 9):
+        out = policy.predict_action_chunk(batch, decoding=sigma1, exact_steps=steps)
+        assert torch.equal(out[:, : min(steps, 4)], actions[:, : min(steps, 4)]), steps
+    with pytest.raises(ConfigError, match="exact_steps"):
+        policy.predict_action_chunk(batch, decoding=sigma1, exact_steps=-1)
 
 
 def test_select_action_pops_a_chunk_queue(make_policy, monkeypatch):

@@ -2,7 +2,8 @@
 bridge's core run the same `ChunkScheduler`, and for the same scripted latencies they execute the
 same actions, hold on the same ticks, hand the policy the same warm-start guesses and the same
 forced prefixes, and plan the same chunks ahead: at their defaults (both plan ahead), with today's
-scheduling (eval `plan_ahead=False`, bridge `plan_ahead: false`) and with the forced prefix."""
+scheduling (eval `plan_ahead=False`, bridge `plan_ahead: false`), with the forced prefix, and planned
+ahead replanning every 2 ticks with the executed steps asked exact (the same `exact_steps` per call)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from tests.test_sim_eval import FakeClock
 HZ = 80.0  # MetaWorld's control rate; the bridge runs at the same rate here
 K = 8
 LATENCIES = [4, 3, 9, 2, 5, 1, 6, 3, 2, 7, 4, 3, 2, 5, 1, 6, 2, 3, 4, 2]  # ticks per call; 9 is late
-MODES = ("plan_ahead", "blend", "forced_prefix")  # the defaults; today's scheduling; the forced prefix
+# the defaults; today's scheduling; the forced prefix; planned ahead every 2 ticks, executed steps exact
+MODES = ("plan_ahead", "blend", "forced_prefix", "exact_executed")
+PLANNED = ("plan_ahead", "exact_executed")
 # What the scheduling without plan-ahead executed before planning ahead existed (eval and bridge alike):
 # the held ticks, the stale actions dropped, the sum of the executed x, the first bin of each call's
 # warm-start guess and each call's forced steps. Planning ahead must leave these as they were.
@@ -54,13 +57,15 @@ class ScriptedPolicy:
         self.calls = 0
         self.guesses: list[list[int] | None] = []
         self.forced: list[list[int] | None] = []
+        self.exact: list[int | None] = []
         self.requests: list = []  # the scheduler's ChunkRequest behind each call
 
     def reset(self) -> None:
         pass
 
-    def predict_action_chunk(self, obs, init_guess=None, forced_bins=None):
+    def predict_action_chunk(self, obs, init_guess=None, forced_bins=None, exact_steps=None):
         i = self.calls
+        self.exact.append(exact_steps)
         self.calls += 1
         self.guesses.append(None if init_guess is None else init_guess[0].tolist())
         self.forced.append(None if forced_bins is None else forced_bins[0].tolist())
@@ -90,8 +95,9 @@ def _eval_actions(ticks: int, mode: str):
         clock="realtime",
         forced_prefix=mode == "forced_prefix",
         **({"plan_ahead": False} if mode == "blend" else {}),  # else its default
+        **({"exact_executed": True, "execute_steps": 2} if mode == "exact_executed" else {}),
     )
-    assert config.plan_ahead == (mode == "plan_ahead")
+    assert config.plan_ahead == (mode in PLANNED)
     runner = EvalRunner(config, timer=clock, progress=False)
     assert isinstance(runner.scheduler(policy, HZ), ChunkScheduler)
     make_scheduler = runner.scheduler
@@ -125,6 +131,9 @@ def _eval_actions(ticks: int, mode: str):
 def _bridge_actions(ticks: int, mode: str):
     params = {"forced_prefix": True} if mode == "forced_prefix" else {}
     params |= {"plan_ahead": False} if mode == "blend" else {}  # else its default
+    if mode == "exact_executed":
+        params |= {"exact_executed": True, "replan_every_ticks": 2, "decoding_mode": "early_exit"}
+        params |= {"decoding_sigma": 2}
     config = BridgeConfig(
         control_rate_hz=HZ,
         instruction="push the puck",
@@ -133,7 +142,7 @@ def _bridge_actions(ticks: int, mode: str):
         initial_command=[0.0] * 4,  # a position output needs to know where the arm starts
         **params,
     )
-    assert config.plan_ahead == (mode == "plan_ahead")
+    assert config.plan_ahead == (mode in PLANNED)
     core = BridgeCore(config)
     assert isinstance(core.scheduler, ChunkScheduler)
     clock = FakeClock()
@@ -203,7 +212,13 @@ def test_eval_and_bridge_execute_the_same_actions_for_the_same_latencies(mode):
     sim_plans, robot_plans = _plans(sim_policy), _plans(robot_policy)
     assert sim_plans == robot_plans[: len(sim_plans)] and len(sim_plans) == len(sim_policy.guesses)
     assert result.planned_ahead_steps == status["planned_ahead_steps"]
-    if mode == "plan_ahead":
+    assert sim_policy.exact == robot_policy.exact[: len(sim_policy.exact)]
+    if mode == "exact_executed":  # max(2, d) steps of each chunk run: the latency script sets d
+        asked = [e for e in sim_policy.exact if e is not None]
+        assert len(asked) == len(sim_policy.exact) and min(asked) == 2 and max(asked) >= 4
+    else:
+        assert set(sim_policy.exact) == {None}
+    if mode in PLANNED:
         ahead = [(obs, start, c) for obs, start, c in sim_plans if start > obs]
         assert len(ahead) >= 5 and status["planned_ahead_chunks"] == len(ahead)  # chunks started later
         assert all(start - obs == len(c) for obs, start, c in ahead)  # right after the committed steps

@@ -84,3 +84,37 @@ def test_eval_config_refuses_plan_ahead_without_a_moving_clock():
     with pytest.raises(ValueError, match="choose one"):
         EvalConfig(tasks=("reach",), clock="delay", delay_ticks=2, plan_ahead=True, forced_prefix=True)
     assert EvalConfig(tasks=("reach",), clock="delay", delay_ticks=2, plan_ahead=True).plan_ahead
+
+
+def test_the_request_says_which_steps_will_run_before_the_next_chunk():
+    """max(replan_every, d) + d - (chunk start - observation): planned ahead the chunk starts d after
+    its observation, so max(r, d) of it runs; with today's scheduling it starts at the observation."""
+    s = _scheduler(replan_every=2, exact_executed=True)
+    first = s.request(0)
+    assert first.exact_steps == 2  # no latency known: d = 0, the next observation 2 ticks on
+    s.deliver(first, _chunk(1.0), now_tick=0, latency_s=4 * PERIOD)  # d = 4 from now on
+    request = s.request(0)
+    assert request.chunk_tick == 4 and request.exact_steps == 4  # a call every 4 ticks, 4 steps each
+    s.cancel()
+    today = _scheduler(replan_every=2, exact_executed=True, plan_ahead=False)
+    today.deliver(today.request(0), _chunk(1.0), now_tick=0, latency_s=PERIOD)  # d = 1
+    assert today.request(0).exact_steps == 3  # 1 stale, then 2 until the next chunk lands
+    assert _scheduler(replan_every=2).request(0).exact_steps is None  # not asked: the plain early exit
+    with pytest.raises(ValueError, match="needs replan_every"):
+        SchedulerConfig(action_dim=D, period_s=PERIOD, exact_executed=True)
+
+
+def test_predict_chunk_hands_the_exact_steps_to_a_policy_that_takes_them():
+    from ceed_vla.scheduler import ChunkRequest, policy_accepts_exact_steps, predict_chunk
+
+    seen = {}
+
+    class Policy:
+        def predict_action_chunk(self, obs, init_guess=None, exact_steps=None):
+            seen.update(exact_steps=exact_steps)
+            return np.zeros((1, 8, D))
+
+    request = ChunkRequest(obs_tick=0, generation=0, init_guess=None, shift=None, exact_steps=3)
+    assert policy_accepts_exact_steps(Policy()) and not policy_accepts_exact_steps(object())
+    predict_chunk(Policy(), {}, {}, request, warm=True)
+    assert seen == {"exact_steps": 3}
