@@ -61,11 +61,11 @@ arrive, when the queue would run dry (the queued ticks times the period after th
 empty queue (the arm holds anyway) there is no deadline.
 
 Exact executed steps (`SchedulerConfig.exact_executed`): the request says how many of the chunk's
-steps will run before the next chunk takes over (`ChunkRequest.exact_steps`): the next observation is
+steps will run before the next chunk takes over (`ChunkRequest.exact_steps`). The next observation is
 `replan_every` ticks away, or d if the call takes longer, and the next chunk starts d after it, so
-max(replan_every, d) + d - (the chunk's start - its observation) steps; it needs
-`replan_every` (without it the whole chunk runs: decode it exactly). An early-exit decoder leaves those steps exact (the model's greedy AR actions) and
-only the rest of the chunk, which seeds the next warm start, approximate.
+max(replan_every, d) + d - (the chunk's start - its observation) steps. It needs `replan_every`
+(without it the whole chunk runs: decode it exactly). An early-exit decoder leaves those steps exact
+(the model's greedy AR actions) and only the rest of the chunk, the next warm start, approximate.
 
 The bridge calls this from three threads (ROS callbacks, the control timer, the inference worker);
 `ceed eval` from one. Both drive it through the same methods, so the simulator schedules exactly as
@@ -129,8 +129,8 @@ def policy_accepts_exact_steps(policy) -> bool:
 def predict_chunk(policy, observation: dict, predict_kwargs: dict, request: ChunkRequest, warm: bool):
     """`policy.predict_action_chunk` for `request`: with its warm-start guess when the policy takes
     one (`warm`, from `policy_accepts_init_guess`), its forced prefix, its deadline and its exact
-    steps when the scheduler set them (only for policies that take them). Returns (chunk [1, K, D], whether it was
-    warm)."""
+    steps when the scheduler set them (only for policies that take them). Returns (chunk [1, K, D],
+    whether it was warm)."""
     kwargs = dict(predict_kwargs)
     if warm and request.init_guess is not None:
         kwargs["init_guess"] = request.init_guess
