@@ -270,10 +270,11 @@ TEACHER_RECIPE = (
     *("--first-step-weight", "8", "--shift", "0", "--aux-final-state", "1.0"),
     *("--ema-decay", "0.999", "--instruction-noise", "0.3"),
 )
-DISTILL_RECIPE = ("--w-ar", "0.1", "--target", "teacher", "--initial-state-share", "0.5", "--lr", "3e-4")
+_DISTILL_COMMON = ("--target", "teacher", "--initial-state-share", "0.5", "--lr", "3e-4")
+DISTILL_RECIPE = ("--w-ar", "0.1", *_DISTILL_COMMON)
 # The quick profile's 300 steps with the CE on the labels weighted 1: the student's greedy policy
 # stays nearer the teacher's (docs/demo.md, "Why the recipes").
-QUICK_DISTILL_RECIPE = ("--w-ar", "1.0", *DISTILL_RECIPE[2:])
+QUICK_DISTILL_RECIPE = ("--w-ar", "1.0", *_DISTILL_COMMON)
 
 # Why each value: docs/demo.md, "Why the profiles".
 QUICK = DemoProfile(
