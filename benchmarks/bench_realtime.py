@@ -14,8 +14,10 @@ study resumes):
 - `d<d>_no_warm_start`: the same from the decoder's constant guess (`--init constant`);
 - `d<d>_prefix`: the forced prefix (the d queued steps given to the decoder as the chunk's first);
 - `d<d>_plan_ahead`: the chunk planned for the tick it starts at (the d queued steps committed, the
-  policy given the state they lead to, the chunk run from its step 0 after them);
-- `realtime_today`, `realtime_plan_ahead`, `realtime_prefix`, `realtime_prefix_deadline` with
+  policy given the state they lead to, the chunk run from its step 0 after them), that state by the
+  arm's own dynamics (`--forward-model arm`, the default); `d<d>_plan_ahead_kinematic` by the actions'
+  translations summed (`--forward-model kinematic`);
+- `realtime_today`, `realtime_plan_ahead`, `realtime_plan_ahead_kinematic`, `realtime_prefix`, `realtime_prefix_deadline` with
   `--realtime`: the measured clock at the decoder's latency, the last with the decoder stopped when
   the queue would run dry (`--decode-deadline`); `--busy-cores N` runs N busy-loop processes beside these rows only (a loaded
   machine, the case the deadline is for).
@@ -54,7 +56,8 @@ VARIANTS = {
     "no_blend": [*TODAY, "--blend-steps", "0"],
     "no_warm_start": [*TODAY, "--init", "constant"],
     "prefix": ["--forced-prefix"],
-    "plan_ahead": ["--no-forced-prefix", "--plan-ahead"],
+    "plan_ahead": ["--no-forced-prefix", "--plan-ahead", "--forward-model", "arm"],
+    "plan_ahead_kinematic": ["--no-forced-prefix", "--plan-ahead", "--forward-model", "kinematic"],
 }
 
 
@@ -67,6 +70,7 @@ def rows_to_run(delays: list[int], realtime: bool, variants=tuple(VARIANTS)) -> 
     if realtime:
         rows["realtime_today"] = ["--clock", "realtime", *TODAY]
         rows["realtime_plan_ahead"] = ["--clock", "realtime", *VARIANTS["plan_ahead"]]
+        rows["realtime_plan_ahead_kinematic"] = ["--clock", "realtime", *VARIANTS["plan_ahead_kinematic"]]
         rows["realtime_prefix"] = ["--clock", "realtime", "--forced-prefix"]
         rows["realtime_prefix_deadline"] = ["--clock", "realtime", "--forced-prefix", "--decode-deadline"]
     return rows

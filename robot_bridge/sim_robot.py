@@ -19,8 +19,8 @@ same header stamp, so an observation never mixes two instants.
     in   command_topic            Float64MultiArray | JointTrajectory | TwistStamped (command_mode)
 
 A policy bridge in the same process (`ceed bridge --params launch/config/sim.yaml`) plans ahead with
-the simulator's own forward model (`forward_model`: `MetaWorldEnv.predict_state`, as `ceed eval`
-does) where its state and commands are this robot's; otherwise it uses its `state_rollforward`.
+the simulator's own forward model (`forward_model`: `MetaWorldEnv.predict_state`, the kinematic one;
+`ceed eval` defaults to the arm's dynamics) where its state and commands are this robot's; otherwise it uses its `state_rollforward`.
 """
 
 from __future__ import annotations
@@ -318,8 +318,10 @@ class SimRobotNode(Node):
         repeat = round(steps)
 
         def predict_state(state: np.ndarray, committed: np.ndarray) -> np.ndarray:
+            # the kinematic model: the arm model (`ceed eval`'s default) rolls the physics this node's
+            # sim thread is stepping, which would need that thread's lock and its current state
             return env.predict_state(
-                state, np.repeat(np.asarray(committed).reshape(-1, ACTION_DIM), repeat, 0)
+                state, np.repeat(np.asarray(committed).reshape(-1, ACTION_DIM), repeat, 0), model="kinematic"
             )
 
         return predict_state

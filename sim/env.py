@@ -36,6 +36,9 @@ DEFAULT_MAX_EPISODE_STEPS = 250
 experts on MT10 succeed in 46-114 steps on average and at most 249 (peg-insert-side) over 30 seeds
 per task (docs/sim.md), so 250 keeps every expert success while a failure costs half the CPU."""
 
+FORWARD_MODELS = ("arm", "kinematic")
+"""How `MetaWorldEnv.predict_state` rolls the state forward for planning ahead."""
+
 DEFAULT_GOAL_MARKER_RADIUS = 0.03
 """Radius (m) of the rendered goal sphere of tasks whose goal is a free point (MetaWorld draws 2 cm)."""
 DEFAULT_CAMERA = "corner2"
@@ -204,6 +207,7 @@ class MetaWorldEnv:
         self._steps = 0
         self._closed = False
         self._last_raw: np.ndarray | None = None
+        self._scratch: mujoco.MjData | None = None  # the arm forward model's physics copy
 
     # ------------------------------------------------------------------ set-up
     def _configure_model(self, model: mujoco.MjModel) -> None:
@@ -254,6 +258,15 @@ class MetaWorldEnv:
         """Steps taken since the last reset."""
         return self._steps
 
+    @property
+    def raw_state(self) -> np.ndarray:
+        """The current raw MetaWorld state [39] (an observation's `environment_state`; its first 4 are
+        the `state`), without rendering."""
+        self._check_open()
+        if self._last_raw is None:
+            raise RuntimeError("no episode started: call reset(seed) first")
+        return self._last_raw.astype(np.float64)
+
     def reset(self, seed: int) -> Observation:
         """Start an episode whose object and goal positions are drawn from `seed`."""
         self._check_open()
@@ -283,11 +296,23 @@ class MetaWorldEnv:
             info=info,
         )
 
-    def predict_state(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """The state [4] expected after `actions` [d, 4] from `state` [4]: the end effector moved by
-        the sum of the actions' translations times MetaWorld's action scale (each clipped to [-1, 1],
-        the sum kept inside the mocap bounds), the gripper as it is. The embodiment's forward model
-        for planning ahead (`ceed_vla.scheduler`, `SchedulerConfig.plan_ahead`)."""
+    def predict_state(self, state: np.ndarray, actions: np.ndarray, model: str = "kinematic") -> np.ndarray:
+        """The state [4] expected after `actions` [d, 4] from `state` [4]: the embodiment's forward model
+        for planning ahead (`ceed_vla.scheduler`, `SchedulerConfig.plan_ahead`), one of `FORWARD_MODELS`.
+
+        - `kinematic`: the end effector moved by the sum of the actions' translations times MetaWorld's
+          action scale (each clipped to [-1, 1], the sum kept inside the mocap bounds), the gripper as it
+          is. It ignores that the hand trails its position target by several steps of motion, which is
+          most of its error (docs/sim.md, "Forward models").
+        - `arm`: the arm's own dynamics: MuJoCo rolled forward from the simulator's current physics
+          state, in a scratch copy, with every contact switched off, so the arm, its position
+          controller (the mocap weld) and the gripper actuators move and the world does not. A robot
+          knows this much of itself (its joint state, its controller's response); it does not know what
+          it will touch. `state` must be the current observation's state (the model starts where the
+          simulator is, not where `state` says). The simulator itself is left untouched.
+        """
+        if model not in FORWARD_MODELS:
+            raise ValueError(f"forward model {model!r} is unknown; choose one of {FORWARD_MODELS}")
         state = np.asarray(state, dtype=np.float32)
         actions = np.asarray(actions, dtype=np.float64).reshape(-1, 4)
         if state.shape != (4,):
@@ -295,6 +320,8 @@ class MetaWorldEnv:
         out = state.copy()
         if actions.shape[0] == 0:
             return out
+        if model == "arm":
+            return self._roll_arm(state, actions)
         moved = np.clip(actions[:, :3], -1.0, 1.0).sum(axis=0) * self._env.action_scale
         out[:3] = np.clip(state[:3] + moved, self._env.mocap_low, self._env.mocap_high)
         return out
@@ -329,6 +356,45 @@ class MetaWorldEnv:
         self.close()
 
     # ------------------------------------------------------------------ internals
+    def _roll_arm(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """`predict_state(..., model="arm")`: MetaWorld's own step (the mocap target moved by each
+        clipped action times the action scale, inside the mocap bounds; the gripper's two actuators
+        driven by the last action component; `frame_skip` physics steps) on a scratch copy of the
+        current physics state, contacts off; the hand and gripper read as the observation reads them."""
+        self._check_open()
+        if self._last_raw is None:
+            raise RuntimeError("no episode started: call reset(seed) first")
+        current = self._last_raw[:4].astype(np.float32)
+        if not np.allclose(state, current, atol=1e-5):
+            raise ValueError(
+                f"the arm forward model rolls from the simulator's current state {current.tolist()}, "
+                f"but it was given {state.tolist()}: pass the current observation's state, or use "
+                "model='kinematic' for any other state"
+            )
+        env, model = self._env, self._env.model
+        if self._scratch is None:
+            self._scratch = mujoco.MjData(model)
+            self._state_spec = mujoco.mjtState.mjSTATE_INTEGRATION
+            self._state_buf = np.empty(mujoco.mj_stateSize(model, self._state_spec))
+        scratch = self._scratch
+        mujoco.mj_getState(model, env.data, self._state_buf, self._state_spec)
+        mujoco.mj_setState(model, scratch, self._state_buf, self._state_spec)
+        flags = model.opt.disableflags
+        model.opt.disableflags = flags | mujoco.mjtDisableBit.mjDSBL_CONTACT
+        try:
+            for action in np.clip(actions, -1.0, 1.0):
+                target = scratch.mocap_pos[0] + action[:3] * env.action_scale
+                scratch.mocap_pos[0] = np.clip(target, env.mocap_low, env.mocap_high)
+                scratch.mocap_quat[0] = (1.0, 0.0, 1.0, 0.0)
+                scratch.ctrl[:] = (action[3], -action[3])
+                mujoco.mj_step(model, scratch, nstep=env.frame_skip)
+            mujoco.mj_kinematics(model, scratch)
+        finally:
+            model.opt.disableflags = flags
+        fingers = scratch.body("rightclaw").xpos - scratch.body("leftclaw").xpos
+        gripper = np.clip(np.linalg.norm(fingers) / 0.1, 0.0, 1.0)
+        return np.array([*scratch.body("hand").xpos, gripper], dtype=np.float32)
+
     def _observe(self, raw: np.ndarray) -> Observation:
         return Observation(
             images=self.render(),

@@ -16,7 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ceed_vla.sim.env import DEFAULT_CAMERA, DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_MAX_EPISODE_STEPS
+from ceed_vla.sim.env import (
+    DEFAULT_CAMERA,
+    DEFAULT_GOAL_MARKER_RADIUS,
+    DEFAULT_MAX_EPISODE_STEPS,
+    FORWARD_MODELS,
+)
 from ceed_vla.sim.report import build_report, report_markdown
 from ceed_vla.sim.runner import CLOCKS, INSTRUCTION_SETS, EvalConfig, EvalRunner
 from ceed_vla.sim.seeds import SPLITS
@@ -140,6 +145,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--no-plan-ahead for the earlier scheduling)",
     )
     parser.add_argument(
+        "--forward-model",
+        choices=FORWARD_MODELS,
+        default="arm",
+        help="planning ahead: how the state after the committed steps is predicted: 'arm' rolls the "
+        "arm's own dynamics forward (MuJoCo, contacts off), 'kinematic' sums the actions' translations "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--latency-quantile",
         type=float,
         default=0.9,
@@ -208,6 +221,7 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> EvalConfig:
         "delay_ms": "delay_ms",
         "forced_prefix": "forced_prefix",
         "plan_ahead": "plan_ahead",
+        "forward_model": "forward_model",
         "latency_quantile": "latency_quantile",
         "prefix_margin": "prefix_margin",
         "decode_deadline": "decode_deadline",

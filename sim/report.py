@@ -80,6 +80,12 @@ def summarise(episodes: list[EpisodeResult], clock: str) -> dict[str, Any]:
     return out
 
 
+def _plan_ahead_words(sched: dict[str, Any], settings: dict[str, Any]) -> str:
+    if not sched.get("plan_ahead"):
+        return "off"
+    return f"on ({settings.get('forward_model', 'kinematic')} forward model)"
+
+
 def build_report(
     config: EvalConfig, episodes: list[EpisodeResult], predict_kwargs: dict[str, Any]
 ) -> dict[str, Any]:
@@ -196,7 +202,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Scheduler: blend {sched['blend_steps']} ticks, refill margin {sched['refill_margin_ticks']}, "
-            f"planned ahead {'on' if sched.get('plan_ahead') else 'off'}, "
+            f"planned ahead {_plan_ahead_words(sched, s)}, "
             f"forced prefix {'on' if sched['forced_prefix'] else 'off'} (latency quantile "
             f"{sched['latency_quantile']:g}, margin {sched['prefix_margin_ticks']}), decode deadline "
             f"{'on' if sched['decode_deadline'] else 'off'}, initial guess {sched['init']}.",

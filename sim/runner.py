@@ -66,6 +66,7 @@ from ceed_vla.sim.env import (
     DEFAULT_CAMERA,
     DEFAULT_GOAL_MARKER_RADIUS,
     DEFAULT_MAX_EPISODE_STEPS,
+    FORWARD_MODELS,
     EnvConfig,
     MetaWorldEnv,
     Observation,
@@ -131,6 +132,10 @@ class EvalConfig:
     sees the state they lead to (`MetaWorldEnv.predict_state`) with the current image, and the chunk
     runs from its step 0 after them; only under the realtime and delay clocks, exclusive with
     `forced_prefix`. None: on under those clocks unless `forced_prefix`, off paused."""
+    forward_model: str = "arm"
+    """How a planned-ahead chunk's start state is predicted (`MetaWorldEnv.predict_state`, one of
+    `FORWARD_MODELS`): `arm`, the arm's own dynamics without contacts, or `kinematic`, the actions'
+    translations summed."""
     latency_quantile: float = 0.9
     """The quantile of recent latencies d (and, with the prefix, the refill) is planned from."""
     prefix_margin: int = 0
@@ -197,6 +202,10 @@ class EvalConfig:
             )
         if self.plan_ahead and self.forced_prefix:
             raise ValueError("plan_ahead and forced_prefix both condition on the committed steps: choose one")
+        if self.forward_model not in FORWARD_MODELS:
+            raise ValueError(
+                f"forward_model {self.forward_model!r} is unknown; choose one of {FORWARD_MODELS}"
+            )
         if not 0.0 <= self.latency_quantile <= 1.0:
             raise ValueError(f"latency_quantile must be in [0, 1], got {self.latency_quantile!r}")
         if self.prefix_margin < 0:
@@ -497,7 +506,12 @@ class EvalRunner:
         obs = ep.obs
         if request.committed_actions is not None and len(request.committed_actions):
             # plan ahead: the state after the committed steps, the image as it is now
-            obs = replace(obs, state=ep.env.predict_state(obs.state, request.committed_actions))
+            obs = replace(
+                obs,
+                state=ep.env.predict_state(
+                    obs.state, request.committed_actions, model=self.config.forward_model
+                ),
+            )
         batch = to_policy_batch([obs], [ep.instruction])
         previous_stats = getattr(policy, "last_decode_stats", None)
         t0 = self.timer()

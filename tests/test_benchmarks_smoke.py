@@ -39,6 +39,7 @@ SMOKED = {
     "bench_realtime.py",
     "bench_compile.py",
     "bench_video_load.py",
+    "bench_forward_model.py",
 }
 
 
@@ -206,11 +207,12 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
     assert bench.main() == 0
 
     record = json.loads(out.read_text())
-    variants = ("today", "no_blend", "no_warm_start", "prefix", "plan_ahead")
+    variants = ("today", "no_blend", "no_warm_start", "prefix", "plan_ahead", "plan_ahead_kinematic")
     expected = {
         "paused",
         "realtime_today",
         "realtime_plan_ahead",
+        "realtime_plan_ahead_kinematic",
         "realtime_prefix",
         "realtime_prefix_deadline",
     } | {f"d{d}_{v}" for d in (2, 3) for v in variants}
@@ -231,6 +233,8 @@ def test_bench_realtime_decomposes_against_the_paused_row(tmp_path, monkeypatch,
     assert "--plan-ahead" in by_row["d3_plan_ahead"] and "--forced-prefix" not in by_row["d3_plan_ahead"]
     assert "--no-plan-ahead" in by_row["d2_today"] and "--no-plan-ahead" in by_row["realtime_today"]
     assert "--plan-ahead" in by_row["realtime_plan_ahead"]
+    assert _arg(by_row["d2_plan_ahead"], "--forward-model") == "arm"
+    assert _arg(by_row["realtime_plan_ahead_kinematic"], "--forward-model") == "kinematic"
     assert "--decode-deadline" in by_row["realtime_prefix_deadline"]
     assert "--decode-deadline" not in by_row["realtime_prefix"]
     # the load runs beside the measured-clock rows only
@@ -318,3 +322,19 @@ def test_bench_video_load_writes_and_loads_an_arm_dataset(tmp_path):
     loaded = bench.load(root, image_size=16, block=256)
     assert loaded["frames"] == 3
     assert {k: v[-2:] for k, v in loaded["image_shapes"].items()} == {k: [16, 16] for k in bench.CAMERAS}
+
+
+def test_bench_forward_model_finds_the_arm_model_closer_than_the_kinematic_one(tmp_path, monkeypatch, capsys):
+    bench = _load("bench_forward_model.py")
+    out = tmp_path / "fm.json"
+    argv = ["--tasks", "reach", "--episodes", "1", "--delays", "2", "--max-steps", "20", "--output", str(out)]
+    monkeypatch.setattr(sys, "argv", ["bench_forward_model.py", *argv])
+    assert bench.main() == 0
+    rows = json.loads(out.read_text())["tasks"]["reach"]
+    arm, kinematic = rows["d2/arm"], rows["d2/kinematic"]
+    assert arm["predictions"] == kinematic["predictions"] == 19  # every step with 2 taken after it
+    assert arm["hand_mm_mean"] < 0.01 < kinematic["hand_mm_mean"]  # free space: the arm model is exact
+    assert "| reach | 2 | arm |" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["bench_forward_model.py", "--delays", "0"])
+    with pytest.raises(SystemExit):
+        bench.main()

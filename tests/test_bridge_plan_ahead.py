@@ -289,7 +289,10 @@ def test_the_sim_robot_hands_a_bridge_driving_it_metaworlds_forward_model():
     bridge = ros_params.from_dict(BridgeConfig, files["policy_bridge"]["ros__parameters"])
     sim_params = files["sim_robot"]["ros__parameters"]
     calls = []
-    env = SimpleNamespace(predict_state=lambda state, actions: calls.append(actions) or state + 1)
+    env = SimpleNamespace(
+        predict_state=lambda state, actions, model: calls.append(actions) or models.append(model) or state + 1
+    )
+    models = []
 
     def model(bridge, **sim):
         robot = SimpleNamespace(config=SimRobotConfig(**(sim_params | sim)), _env=env)
@@ -299,6 +302,7 @@ def test_the_sim_robot_hands_a_bridge_driving_it_metaworlds_forward_model():
     assert predict is not None
     np.testing.assert_allclose(predict(np.zeros(4), np.ones((2, 4))), np.ones(4))
     assert calls[-1].shape == (2, 4)  # one sim step per bridge tick (both 20 Hz)
+    assert models == ["kinematic"]  # the arm model would read physics the sim thread is stepping
     predict = model(bridge, step_rate_hz=80.0)  # each command runs 4 sim steps
     predict(np.zeros(4), np.ones((2, 4)))
     assert calls[-1].shape == (8, 4)

@@ -68,10 +68,10 @@ def _run(seed: int, ticks: int = 60, policy_class=None, predicted: list | None =
             executed.append(None if float(action[0]) == 0.0 else np.asarray(action, dtype=np.float64))
             return step(action, render=render)
 
-        def spy_predict(state, actions):
+        def spy_predict(state, actions, **kw):
             if predicted is not None:
                 predicted.append(np.asarray(state).copy())
-            return predict(state, actions)
+            return predict(state, actions, **kw)
 
         env.step, env.predict_state = spy, spy_predict
         policy.tick = lambda: len(executed)
@@ -302,18 +302,28 @@ class StateSpyPolicy(TokenChunkPolicy):
         return super().predict_action_chunk(obs, init_guess=init_guess)
 
 
-def test_plan_ahead_gives_the_policy_the_predicted_state_and_runs_each_chunk_from_its_step_0():
+@pytest.mark.parametrize("forward_model", ["arm", "kinematic"])
+def test_plan_ahead_gives_the_policy_the_predicted_state_and_runs_each_chunk_from_its_step_0(forward_model):
     observed: list[np.ndarray] = []  # the true state at each policy call that planned ahead
     executed, policy, result = _run(
-        0, 40, StateSpyPolicy, observed, clock="delay", delay_ticks=2, plan_ahead=True, execute_steps=4
+        0,
+        40,
+        StateSpyPolicy,
+        observed,
+        clock="delay",
+        delay_ticks=2,
+        plan_ahead=True,
+        execute_steps=4,
+        forward_model=forward_model,
     )
     # only the first chunk (no latency known yet, so planned for its observation) lost steps
     assert result.planned_ahead_steps == 2 * (policy.calls - 1) and result.dropped_actions == 2
     # every call after the first planned 2 committed steps ahead: the policy saw the predicted state
     assert len(observed) == policy.calls - 1
     for given, true in zip(policy.states[1:], observed, strict=True):
-        assert not np.allclose(given[:3], true[:3])  # moved by the committed steps' translation
-        np.testing.assert_allclose(given[3], true[3])  # the gripper as observed
+        assert not np.allclose(given[:3], true[:3])  # moved by the committed steps
+        if forward_model == "kinematic":
+            np.testing.assert_allclose(given[3], true[3])  # the gripper as observed
     # chunk i (i >= 2) runs from its step 0 (bins 10 * i + 0, action (10 * i) / 1000) with no cross-fade
     starts = [float(a[0]) for a in executed if a is not None and round(a[0] * 1000) % 10 == 0]
     assert [round(v * 1000) for v in starts][:3] == [20, 30, 40]  # chunk 1 lost steps 0-1
@@ -332,6 +342,46 @@ def test_predict_state_moves_the_hand_by_the_scaled_translations_inside_the_boun
         assert np.all(far[:3] <= env._env.mocap_high + 1e-6)
         with pytest.raises(ValueError, match="expected"):
             env.predict_state(state[:3], np.zeros((1, 4)))
+
+
+def test_the_arm_forward_model_predicts_the_state_the_steps_reach_and_leaves_the_simulator_alone():
+    from ceed_vla.sim.env import EnvConfig, MetaWorldEnv
+
+    # the hand trails its position target: summing the translations misses where it ends up, rolling
+    # the arm's own dynamics does not (free space, so no contact is left out)
+    moves = np.array(
+        [[0.8, 0.0, 0.6, 1.0], [0.8, -0.3, 0.6, 1.0], [0.0, -0.5, 0.2, -1.0], [0.0, -0.5, 0.0, -1.0]]
+    )
+    with (
+        MetaWorldEnv(EnvConfig("reach", image_size=16, max_episode_steps=20)) as env,
+        MetaWorldEnv(EnvConfig("reach", image_size=16, max_episode_steps=20)) as twin,
+    ):
+        env.reset(3), twin.reset(3)
+        env.step(moves[0], render=False), twin.step(moves[0], render=False)  # the hand already moving
+        state = env.raw_state[:4].astype(np.float32)
+        arm = env.predict_state(state, moves, model="arm")
+        kinematic = env.predict_state(state, moves, model="kinematic")
+        np.testing.assert_array_equal(env.predict_state(state, moves, model="arm"), arm)  # repeatable
+        for move in moves:
+            env.step(move, render=False), twin.step(move, render=False)
+        # the prediction changed nothing: the same steps give the same states with and without it
+        np.testing.assert_array_equal(env.raw_state, twin.raw_state)
+        reached = env.raw_state[:4].astype(np.float32)
+        assert abs(reached[3] - state[3]) > 0.05  # the gripper moved, which the kinematic model keeps
+        assert np.abs(arm[:3] - reached[:3]).max() < 1e-4
+        assert abs(arm[3] - reached[3]) < 1e-3
+        assert np.abs(kinematic[:3] - reached[:3]).max() > 10 * np.abs(arm[:3] - reached[:3]).max()
+        with pytest.raises(ValueError, match="current state"):
+            env.predict_state(state, moves, model="arm")  # no longer the current state
+        with pytest.raises(ValueError, match="forward model 'dynamic' is unknown"):
+            env.predict_state(reached, moves, model="dynamic")
+
+
+def test_eval_config_refuses_an_unknown_forward_model():
+    from ceed_vla.sim.evaluate import EvalConfig
+
+    with pytest.raises(ValueError, match="forward_model 'kinematics' is unknown"):
+        EvalConfig(tasks=("push",), clock="delay", delay_ticks=2, forward_model="kinematics")
 
 
 def test_the_delay_clock_plans_ahead_by_default():

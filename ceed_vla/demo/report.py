@@ -42,7 +42,10 @@ REPORT_KEYS = (
 
 def mode_row(eval_report: dict[str, Any]) -> dict[str, Any]:
     overall = eval_report["overall"]
+    settings = eval_report.get("settings", {})
     return {
+        # how a planned-ahead row predicted its start states (reports from before the choice: kinematic)
+        "forward_model": settings.get("forward_model", "kinematic") if settings.get("plan_ahead") else None,
         "success_rate": overall["success_rate"],
         "success_ci95": overall["success_ci95"],
         "episodes": overall["episodes"],
@@ -325,6 +328,24 @@ def delay_curves(report: dict[str, Any]) -> DelayCurves:
     return curves
 
 
+FORWARD_MODEL_WORDS = {
+    "arm": "as the arm's own dynamics predict it: MuJoCo without contacts, `--forward-model arm`",
+    "kinematic": "as the actions' translations summed predict it, `--forward-model kinematic`",
+}
+
+
+def _forward_model_words(report: dict[str, Any]) -> str:
+    # a report from before the forward model was recorded planned ahead with the kinematic one
+    models = sorted(
+        {
+            row.get("forward_model") or "kinematic"
+            for row in report["modes"].values()
+            if row.get("mode", {}).get("plan_ahead") or row.get("forward_model")
+        }
+    )
+    return "; ".join(FORWARD_MODEL_WORDS[m] for m in models) or "no row planned ahead"
+
+
 def delay_section(report: dict[str, Any]) -> list[str]:
     """The delay curve as Markdown lines (empty for a report without delay rows)."""
     curves = delay_curves(report)
@@ -334,8 +355,8 @@ def delay_section(report: dict[str, Any]) -> list[str]:
         "Success against delay (`ceed eval --delay-ticks d`: every policy call takes d control ticks of "
         "12.5 ms, whatever the machine; d = 0 is the paused row). Today's scheduling drops the chunk's "
         "first d actions and cross-fades the rest into the old plan; planning ahead commits the d queued "
-        "steps that run meanwhile and plans the chunk for the tick after them, from the state they lead to; "
-        "the forced prefix gives the decoder those steps as the chunk's first ones. Cells: success (jerk, the mean "
+        f"steps that run meanwhile and plans the chunk for the tick after them, from the state they lead to "
+        f"({_forward_model_words(report)}); the forced prefix gives the decoder those steps as the chunk's first ones. Cells: success (jerk, the mean "
         "|change of the command| between ticks).",
         "",
         *delay_table_markdown(curves, note_zero="paused").splitlines(),
