@@ -208,6 +208,7 @@ class MetaWorldEnv:
         self._closed = False
         self._last_raw: np.ndarray | None = None
         self._scratch: mujoco.MjData | None = None  # the arm forward model's physics copy
+        self._scratch_state: np.ndarray | None = None
 
     # ------------------------------------------------------------------ set-up
     def _configure_model(self, model: mujoco.MjModel) -> None:
@@ -303,7 +304,7 @@ class MetaWorldEnv:
         - `kinematic`: the end effector moved by the sum of the actions' translations times MetaWorld's
           action scale (each clipped to [-1, 1], the sum kept inside the mocap bounds), the gripper as it
           is. It ignores that the hand trails its position target by several steps of motion, which is
-          most of its error (docs/sim.md, "Forward models").
+          most of its error (docs/sim.md, "Evaluation: `ceed eval`").
         - `arm`: the arm's own dynamics: MuJoCo rolled forward from the simulator's current physics
           state, in a scratch copy, with every contact switched off, so the arm, its position
           controller (the mocap weld) and the gripper actuators move and the world does not. A robot
@@ -372,13 +373,13 @@ class MetaWorldEnv:
                 "model='kinematic' for any other state"
             )
         env, model = self._env, self._env.model
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION  # everything mj_step reads, the mocap targets included
         if self._scratch is None:
             self._scratch = mujoco.MjData(model)
-            self._state_spec = mujoco.mjtState.mjSTATE_INTEGRATION
-            self._state_buf = np.empty(mujoco.mj_stateSize(model, self._state_spec))
+            self._scratch_state = np.empty(mujoco.mj_stateSize(model, spec))
         scratch = self._scratch
-        mujoco.mj_getState(model, env.data, self._state_buf, self._state_spec)
-        mujoco.mj_setState(model, scratch, self._state_buf, self._state_spec)
+        mujoco.mj_getState(model, env.data, self._scratch_state, spec)
+        mujoco.mj_setState(model, scratch, self._scratch_state, spec)
         flags = model.opt.disableflags
         model.opt.disableflags = flags | mujoco.mjtDisableBit.mjDSBL_CONTACT
         try:
