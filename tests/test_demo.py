@@ -487,3 +487,20 @@ def test_a_second_round_distils_the_student_on_its_own_trajectories(tmp_path, mo
     assert teacher[teacher.index("--policy") + 1] == str(tmp_path / "teacher" / "run" / "final")
     with pytest.raises(ValueError, match="distill_rounds must be >= 1, got 0"):
         replace(PROFILE, distill_rounds=0)
+
+
+def test_the_report_names_the_forward_model_each_planned_ahead_row_used():
+    from ceed_vla.demo.report import _forward_model_words, mode_row
+
+    def eval_report(**settings):
+        overall = {"success_rate": 0.5, "success_ci95": [0.2, 0.8], "episodes": 2}
+        return {"overall": overall, "per_task": {}, "settings": settings}
+
+    assert mode_row(eval_report(plan_ahead=True, forward_model="arm"))["forward_model"] == "arm"
+    assert mode_row(eval_report(plan_ahead=True))["forward_model"] == "kinematic"  # before the choice
+    assert mode_row(eval_report(plan_ahead=False, forward_model="arm"))["forward_model"] is None
+    arm = {"modes": {"a": {"forward_model": "arm", "mode": {"plan_ahead": True}}, "b": {"mode": {}}}}
+    assert "arm's own dynamics" in _forward_model_words(arm) and "kinematic" not in _forward_model_words(arm)
+    old = {"modes": {"a": {"mode": {"plan_ahead": True}}}}  # a report written before the key existed
+    assert "`--forward-model kinematic`" in _forward_model_words(old)
+    assert _forward_model_words({"modes": {"a": {"mode": {}}}}) == "no row planned ahead"
