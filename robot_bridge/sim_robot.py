@@ -19,8 +19,8 @@ same header stamp, so an observation never mixes two instants.
     in   command_topic            Float64MultiArray | JointTrajectory | TwistStamped (command_mode)
 
 A policy bridge in the same process (`ceed bridge --params launch/config/sim.yaml`) plans ahead with
-the simulator's own forward model (`forward_model`: `MetaWorldEnv.predict_state`, the kinematic one;
-`ceed eval` defaults to the arm's dynamics) where its state and commands are this robot's; otherwise it uses its `state_rollforward`.
+the simulator's own forward model (`forward_model`: `MetaWorldEnv.predict_state` with the arm's own
+dynamics, as `ceed eval` does) where its state and commands are this robot's; otherwise it uses its `state_rollforward`.
 """
 
 from __future__ import annotations
@@ -153,6 +153,9 @@ class SimRobotNode(Node):
         self.done = False
         self.steps = 0
         self._lock = threading.Lock()  # guards self.commands
+        # guards the simulator's physics: the sim thread steps and renders it, a policy bridge in this
+        # process rolls the arm forward model from it (`forward_model`)
+        self._physics_lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -269,7 +272,8 @@ class SimRobotNode(Node):
             return
         with self._lock:
             action = self.commands.current(self._now())
-        result = env.step(action, render=False)
+        with self._physics_lock:
+            result = env.step(action, render=False)
         self.steps = env.steps
         if result.success and not self.success:
             self.success = True
@@ -280,7 +284,8 @@ class SimRobotNode(Node):
             self.get_logger().info(f"episode over: success={self.success} after {env.steps} steps")
 
     def _publish_observation(self, env) -> None:
-        obs = env.observe()  # one snapshot: images [H, W, 3] each, state [4], environment_state [39]
+        with self._physics_lock:
+            obs = env.observe()  # one snapshot: images [H, W, 3] each, state [4], environment_state [39]
         stamp = self.get_clock().now().to_msg()
         for key, image in obs.images.items():
             self.camera_pubs[key].publish(conv.array_to_image(image, stamp))
@@ -290,8 +295,9 @@ class SimRobotNode(Node):
     def forward_model(self, bridge):
         """The state rollforward of a policy bridge (`BridgeConfig` `bridge`) driving this robot, for
         planning ahead: (state [4], committed actions [d, 4], the policy's units) -> the state [4]
-        after them, by `MetaWorldEnv.predict_state` with each command applied for the sim steps of one
-        bridge tick (zero-order hold). None where it would not predict the bridge's state: the bridge
+        after them, by `MetaWorldEnv.predict_state`'s arm model (the arm's own dynamics, contacts off)
+        from the simulator's physics at the call, with each command applied for the sim steps of one
+        bridge tick (zero-order hold); the state argument is not read (the physics are newer). None where it would not predict the bridge's state: the bridge
         reads another state layout or topic, commands another topic (a dry run reaches no robot) or
         another mode, converts units, or ticks at a rate that is not a whole number of sim steps."""
         c, env = self.config, self._env
@@ -318,11 +324,11 @@ class SimRobotNode(Node):
         repeat = round(steps)
 
         def predict_state(state: np.ndarray, committed: np.ndarray) -> np.ndarray:
-            # the kinematic model: the arm model (`ceed eval`'s default) rolls the physics this node's
-            # sim thread is stepping, which would need that thread's lock and its current state
-            return env.predict_state(
-                state, np.repeat(np.asarray(committed).reshape(-1, ACTION_DIM), repeat, 0), model="kinematic"
-            )
+            # the arm model, as `ceed eval` plans ahead: rolled from the robot's physics as they are now
+            # (the measured `state` may be a camera period older), with the sim thread held still
+            actions = np.repeat(np.asarray(committed).reshape(-1, ACTION_DIM), repeat, 0)
+            with self._physics_lock:
+                return env.predict_state(env.raw_state[:4].astype(np.float32), actions, model="arm")
 
         return predict_state
 

@@ -2,6 +2,7 @@
 prefix), the state the policy is given (`state_rollforward`, or the embodiment's forward model), the
 committed steps no arriving chunk changes, and the counters."""
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -289,20 +290,28 @@ def test_the_sim_robot_hands_a_bridge_driving_it_metaworlds_forward_model():
     bridge = ros_params.from_dict(BridgeConfig, files["policy_bridge"]["ros__parameters"])
     sim_params = files["sim_robot"]["ros__parameters"]
     calls = []
-    env = SimpleNamespace(
-        predict_state=lambda state, actions, model: calls.append(actions) or models.append(model) or state + 1
-    )
-    models = []
+    lock = threading.Lock()
+    now = np.array([0.1, 0.2, 0.3, 0.4, 9.0])  # the physics' raw state as the sim thread left it
+
+    def fake_predict(state, actions, model):
+        assert lock.locked()  # the sim thread is held still while the arm is rolled
+        calls.append(actions), models.append(model), states.append(state)
+        return state + 1
+
+    env = SimpleNamespace(predict_state=fake_predict, raw_state=now)
+    models, states = [], []
 
     def model(bridge, **sim):
-        robot = SimpleNamespace(config=SimRobotConfig(**(sim_params | sim)), _env=env)
+        robot = SimpleNamespace(config=SimRobotConfig(**(sim_params | sim)), _env=env, _physics_lock=lock)
         return SimRobotNode.forward_model(robot, bridge)
 
     predict = model(bridge)
     assert predict is not None
-    np.testing.assert_allclose(predict(np.zeros(4), np.ones((2, 4))), np.ones(4))
+    np.testing.assert_allclose(predict(np.zeros(4), np.ones((2, 4))), now[:4] + 1)
     assert calls[-1].shape == (2, 4)  # one sim step per bridge tick (both 20 Hz)
-    assert models == ["kinematic"]  # the arm model would read physics the sim thread is stepping
+    assert models == ["arm"]  # as `ceed eval` plans ahead
+    np.testing.assert_allclose(states[-1], now[:4])  # from the physics now, not the older measured state
+    assert not lock.locked()
     predict = model(bridge, step_rate_hz=80.0)  # each command runs 4 sim steps
     predict(np.zeros(4), np.ones((2, 4)))
     assert calls[-1].shape == (8, 4)
