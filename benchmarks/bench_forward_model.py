@@ -46,13 +46,19 @@ def expert_actions(task: str, seed: int, noise: float, max_steps: int) -> np.nda
     return np.asarray(actions)
 
 
-def measure(task: str, seed: int, delays: list[int], noise: float, max_steps: int) -> dict:
-    """Every step's prediction errors of one episode, per d and model."""
+def errors_by_model(delays: list[int]) -> dict:
+    """d -> model -> the per-prediction lists `measure` fills."""
+    return {d: {m: {"hand_mm": [], "gripper": [], "ms": []} for m in FORWARD_MODELS} for d in delays}
+
+
+def measure(task: str, seed: int, delays: list[int], noise: float, max_steps: int, out: dict) -> None:
+    """Every step's prediction errors of one episode, per d and model, appended to `out`
+    (`errors_by_model`). The episode is rolled twice: once to know the actions, once to predict
+    from each step's state the d actions that follow."""
     actions = expert_actions(task, seed, noise, max_steps)
-    out = {d: {m: {"hand_mm": [], "gripper": [], "ms": []} for m in FORWARD_MODELS} for d in delays}
     with MetaWorldEnv(EnvConfig(task, image_size=16, max_episode_steps=max_steps)) as env:
         env.reset(seed)
-        predictions = []  # (t, d, model, predicted state)
+        predictions = []  # (t, d, model, predicted state, ms)
         states = [env.raw_state[:4].astype(np.float32)]
         for t, action in enumerate(actions):
             state = states[-1]
@@ -71,7 +77,6 @@ def measure(task: str, seed: int, delays: list[int], noise: float, max_steps: in
         row["hand_mm"].append(1000 * float(np.abs(predicted[:3] - reached[:3]).max()))
         row["gripper"].append(float(abs(predicted[3] - reached[3])))
         row["ms"].append(ms)
-    return out
 
 
 def main() -> int:
@@ -98,12 +103,9 @@ def main() -> int:
     print("| task | d | model | hand error mm, mean (p95) | gripper error | ms per prediction |")
     print("| --- | --- | --- | --- | --- | --- |")
     for task in args.tasks.split(","):
-        pooled = {d: {m: {"hand_mm": [], "gripper": [], "ms": []} for m in FORWARD_MODELS} for d in delays}
+        pooled = errors_by_model(delays)
         for seed in range(args.seed, args.seed + args.episodes):
-            for d, models in measure(task, seed, delays, args.noise, args.max_steps).items():
-                for model, values in models.items():
-                    for key, v in values.items():
-                        pooled[d][model][key] += v
+            measure(task, seed, delays, args.noise, args.max_steps, pooled)
         record["tasks"][task] = {}
         for d in delays:
             for model in FORWARD_MODELS:

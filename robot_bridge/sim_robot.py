@@ -20,7 +20,8 @@ same header stamp, so an observation never mixes two instants.
 
 A policy bridge in the same process (`ceed bridge --params launch/config/sim.yaml`) plans ahead with
 the simulator's own forward model (`forward_model`: `MetaWorldEnv.predict_state` with the arm's own
-dynamics, as `ceed eval` does) where its state and commands are this robot's; otherwise it uses its `state_rollforward`.
+dynamics, as `ceed eval` does) where its state and commands are this robot's; otherwise it uses its
+`state_rollforward`.
 """
 
 from __future__ import annotations
@@ -297,9 +298,10 @@ class SimRobotNode(Node):
         planning ahead: (state [4], committed actions [d, 4], the policy's units) -> the state [4]
         after them, by `MetaWorldEnv.predict_state`'s arm model (the arm's own dynamics, contacts off)
         from the simulator's physics at the call, with each command applied for the sim steps of one
-        bridge tick (zero-order hold); the state argument is not read (the physics are newer). None where it would not predict the bridge's state: the bridge
-        reads another state layout or topic, commands another topic (a dry run reaches no robot) or
-        another mode, converts units, or ticks at a rate that is not a whole number of sim steps."""
+        bridge tick (zero-order hold); the state argument is not read (the physics are newer). None
+        where it would not predict the bridge's state: the bridge reads another state layout or topic,
+        commands another topic (a dry run reaches no robot) or another mode, converts units, or ticks
+        at a rate that is not a whole number of sim steps."""
         c, env = self.config, self._env
         steps = c.step_rate_hz / bridge.control_rate_hz  # sim steps per bridge tick
         same = (
