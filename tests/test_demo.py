@@ -316,7 +316,7 @@ def test_the_delay_curve_has_its_rows_table_and_plot(tmp_path):
         "| student early exit, forced prefix | 0.75 (jerk 0.010) | 0.75 (jerk 0.020) | 0.25 (jerk 0.020) |"
         in md
     )
-    assert "| teacher AR, today's scheduling | 0.25 (jerk 0.010) | 0.25 (jerk 0.020) | - |" in md
+    assert "| teacher AR, not planned ahead | 0.25 (jerk 0.010) | 0.25 (jerk 0.020) | - |" in md
     assert (
         "| student early exit, planned ahead | 0.75 (jerk 0.010) | 0.25 (jerk 0.020) | 0.50 (jerk 0.020) |"
         in md

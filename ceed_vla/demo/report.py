@@ -298,10 +298,10 @@ def speed_sentence(report: dict[str, Any]) -> str:
 
 
 CURVE_LABELS = {
-    ("teacher_ar", "today"): "teacher AR, today's scheduling",
+    ("teacher_ar", "today"): "teacher AR, not planned ahead",
     ("teacher_ar", "plan_ahead"): "teacher AR, planned ahead",
     ("teacher_ar", "prefix"): "teacher AR, forced prefix",
-    ("student_early_exit", "today"): "student early exit, today's scheduling",
+    ("student_early_exit", "today"): "student early exit, not planned ahead",
     ("student_early_exit", "plan_ahead"): "student early exit, planned ahead",
     ("student_early_exit", "prefix"): "student early exit, forced prefix",
 }
@@ -353,8 +353,9 @@ def delay_section(report: dict[str, Any]) -> list[str]:
         return []
     return [
         "Success against delay (`ceed eval --delay-ticks d`: every policy call takes d control ticks of "
-        "12.5 ms, whatever the machine; d = 0 is the paused row). Today's scheduling drops the chunk's "
-        "first d actions and cross-fades the rest into the old plan; planning ahead commits the d queued "
+        "12.5 ms, whatever the machine; d = 0 is the paused row). Not planned ahead (`--no-plan-ahead`, the "
+        "earlier scheduling) drops the chunk's first d actions and cross-fades the rest into the old plan; "
+        "planning ahead (the default) commits the d queued "
         f"steps that run meanwhile and plans the chunk for the tick after them, from the state they lead to "
         f"({_forward_model_words(report)}); the forced prefix gives the decoder those steps as the chunk's first ones. Cells: success (jerk, the mean "
         "|change of the command| between ticks).",
