@@ -29,7 +29,8 @@ Forced prefix (real-time chunking, `SchedulerConfig.forced_prefix`): the d steps
 while a chunk is computed are already in the queue. At the request they are *committed* (no merge
 may change them any more) and their bins go to the policy as the chunk's forced first d steps, so the
 model decodes the rest as its own continuation of what the arm actually does. d is the latency
-estimate in ticks, ceil(q / period) + `prefix_margin_ticks`, where q is the `latency_quantile` of the
+estimate in ticks, floor(q / period) + `prefix_margin_ticks` (the ticks that fire while the call
+runs, a request going out as a tick is taken), where q is the `latency_quantile` of the
 last `latency_window` measured latencies (a high quantile, not the mean: a chunk later than d ticks
 executes old, unconditioned steps). d is capped by the queued steps whose bins are known and by
 K - 1. A chunk with a forced prefix is not cross-faded: its step d follows the committed steps it was
@@ -162,7 +163,7 @@ class SchedulerConfig:
     chunk's forced first steps (policies where `policy_accepts_forced_prefix`)."""
     latency_quantile: float = 0.9  # the latency estimate behind d (and the refill, with a forced prefix)
     latency_window: int = 20  # how many recent latencies the quantile is taken over
-    prefix_margin_ticks: int = 0  # added to ceil(latency quantile / period) to give d
+    prefix_margin_ticks: int = 0  # added to floor(latency quantile / period) to give d
     plan_ahead: bool = False
     """Commit the queue's next d steps at each request, hand them to the caller to predict the state
     they lead to, and start the chunk after them (any policy; exclusive with `forced_prefix`)."""
@@ -389,20 +390,31 @@ class ChunkScheduler:
             np.quantile(np.fromiter(self._latencies, float), self.config.latency_quantile, method="higher")
         )
 
-    def _latency_ticks(self) -> int:
+    def _latency_estimate_s(self) -> float:
         quantile = self.config.forced_prefix or self.config.plan_ahead
-        estimate = self.latency_quantile_s() if quantile else self.latency_ema_s
-        return math.ceil(estimate / self.config.period_s - 1e-9)
+        return self.latency_quantile_s() if quantile else self.latency_ema_s
+
+    def _latency_ticks(self) -> int:
+        """Ticks of actions a call of the estimated latency needs queued (rounded up: the refill)."""
+        return math.ceil(self._latency_estimate_s() / self.config.period_s - 1e-9)
 
     def lead_ticks(self) -> int:
         """Actions that must still be queued when a request goes out for the queue not to run dry."""
         return self._latency_ticks() + self.config.refill_margin_ticks
 
     def prefix_ticks(self) -> int:
-        """The d the latency estimate asks for (before the queue caps it); 0 before any latency is known."""
+        """The d the latency estimate asks for (before the queue caps it); 0 before any latency is known.
+
+        d counts the control ticks that run while a call of the estimated latency q is computed: a
+        request goes out as a tick is taken (the bridge's worker is woken by the control timer,
+        `ceed eval` plans between ticks), so the ticks that fire before the chunk arrives are
+        floor(q / period), which is also how many the simulator lets pass. Rounding up instead would
+        commit one step more than runs meanwhile whenever q is not a whole number of ticks, and
+        leave every chunk a tick further open loop."""
         if not self._latencies:
             return 0
-        return self._latency_ticks() + self.config.prefix_margin_ticks
+        ticks = math.floor(self._latency_estimate_s() / self.config.period_s + 1e-9)
+        return ticks + self.config.prefix_margin_ticks
 
     def due(self, tick: int) -> bool:
         """Whether a new observation should be taken now, `tick` being the next tick to run."""

@@ -219,7 +219,7 @@ class BridgeConfig:
     )
     replan_every_ticks: int = 0  # also observe this many ticks after the last observation (0 = off)
     # real-time chunking (ceed_vla/scheduler.py): the queue's next d steps are committed and given to
-    # the decoder as the chunk's forced first steps, d = ceil(latency quantile / period) + margin;
+    # the decoder as the chunk's forced first steps, d = floor(latency quantile / period) + margin;
     # switched off at configure for a policy that does not take a prefix
     forced_prefix: bool = False
     # planning ahead (ceed_vla/scheduler.py): the queue's next d steps are committed, the policy is

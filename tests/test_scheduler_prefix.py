@@ -3,6 +3,8 @@ forced prefix, committed actions that no arriving chunk changes, and the decode 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -106,8 +108,9 @@ def _deliver(s: ChunkScheduler, tick: int, latency_ticks: float, value: int = 1)
 
 
 def test_d_is_a_high_quantile_of_recent_latencies_plus_the_margin_not_the_mean():
-    latencies = [1.0] * 9 + [3.4]  # ticks; the mean is 1.24 ticks (2 rounded up), the 0.9 quantile 3.4
-    for quantile, margin, expected in [(0.9, 0, 4), (0.9, 1, 5), (0.5, 0, 1), (0.5, 2, 3)]:
+    # ticks; the mean is 1.24 ticks (1 tick fires during it), the 0.9 quantile 3.4 (3 ticks fire)
+    latencies = [1.0] * 9 + [3.4]
+    for quantile, margin, expected in [(0.9, 0, 3), (0.9, 1, 4), (0.5, 0, 1), (0.5, 2, 3)]:
         s = _scheduler(latency_quantile=quantile, prefix_margin_ticks=margin)
         assert s.prefix_ticks() == 0  # nothing measured yet
         for lat in latencies:
@@ -116,6 +119,17 @@ def test_d_is_a_high_quantile_of_recent_latencies_plus_the_margin_not_the_mean()
         assert s.prefix_ticks() == expected, (quantile, margin)
         request = s.request(0)  # the queue holds the last chunk's 8 steps
         assert request.forced_steps == expected
+
+
+def test_d_counts_the_ticks_that_fire_during_the_call_not_the_ticks_it_touches():
+    """A call of 2.4 ticks lets 2 ticks run before it arrives (the simulator lets floor(W / period)
+    pass; the bridge requests as a tick is taken): d = 2, so the chunk starts right after them rather
+    than one step further open loop. Whole numbers of ticks give themselves."""
+    for latency, expected in [(0.6, 0), (1.0, 1), (2.0, 2), (2.4, 2), (2.99, 2), (3.0, 3)]:
+        s = _scheduler(latency_quantile=0.9)
+        _deliver(s, 0, latency)
+        assert s.prefix_ticks() == expected, latency
+        assert s.lead_ticks() == math.ceil(latency - 1e-9) + s.config.refill_margin_ticks  # refill: up
 
 
 def test_only_the_last_window_of_latencies_counts():

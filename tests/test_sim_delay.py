@@ -384,6 +384,18 @@ def test_eval_config_refuses_an_unknown_forward_model():
         EvalConfig(tasks=("push",), clock="delay", delay_ticks=2, forward_model="kinematics")
 
 
+def test_a_call_between_ticks_commits_the_ticks_that_run_during_it_not_one_more():
+    """31.6 ms at 80 Hz is 2.53 ticks: 2 run while the call computes, so 2 are committed and each
+    chunk runs from its step 0 right after them (3 would leave it a tick further open loop)."""
+    executed, policy, result = _run(
+        0, 40, clock="delay", delay_ms=31.6, plan_ahead=True, execute_steps=4, forward_model="kinematic"
+    )
+    assert result.planned_ahead_steps == 2 * (policy.calls - 1) and result.dropped_actions == 2
+    assert result.late_chunks == 0
+    starts = [round(float(a[0]) * 1000) for a in executed if a is not None and round(a[0] * 1000) % 10 == 0]
+    assert starts[:3] == [20, 30, 40]  # chunks 2, 3, 4 from their step 0; chunk 1 lost steps 0-1
+
+
 def test_the_delay_clock_plans_ahead_by_default():
     executed, policy, result = _run(seed=3, ticks=60, clock="delay", delay_ticks=2)
     assert all(f is None for f in policy.forced) and result.forced_chunks == 0
