@@ -109,8 +109,14 @@ def _wait(predicate, timeout: float, proc: subprocess.Popen | None = None) -> bo
     return predicate()
 
 
-def test_bridge_drives_the_sim_robot_through_an_episode(hardware_process):
-    params = CONFIG / "sim.yaml"
+def test_bridge_drives_the_sim_robot_through_an_episode(hardware_process, tmp_path):
+    # The expert answers within a 50 ms tick, so no tick runs during a call and d would be 0: one tick
+    # of margin makes the bridge commit a step ahead, planned from the sim robot's arm forward model.
+    text = (CONFIG / "sim.yaml").read_text()
+    anchor = "    control_rate_hz: 20.0\n"
+    assert text.count(anchor) == 1
+    params = tmp_path / "sim.yaml"
+    params.write_text(text.replace(anchor, anchor + "    prefix_margin_ticks: 1\n"))
     peer = Peer(DOMAINS["sim"], args=launcher.ros_args(params))
     try:
         peer.listen(Bool, "/sim/success", LATCHED)
