@@ -152,6 +152,29 @@ def test_sweep_skips_the_headline_sigma():
     assert {m.clock for m in PROFILE.modes()} == {"paused", "realtime"}
 
 
+def test_a_profile_can_leave_the_exact_rows_to_another():
+    names = [m.name for m in replace(PROFILE, exact_rows=False).modes()]
+    assert "teacher_jacobi" not in names and "student_jacobi" not in names
+    assert names[:2] == ["teacher_ar", "student_early_exit"]
+
+
+def test_the_quick_profile_spends_its_episodes_on_the_rows_it_shows():
+    from ceed_vla.demo.profiles import FULL, QUICK
+
+    assert [m.name for m in QUICK.modes()] == [
+        "teacher_ar",
+        "student_early_exit",
+        "teacher_ar_realtime",
+        "student_early_exit_realtime",
+        "student_sigma1_fused",
+        "student_early_exit_d2_plan_ahead",
+        "student_early_exit_d4_plan_ahead",
+    ]
+    assert QUICK.eval_episodes * len(QUICK.tasks) == 50
+    full = {m.name for m in FULL.modes()}  # the rows the quick profile leaves out are answered here
+    assert {"teacher_jacobi", "student_jacobi", "student_sigma1", "student_early_exit_d2"} <= full
+
+
 def test_invalid_profile_is_refused_with_the_value():
     with pytest.raises(ValueError, match="teacher_steps must be >= 1, got 0"):
         replace(PROFILE, teacher_steps=0)
