@@ -173,7 +173,10 @@ class DemoProfile:
             )
 
     def modes(self) -> list[EvalMode]:
-        exact = [EvalMode("teacher_jacobi", "teacher", "jacobi"), EvalMode("student_jacobi", "student", "jacobi")]
+        exact = [
+            EvalMode("teacher_jacobi", "teacher", "jacobi"),
+            EvalMode("student_jacobi", "student", "jacobi"),
+        ]
         headline = [
             EvalMode("teacher_ar", "teacher", "ar"),
             *(exact if self.exact_rows else []),
