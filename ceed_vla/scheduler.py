@@ -511,7 +511,7 @@ class ChunkScheduler:
             # Only a chunk planned from the observation's own tick is cross-faded: one planned ahead (or
             # forced) already continues the committed steps, and fading it into the old plan delays the
             # correction (validation seeds, docs/experiments/2026-12-realtime.md, "A cross-fade at the
-            # planned seam": -4 / -12 points at d = 2 / 4, no lower jerk).
+            # planned seam": -4 / -12 points at d = 2 / 4, a higher jerk at d = 2).
             blend = request.forced_steps == 0 and request.chunk_tick == request.obs_tick
             merged = self.queue.merge(actions, request.chunk_tick, now_tick, bins=step_bins, blend=blend)
             self.dropped_actions += merged.dropped
