@@ -512,6 +512,32 @@ def test_a_second_round_distils_the_student_on_its_own_trajectories(tmp_path, mo
         replace(PROFILE, distill_rounds=0)
 
 
+def test_collect_flags_reach_every_round_and_rerun_only_what_follows_collection(tmp_path, monkeypatch):
+    lag = ("--obs-lag-prob", "0.5", "--obs-lag-max-steps", "4")
+    two = replace(PROFILE, distill_rounds=2)
+    before = _keys(two, tmp_path)
+    after = _keys(replace(two, extra_collect_args=lag), tmp_path)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"collect", "distill", "collect_r2", "distill_r2", "speed"} | {
+        n for n in before if n.startswith("eval_student")
+    }
+    # without the flags the collect stages' config is what it was before the field existed, so a
+    # finished run's trajectories are reused
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    stages = {s.name: s for s in demo.build_stages(two, paths)}
+    assert stages["collect"].config == {"collect_trajectories": two.collect_trajectories}
+
+    calls = {}
+    monkeypatch.setattr(
+        demo.StageCommand, "__call__", lambda self, out: calls.setdefault(out.name, self.argv)
+    )
+    for stage in demo.build_stages(replace(two, extra_collect_args=lag), paths):
+        if stage.name in ("collect", "collect_r2", "distill"):
+            stage.run(tmp_path / stage.name)
+    assert calls["collect"][-4:] == list(lag) and calls["collect_r2"][-4:] == list(lag)
+    assert "--obs-lag-prob" not in calls["distill"]  # the student reads the lag from the store
+
+
 def test_the_report_names_the_forward_model_each_planned_ahead_row_used():
     from ceed_vla.demo.report import _forward_model_words, mode_row
 

@@ -100,6 +100,8 @@ class DemoProfile:
     workers: int = 2
     extra_train_args: tuple[str, ...] = ()
     extra_distill_args: tuple[str, ...] = ()
+    # `ceed distill collect`'s own flags (every round), e.g. the observation lag the teacher trained with
+    extra_collect_args: tuple[str, ...] = ()
     # Actions of each chunk executed before the next observation (None: the whole chunk), in every
     # evaluation. The rest of the chunk, shifted, is the next chunk's initial Jacobi guess.
     execute_steps: int | None = None

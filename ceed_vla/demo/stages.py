@@ -126,6 +126,7 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
                 ["distill", "collect", "--teacher", str(paths.round_source(r))]
                 + ["--dataset-root", str(paths.dataset), "--output", str(store)]
                 + ["--trajectories", str(p.collect_trajectories), "--seed", str(p.seed), *threads]
+                + [*p.extra_collect_args]
             )(out)
 
         return run
@@ -169,7 +170,7 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
             _stage_config(p, "teacher_steps", "teacher_batch", "extra_train_args"),
             depends_on=["record"],
         ),
-        Stage("collect", collect(1), _stage_config(p, "collect_trajectories"), depends_on=["teacher"]),
+        Stage("collect", collect(1), _collect_config(p), depends_on=["teacher"]),
         Stage(
             "distill",
             distill(1),
@@ -182,7 +183,7 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
             Stage(
                 collect_stage(r),
                 collect(r),
-                _stage_config(p, "collect_trajectories"),
+                _collect_config(p),
                 depends_on=[distill_stage(r - 1)],
             ),
             Stage(
@@ -256,3 +257,14 @@ def _eval_stage(argv: list[str]):
 
 def _stage_config(profile: DemoProfile, *names: str) -> dict[str, Any]:
     return {n: getattr(profile, n) for n in names}
+
+
+def _collect_config(profile: DemoProfile) -> dict[str, Any]:
+    """The collect stages' config; `extra_collect_args` only when set, so that a profile without them
+    keeps the stage keys of the runs made before the field existed (their outputs are reused)."""
+    names = (
+        ("collect_trajectories", "extra_collect_args")
+        if profile.extra_collect_args
+        else ("collect_trajectories",)
+    )
+    return _stage_config(profile, *names)
