@@ -99,6 +99,51 @@ def test_the_speed_stage_times_every_decoder_of_the_table_once(tmp_path, monkeyp
     assert {n for n in before if before[n] != after[n]} == {"speed"}
 
 
+def test_the_student_decodes_exact_the_steps_a_delayed_chunk_runs_past_the_replanning_interval(
+    tmp_path, monkeypatch
+):
+    base = replace(PROFILE, student_delays=(2, 3, 4), teacher_delays=(4,), execute_steps=2)
+    profile = replace(base, student_exact_executed=True)
+    exact = {m.name: m.exact_steps for m in profile.modes() if m.exact_steps}
+    # not at d <= execute_steps, not paused or real time, not today's scheduling, not the teacher
+    assert exact == {"student_early_exit_d3_plan_ahead": 3, "student_early_exit_d4_plan_ahead": 4}
+    calls = {}
+    monkeypatch.setattr(
+        demo.StageCommand, "__call__", lambda self, out: calls.__setitem__(out.name, self.argv)
+    )
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    for stage in demo.build_stages(profile, paths):
+        if stage.name.startswith("eval_") or stage.name == "speed":
+            stage.run(tmp_path / stage.name)
+    for name, argv in calls.items():
+        assert ("--exact-executed" in argv) == (name.removeprefix("eval_") in exact), name
+    timed = [a for a in calls["speed"] if a.startswith("name=") and ",exact=" in a]
+    student = paths.round_student(1)
+    assert timed == [
+        f"name=student/early_exit/sigma=3/exact={d},policy={student},decoding=early_exit,sigma=3,exact={d}"
+        for d in (3, 4)
+    ]  # timed with as many steps exact as the row runs
+    # rows without it keep their stage keys; the rows with it rerun, and the speed stage
+    before, after = _keys(base, tmp_path), _keys(profile, tmp_path)
+    assert {n for n in before if before[n] != after[n]} == {f"eval_{n}" for n in exact} | {"speed"}
+    with pytest.raises(ValueError, match="student_exact_executed needs execute_steps"):
+        replace(PROFILE, student_exact_executed=True)
+    # the report gives those rows their own decoder's speed and says what they decoded
+    _write_speed(profile, paths, speedups={"student/early_exit/sigma=3/exact=4": 1.5})
+    for mode in profile.modes():
+        paths.eval_dir(mode.name).mkdir(parents=True, exist_ok=True)
+        rep = _eval_report(0.5, 20.0, 4.5 if mode.exact_steps else 2.0)
+        (paths.eval_dir(mode.name) / "report.json").write_text(json.dumps(rep))
+    report = demo.build_report(profile, paths, summary={}, commit="c0ffee")
+    assert report["modes"]["student_early_exit_d4_plan_ahead"]["speedup_vs_ar"] == 1.5
+    assert report["modes"]["student_early_exit_d2_plan_ahead"]["speedup_vs_ar"] == 2.0
+    md = demo.report_markdown(report | {"wall_seconds": 60.0})
+    assert (
+        "decodes them exact (`--exact-executed`), at more iterations per chunk (d = 3: 4.50, d = 4: 4.50)"
+        in md
+    )
+
+
 def test_replanning_interval_reaches_every_evaluation_and_reruns_only_them(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(demo.StageCommand, "__call__", lambda self, out: calls.append(self.argv))

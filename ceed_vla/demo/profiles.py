@@ -30,6 +30,10 @@ class EvalMode:
     # None: `ceed eval`'s default (on under the moving clocks, unless prefixed)
     plan_ahead: bool | None = None
     fused: bool = False  # early exit's first iteration in the prefill: one forward at sigma 1
+    # early exit, planned ahead under the delay clock: the chunk's steps that run before the next one
+    # arrives, this many at this row's delay, decoded exact (`ceed eval --exact-executed`; the speed
+    # stage times the decoder with as many exact)
+    exact_steps: int | None = None
 
     @property
     def decoder(self) -> str:
@@ -38,7 +42,8 @@ class EvalMode:
         parts = [self.policy, self.decoding]
         parts += [f"sigma={self.sigma}"] if self.sigma is not None else []
         parts += [f"tau={self.tau}"] if self.tau is not None else []
-        return "/".join(parts + (["fused"] if self.fused else []))
+        parts += ["fused"] if self.fused else []
+        return "/".join(parts + ([f"exact={self.exact_steps}"] if self.exact_steps else []))
 
     @property
     def scheduling(self) -> str:
@@ -62,6 +67,8 @@ class EvalMode:
             args += ["--tau", str(self.tau)]
         if self.fused:
             args += ["--fused-prefill"]
+        if self.exact_steps:
+            args += ["--exact-executed"]
         return args
 
 
@@ -122,6 +129,11 @@ class DemoProfile:
     # the other schedulings are read against, and on validation seeds it was flat in d (docs/demo.md,
     # "The delay curve"), so a few points show it.
     today_delays: tuple[int, ...] | None = None
+    # The student's delay curve, planned ahead, at the delays past `execute_steps`: each chunk runs d
+    # steps open loop there, not the `execute_steps` sigma was chosen for, and they are decoded exact
+    # (`ceed eval --exact-executed`; more iterations, reported per row). Not the real-time row: there
+    # the iterations lengthen the call that sets d (docs/demo.md, "The delay curve").
+    student_exact_executed: bool = False
     # the student's real-time row with the forced prefix too, beside the planned-ahead one
     realtime_with_prefix: bool = False
     # teacher AR with each task's held-out paraphrase too (the wording's robustness check)
@@ -163,6 +175,11 @@ class DemoProfile:
             )
         if self.execute_steps is not None and self.execute_steps < 1:
             raise ValueError(f"execute_steps must be >= 1 or None, got {self.execute_steps!r}")
+        if self.student_exact_executed and self.execute_steps is None:
+            raise ValueError(
+                "student_exact_executed needs execute_steps: without replanning the whole chunk runs, "
+                "so the student's exact Jacobi rows already decode it exact"
+            )
         bad = [d for d in (*self.student_delays, *self.teacher_delays, *(self.today_delays or ())) if d < 1]
         if bad:
             raise ValueError(f"delays must be >= 1 tick (d = 0 is the paused row), got {bad!r}")
@@ -258,6 +275,12 @@ class DemoProfile:
                         continue
                     name = f"{base.name}_d{d}" + ("" if scheduling == "today" else f"_{scheduling}")
                     prefix, ahead = scheduling == "prefix", scheduling == "plan_ahead"
+                    exact = (
+                        self.student_exact_executed
+                        and base.policy == "student"
+                        and ahead
+                        and d > (self.execute_steps or 0)
+                    )
                     out.append(
                         replace(
                             base,
@@ -266,6 +289,7 @@ class DemoProfile:
                             delay_ticks=d,
                             forced_prefix=prefix,
                             plan_ahead=ahead,
+                            exact_steps=d if exact else None,
                         )
                     )
         return out

@@ -346,6 +346,22 @@ def _forward_model_words(report: dict[str, Any]) -> str:
     return "; ".join(FORWARD_MODEL_WORDS[m] for m in models) or "no row planned ahead"
 
 
+def _exact_executed_words(report: dict[str, Any]) -> str:
+    rows = sorted(
+        (r["mode"]["delay_ticks"], r["iterations_per_chunk"])
+        for r in report["modes"].values()
+        if _is_delay_row(r) and r["mode"].get("exact_steps")
+    )
+    if not rows:
+        return ""
+    cells = ", ".join(f"d = {d}: {_fmt(it, '.2f')}" for d, it in rows)
+    return (
+        " Past the replanning interval the student planned ahead runs d steps of each chunk before the "
+        "next arrives, and decodes them exact (`--exact-executed`), at more iterations per chunk "
+        f"({cells})."
+    )
+
+
 def delay_section(report: dict[str, Any]) -> list[str]:
     """The delay curve as Markdown lines (empty for a report without delay rows)."""
     curves = delay_curves(report)
@@ -357,7 +373,8 @@ def delay_section(report: dict[str, Any]) -> list[str]:
         "earlier scheduling) drops the chunk's first d actions and cross-fades the rest into the old plan; "
         "planning ahead (the default) commits the d queued "
         f"steps that run meanwhile and plans the chunk for the tick after them, from the state they lead to "
-        f"({_forward_model_words(report)}); the forced prefix gives the decoder those steps as the chunk's first ones. Cells: success (jerk, the mean "
+        f"({_forward_model_words(report)}); the forced prefix gives the decoder those steps as the chunk's first ones."
+        f"{_exact_executed_words(report)} Cells: success (jerk, the mean "
         "|change of the command| between ticks).",
         "",
         *delay_table_markdown(curves, note_zero="paused").splitlines(),

@@ -220,7 +220,7 @@ def build_stages(profile: DemoProfile, paths: DemoPaths) -> list[Stage]:
                 f"eval_{mode.name}",
                 _eval_stage(argv),
                 {
-                    "mode": asdict(mode),
+                    "mode": _mode_config(mode),
                     "episodes": p.eval_episodes,
                     "instructions": wording,
                     "workers": p.workers,
@@ -244,7 +244,9 @@ def speed_argv(p: DemoProfile, paths: DemoPaths) -> list[str]:
         spec = f"name={name},policy={ckpt},decoding={mode.decoding}"
         spec += f",sigma={mode.sigma}" if mode.sigma is not None else ""
         spec += f",tau={mode.tau}" if mode.tau is not None else ""
-        argv += ["--mode", spec + (",fused=1" if mode.fused else "")]
+        spec += ",fused=1" if mode.fused else ""
+        spec += f",exact={mode.exact_steps}" if mode.exact_steps else ""
+        argv += ["--mode", spec]
     return argv
 
 
@@ -257,6 +259,15 @@ def _eval_stage(argv: list[str]):
 
 def _stage_config(profile: DemoProfile, *names: str) -> dict[str, Any]:
     return {n: getattr(profile, n) for n in names}
+
+
+def _mode_config(mode) -> dict[str, Any]:
+    """An evaluation stage's mode; `exact_steps` only when set, so that rows without it keep the
+    stage keys of the runs made before the field existed."""
+    config = asdict(mode)
+    if config["exact_steps"] is None:
+        del config["exact_steps"]
+    return config
 
 
 def _collect_config(profile: DemoProfile) -> dict[str, Any]:
