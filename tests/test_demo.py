@@ -583,6 +583,25 @@ def test_collect_flags_reach_every_round_and_rerun_only_what_follows_collection(
     assert "--obs-lag-prob" not in calls["distill"]  # the student reads the lag from the store
 
 
+def test_only_the_full_profile_trains_and_collects_with_the_observation_lag(tmp_path, monkeypatch):
+    calls = {}
+    monkeypatch.setattr(
+        demo.StageCommand, "__call__", lambda self, out: calls.__setitem__(out.name, self.argv)
+    )
+    paths = demo.DemoPaths(work=tmp_path, reports=tmp_path / "reports")
+    for profile, lagged in ((demo.PROFILES["full"], True), (demo.PROFILES["quick"], False)):
+        for stage in demo.build_stages(profile, paths):
+            if stage.name in ("teacher", "collect", "distill"):
+                stage.run(tmp_path / stage.name)
+        for name in ("teacher", "collect"):
+            argv = calls[name]
+            assert ("--obs-lag-prob" in argv) == lagged, (profile.name, name)
+            if lagged:
+                assert argv[argv.index("--obs-lag-prob") + 1] == "0.5"
+                assert argv[argv.index("--obs-lag-max-steps") + 1] == "4"
+        assert "--obs-lag-prob" not in calls["distill"]
+
+
 def test_the_report_names_the_forward_model_each_planned_ahead_row_used():
     from ceed_vla.demo.report import _forward_model_words, mode_row
 
