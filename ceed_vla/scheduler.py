@@ -127,6 +127,13 @@ def policy_accepts_exact_steps(policy) -> bool:
     return _accepts(policy, "exact_steps")
 
 
+def executed_steps(replan_every: int, delay_ticks: int, planned_ahead: int) -> int:
+    """The steps of a chunk that run before the next one takes over: the next request goes out after
+    `max(replan_every, delay_ticks)` ticks and its chunk arrives `delay_ticks` later, less the steps
+    this chunk was planned ahead of its observation (`planned_ahead`)."""
+    return max(replan_every, delay_ticks) + delay_ticks - planned_ahead
+
+
 def predict_chunk(policy, observation: dict, predict_kwargs: dict, request: ChunkRequest, warm: bool):
     """`policy.predict_action_chunk` for `request`: with its warm-start guess when the policy takes
     one (`warm`, from `policy_accepts_init_guess`), its forced prefix, its deadline and its exact
@@ -469,8 +476,9 @@ class ChunkScheduler:
     def _executed_steps(self, request: ChunkRequest) -> int:
         """The steps of the chunk asked for by `request` that will run before the next chunk takes over
         (uncapped: the policy caps it at its chunk)."""
-        d = self.prefix_ticks()
-        return max(self.config.replan_every, d) + d - (request.chunk_tick - request.obs_tick)
+        return executed_steps(
+            self.config.replan_every, self.prefix_ticks(), request.chunk_tick - request.obs_tick
+        )
 
     def _force_prefix(self, request: ChunkRequest) -> None:
         """Commit the queue's next d steps and put their bins in the request (d = 0: nothing)."""

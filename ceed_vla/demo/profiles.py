@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ceed_vla.scheduler import executed_steps
 from ceed_vla.sim.env import DEFAULT_CAMERA, DEFAULT_GOAL_MARKER_RADIUS
 
 SCHEDULINGS = ("today", "plan_ahead", "prefix")
@@ -275,11 +276,11 @@ class DemoProfile:
                         continue
                     name = f"{base.name}_d{d}" + ("" if scheduling == "today" else f"_{scheduling}")
                     prefix, ahead = scheduling == "prefix", scheduling == "plan_ahead"
-                    exact = (
-                        self.student_exact_executed
-                        and base.policy == "student"
-                        and ahead
-                        and d > (self.execute_steps or 0)
+                    # planned ahead by d, a chunk runs this many steps (the count the scheduler asks exact)
+                    runs = (
+                        executed_steps(self.execute_steps, d, d)
+                        if self.student_exact_executed and base.policy == "student" and ahead
+                        else None
                     )
                     out.append(
                         replace(
@@ -289,7 +290,7 @@ class DemoProfile:
                             delay_ticks=d,
                             forced_prefix=prefix,
                             plan_ahead=ahead,
-                            exact_steps=d if exact else None,
+                            exact_steps=runs if runs and runs > self.execute_steps else None,
                         )
                     )
         return out

@@ -262,20 +262,16 @@ def _stage_config(profile: DemoProfile, *names: str) -> dict[str, Any]:
 
 
 def _mode_config(mode) -> dict[str, Any]:
-    """An evaluation stage's mode; `exact_steps` only when set, so that rows without it keep the
-    stage keys of the runs made before the field existed."""
-    config = asdict(mode)
-    if config["exact_steps"] is None:
-        del config["exact_steps"]
-    return config
+    return _unset_left_out(asdict(mode), "exact_steps")
 
 
 def _collect_config(profile: DemoProfile) -> dict[str, Any]:
-    """The collect stages' config; `extra_collect_args` only when set, so that a profile without them
-    keeps the stage keys of the runs made before the field existed (their outputs are reused)."""
-    names = (
-        ("collect_trajectories", "extra_collect_args")
-        if profile.extra_collect_args
-        else ("collect_trajectories",)
+    return _unset_left_out(
+        _stage_config(profile, "collect_trajectories", "extra_collect_args"), "extra_collect_args"
     )
-    return _stage_config(profile, *names)
+
+
+def _unset_left_out(config: dict[str, Any], *later: str) -> dict[str, Any]:
+    """`config` without the fields of `later` (added after runs were made) while they are unset (None or
+    empty): a stage that does not use them keeps its key, and its finished outputs are reused."""
+    return {k: v for k, v in config.items() if not (k in later and v in (None, ()))}
