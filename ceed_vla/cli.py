@@ -129,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        from ceed_vla.policy.checkpoint_io import CheckpointError
+
+        if not isinstance(e, CheckpointError):
+            raise
+        # a checkpoint that cannot be read or written: the message says which and what to do
+        print(f"ceed: error: {e}", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

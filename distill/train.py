@@ -156,8 +156,10 @@ def _first(traj, n: int):
 def main(args: argparse.Namespace) -> int:
     from ceed_vla.policy import load_policy
     from ceed_vla.policy.checkpoint_io import atomic_write_text
-    from ceed_vla.policy.trainer import Trainer
+    from ceed_vla.policy.trainer import Trainer, last_checkpoint
 
+    if args.resume:
+        last_checkpoint(args.output)  # nothing to resume: say so before loading the teacher and store
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -164,6 +164,8 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.resume:
+        last_checkpoint(args.output)  # nothing to resume: say so before reading the dataset
     data_cfg = config_from_args(
         DataConfig, args, "chunk_size", "val_fraction", "shift", "instruction_noise", "max_episodes",
         "image_keys", "image_size", roots=args.dataset_root, repo_ids=args.repo_id,

@@ -578,16 +578,20 @@ class Trainer:
             if self.ema is not None:
                 state["ema"] = {n: v.clone() for n, v in self.ema.items()}
                 state["raw_weights"] = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        with contextlib.ExitStack() as stack:
-            tmp = stack.enter_context(atomic_directory(path)) if self.info.main else None
-            tmp = self._shared_tmp(tmp)
-            if self.sharded:
-                fsdp.save_sharded(shards, tmp / SHARDED_DIR)
-            if self.info.main:
-                # a sharded run's gathered weights already are the averaged ones
-                with contextlib.nullcontext() if self.sharded else self.averaged_weights():
-                    self._write_policy(tmp, weights, {})
-                torch.save(state, tmp / TRAINING_STATE_FILE)
+        try:
+            with contextlib.ExitStack() as stack:
+                tmp = stack.enter_context(atomic_directory(path)) if self.info.main else None
+                tmp = self._shared_tmp(tmp)
+                if self.sharded:
+                    fsdp.save_sharded(shards, tmp / SHARDED_DIR)
+                if self.info.main:
+                    # a sharded run's gathered weights already are the averaged ones
+                    with contextlib.nullcontext() if self.sharded else self.averaged_weights():
+                        self._write_policy(tmp, weights, {})
+                    torch.save(state, tmp / TRAINING_STATE_FILE)
+        except (OSError, RuntimeError) as e:
+            # torch reports a full disk as a RuntimeError about stream positions; say what it is
+            raise CheckpointError(checkpoint_write_failure(self.out, name, e)) from e
         if self.info.main:
             atomic_write_text(self.ckpt_dir / LAST_FILE, name)
             self.plot_curves()
@@ -679,6 +683,38 @@ class Trainer:
             return None
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return plot_loss_curve(rows, self.out / CURVE_FILE)
+
+
+# below this much free space a failed checkpoint write is reported as a full disk
+LOW_DISK_BYTES = 256 * 2**20
+
+
+def checkpoint_write_failure(output_dir: str | Path, name: str, error: BaseException) -> str:
+    """What to tell a user whose checkpoint `name` could not be written: the cause (a full disk when
+    the filesystem is nearly full, whatever the library said), the last complete checkpoint the run
+    can resume from, and the command. The atomic write leaves nothing half-written behind."""
+    import shutil
+
+    ckpt_dir = Path(output_dir) / "checkpoints"
+    try:
+        free = shutil.disk_usage(ckpt_dir).free
+    except OSError:
+        free = None
+    try:
+        resume_from = f"{last_checkpoint(output_dir).name} (the last complete checkpoint)"
+    except CheckpointError:
+        resume_from = "the start (no complete checkpoint yet)"
+    if free is not None and free < LOW_DISK_BYTES:
+        sizes = [f.stat().st_size for d in ckpt_dir.glob("step_*") for f in d.rglob("*") if f.is_file()]
+        steps = max(1, len(list(ckpt_dir.glob("step_*"))))
+        need = f"; a checkpoint here takes about {sum(sizes) / steps / 2**20:.0f} MiB" if sizes else ""
+        cause = f"the disk is full: {free / 2**20:.0f} MiB free under {ckpt_dir}{need}"
+    else:
+        cause = f"{type(error).__name__}: {error}"
+    return (
+        f"could not write checkpoint {name} in {ckpt_dir} ({cause}). Nothing half-written was left. "
+        f"Fix the cause and rerun the same command with --resume: it continues from {resume_from}."
+    )
 
 
 def last_checkpoint(output_dir: str | Path) -> Path:

@@ -150,6 +150,61 @@ def test_resumed_run_equals_uninterrupted_run(make_policy, policy_dataset, tmp_p
             assert ra["loss"] == rb["loss"], ra
 
 
+def test_a_checkpoint_the_disk_cannot_hold_is_reported_with_where_to_resume(
+    make_policy, policy_dataset, tmp_path, monkeypatch
+):
+    import shutil
+
+    from ceed_vla.policy import trainer as trainer_module
+
+    frames = load_frames(*policy_dataset, chunk_size=4)
+    straight = _trainer(make_policy, frames, tmp_path / "a")
+    straight.fit()
+    run = _trainer(make_policy, frames, tmp_path / "b")
+    real_save, real_usage = torch.save, shutil.disk_usage
+
+    def save(obj, f, *args, **kwargs):  # what torch raised when a full-profile run filled the disk
+        if "step_000008" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 456")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=36 * 2**20))
+    with pytest.raises(CheckpointError) as failure:
+        run.fit()
+    message = str(failure.value)
+    assert "step_000008" in message and "the disk is full: 36 MiB free" in message
+    assert "--resume" in message and "step_000004 (the last complete checkpoint)" in message
+    assert "a checkpoint here takes about" in message
+    ckpt = tmp_path / "b/checkpoints"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["last", "step_000004"]  # no half-written step_8
+    assert (ckpt / "last").read_text() == "step_000004"
+
+    # with room on the disk the message is the library's own, and resuming ends where the straight run does
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    assert "unexpected pos 123 vs 456" in trainer_module.checkpoint_write_failure(
+        tmp_path / "b", "step_000008", RuntimeError("unexpected pos 123 vs 456")
+    )
+    monkeypatch.setattr(torch, "save", real_save)
+    resumed = _trainer(make_policy, frames, tmp_path / "b")
+    resumed.fit(resume=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_cli_prints_a_checkpoint_error_without_a_traceback(policy_dataset, tmp_path, capsys):
+    from ceed_vla.cli import main
+
+    root = str(policy_dataset[1])
+    rc = main(
+        ["train", "--dataset-root", root, "--output", str(tmp_path / "run"), "--resume", "--steps", "2"]
+    )
+    err = capsys.readouterr().err
+    last_line = err.strip().splitlines()[-1].split("\r")[-1]
+    assert rc == 1 and last_line.startswith("ceed: error: nothing to resume") and "Traceback" not in err, err
+    assert "loading frames" not in err  # refused before the dataset is read
+
+
 def test_ema_run_resumes_exactly_and_saves_the_averaged_weights(make_policy, policy_dataset, tmp_path):
     frames = load_frames(*policy_dataset, chunk_size=4)
     straight = _trainer(make_policy, frames, tmp_path / "a", ema_decay=0.9)
