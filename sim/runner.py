@@ -317,9 +317,16 @@ class _Episode:
         self.scheduler = scheduler
         self.obs: Observation | None = env.reset(seed)
         self.last_grip = 0.0
-        self.last_action: np.ndarray | None = None  # [D] the command of the last tick
+        # [D] the command of the last tick; before the first, the arm is at rest (what a hold commands),
+        # so the first command's change from rest counts in every clock alike, not only where the
+        # real-time and delay clocks hold while the first chunk is computed
+        self.last_action = self.rest_action()
         self.done = False
         self.result = EpisodeResult(spec.name, seed, False, 0, 0, [], 0, 0, 0, 0.0, 0.0, 0.0)
+
+    def rest_action(self) -> np.ndarray:
+        """What a hold commands: zero translation, the last gripper effort."""
+        return np.array([0.0, 0.0, 0.0, self.last_grip], dtype=np.float32)
 
     @property
     def tick(self) -> int:
@@ -333,9 +340,8 @@ class _Episode:
         self.obs = out.observation
         self.last_grip = float(action[3])
         action = np.asarray(action, dtype=np.float64)
-        if self.last_action is not None:
-            self.result.action_change_sum += float(np.abs(action - self.last_action).mean())
-            self.result.action_changes += 1
+        self.result.action_change_sum += float(np.abs(action - self.last_action).mean())
+        self.result.action_changes += 1
         self.last_action = action
         self.result.reward_sum += out.reward
         self.result.reward_max = max(self.result.reward_max, out.reward)
@@ -351,7 +357,7 @@ class _Episode:
         action = self.scheduler.pop(self.tick)
         held = action is None
         if held:
-            action = np.array([0.0, 0.0, 0.0, self.last_grip], dtype=np.float32)
+            action = self.rest_action()
         # Render only the frames a plan will look at: the next tick's, if it plans.
         self.step(action, from_policy=not held, render=self.scheduler.due(self.tick + 1))
 

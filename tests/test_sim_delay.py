@@ -225,13 +225,15 @@ def test_jerk_is_the_mean_change_of_the_command_between_ticks():
 
     paused, _ = _run_slow("paused")
     realtime, _ = _run_slow("realtime")
-    # the slow policy commands +x every tick: no change paused; in real time the first 4 ticks hold
-    # (zero command), then one change of |1 - 0| in x, a quarter of the mean over 4 dimensions
-    assert paused.action_change_sum == 0.0 and paused.action_changes == 23
-    assert realtime.action_change_sum == pytest.approx(0.25)
+    # the slow policy commands +x every tick. The arm is at rest before the first tick in both clocks:
+    # paused, the first tick changes |1 - 0| in x (a quarter of the mean over 4 dimensions), then
+    # nothing; in real time the first 4 ticks hold (the rest command again), then the same one change.
+    # The start from rest counts alike, so the clocks' jerk differs only by what happens after it.
+    assert paused.action_change_sum == pytest.approx(0.25) and paused.action_changes == 24
+    assert realtime.action_change_sum == pytest.approx(0.25) and realtime.action_changes == 24
     config = EvalConfig(tasks=("reach",), episodes_per_task=1, image_size=16, clock="realtime")
     overall = build_report(config, [realtime], {})["overall"]
-    assert overall["jerk"] == pytest.approx(0.25 / 23)
+    assert overall["jerk"] == pytest.approx(0.25 / 24)
     assert overall["held_steps"] == 4 and overall["late_chunks"] == 0
 
 
