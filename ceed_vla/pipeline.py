@@ -4,7 +4,9 @@ A stage is a named command with a config. Its *key* hashes the config together w
 stages it depends on, so a changed config reruns that stage and everything downstream, and a rerun
 with nothing changed skips finished stages. A stage is finished when its marker file
 `<workdir>/<name>/.stage.json` holds its key; the marker is written atomically after the command
-succeeds, so an interrupted stage is simply run again.
+succeeds, so an interrupted stage is simply run again. Every attempt is logged in
+`<workdir>/<name>/.stage_attempts.json`, so a stage that needed several (a failure, a killed process)
+reports the time its unfinished attempts took beside the one that finished.
 """
 
 from __future__ import annotations
@@ -109,26 +111,74 @@ class Pipeline:
                     "skipped": True,
                     "seconds": 0.0,
                     "recorded_seconds": float(marker.get("seconds", 0.0)),
+                    "earlier_attempts": int(marker.get("earlier_attempts", 0)),
+                    "earlier_attempts_seconds": float(marker.get("earlier_attempts_seconds", 0.0)),
                 }
                 continue
             out = self.stage_dir(stage.name)
             out.mkdir(parents=True, exist_ok=True)
             self.log(f"[{i}/{total}] {stage.name}: running (key {key}) -> {out}")
+            earlier = _close_attempts(out, key)
+            attempts = [*earlier, {"key": key, "started": time.time(), "seconds": None}]
+            atomic_write_json(out / ATTEMPTS_FILE, attempts)
             t0 = time.perf_counter()
             try:
                 stage.run(out)
-            except Exception as exc:
+            except BaseException as exc:
+                attempts[-1].update(seconds=time.perf_counter() - t0, ended="failed")
+                atomic_write_json(out / ATTEMPTS_FILE, attempts)
+                if not isinstance(exc, Exception):
+                    raise
                 raise StageError(
                     f"stage {stage.name!r} failed: {exc}. Fix the cause and rerun the same command; "
                     "finished stages are skipped."
                 ) from exc
             seconds = time.perf_counter() - t0
-            atomic_write_json(out / ".stage.json", {"key": key, "config": stage.config, "seconds": seconds})
-            self.log(f"[{i}/{total}] {stage.name}: done in {seconds:.0f} s")
+            attempts[-1].update(seconds=seconds, ended="done")
+            atomic_write_json(out / ATTEMPTS_FILE, attempts)
+            earlier_s = sum(a["seconds"] for a in earlier)
+            atomic_write_json(
+                out / ".stage.json",
+                {
+                    "key": key,
+                    "config": stage.config,
+                    "seconds": seconds,
+                    "earlier_attempts": len(earlier),
+                    "earlier_attempts_seconds": earlier_s,
+                },
+            )
+            again = f" ({len(earlier)} earlier attempt(s) took {earlier_s:.0f} s)" if earlier else ""
+            self.log(f"[{i}/{total}] {stage.name}: done in {seconds:.0f} s{again}")
             summary[stage.name] = {
                 "key": key,
                 "skipped": False,
                 "seconds": seconds,
                 "recorded_seconds": seconds,
+                "earlier_attempts": len(earlier),
+                "earlier_attempts_seconds": earlier_s,
             }
         return summary
+
+
+ATTEMPTS_FILE = ".stage_attempts.json"
+
+
+def _close_attempts(out: Path, key: str) -> list[dict]:
+    """The unfinished earlier attempts of this stage at this key, each with its seconds. An attempt
+    whose process was killed recorded no end: it lasted until the last file it wrote in `out`."""
+    try:
+        attempts = json.loads((out / ATTEMPTS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    closed = []
+    for a in attempts:
+        if a.get("key") != key or a.get("ended") == "done":
+            continue
+        if a.get("seconds") is None:
+            last = max(
+                (f.stat().st_mtime for f in out.rglob("*") if f.is_file() and f.name != ATTEMPTS_FILE),
+                default=a["started"],
+            )
+            a = {**a, "seconds": max(0.0, last - a["started"]), "ended": "killed"}
+        closed.append(a)
+    return closed

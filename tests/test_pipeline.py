@@ -60,3 +60,50 @@ def test_failed_stage_leaves_no_marker_and_reruns(tmp_path):
 def test_dependency_on_later_stage_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not earlier stages"):
         Pipeline(tmp_path, [Stage("a", lambda o: None, depends_on=["b"]), Stage("b", lambda o: None)])
+
+
+def test_a_stage_that_needed_several_attempts_reports_what_the_unfinished_ones_took(tmp_path):
+    import os
+    import time
+
+    from ceed_vla.demo.report import _earlier_attempts_words
+    from ceed_vla.pipeline import ATTEMPTS_FILE
+
+    calls = []
+    with pytest.raises(StageError):
+        Pipeline(tmp_path, _stages(calls, fail_b=True)).run()
+    failed = json.loads((tmp_path / "b" / ATTEMPTS_FILE).read_text())
+    assert [a["ended"] for a in failed] == ["failed"] and failed[0]["seconds"] >= 0
+    # a second attempt killed outright (no end recorded), 100 s after it began, its last file written at 60 s
+    key = failed[0]["key"]
+    started = time.time() - 1000
+    killed = {"key": key, "started": started, "seconds": None}
+    (tmp_path / "b" / ATTEMPTS_FILE).write_text(json.dumps([*failed, killed]))
+    (tmp_path / "b" / "checkpoint.bin").write_text("x")
+    os.utime(tmp_path / "b" / "checkpoint.bin", (started + 60, started + 60))
+
+    summary = Pipeline(tmp_path, _stages(calls)).run()
+    b = summary["b"]
+    assert b["earlier_attempts"] == 2
+    assert b["earlier_attempts_seconds"] == pytest.approx(failed[0]["seconds"] + 60, abs=1.0)
+    marker = json.loads((tmp_path / "b" / ".stage.json").read_text())
+    assert (
+        marker["earlier_attempts"] == 2
+        and marker["earlier_attempts_seconds"] == b["earlier_attempts_seconds"]
+    )
+    assert summary["a"]["earlier_attempts"] == 0  # skipped, never redone
+    assert [a["ended"] for a in json.loads((tmp_path / "b" / ATTEMPTS_FILE).read_text())] == [
+        "failed",
+        "killed",
+        "done",
+    ]
+    # a rerun with nothing changed keeps what the stage's attempts took
+    again = Pipeline(tmp_path, _stages(calls)).run()
+    assert again["b"]["skipped"] and again["b"]["earlier_attempts_seconds"] == b["earlier_attempts_seconds"]
+    words = _earlier_attempts_words(again)
+    assert (
+        words.startswith(" Unfinished earlier attempts")
+        and "b 1.0 min in 2" in words
+        and "a 0.0" not in words
+    )
+    assert _earlier_attempts_words({"a": again["a"]}) == ""

@@ -144,6 +144,22 @@ def _recorded_seconds(stage: dict) -> float:
     return stage.get("recorded_seconds", stage["seconds"])
 
 
+def _earlier_attempts_words(stages: dict) -> str:
+    """The stages that finished only at a later attempt, and what the unfinished ones took."""
+    redone = {n: s for n, s in stages.items() if s.get("earlier_attempts")}
+    if not redone:
+        return ""
+    return (
+        " Unfinished earlier attempts (a failure or a stopped process; the stage resumed or reran), not in "
+        "the figures above: "
+        + ", ".join(
+            f"{n} {s['earlier_attempts_seconds'] / 60:.1f} min in {s['earlier_attempts']}"
+            for n, s in redone.items()
+        )
+        + "."
+    )
+
+
 def stage_minutes(report: dict) -> tuple[float, float]:
     """(minutes of stages run by this run, minutes of all stages as each recorded when it ran)."""
     stages = report["stages"].values()
@@ -419,7 +435,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"Stage time: {all_s:.1f} min for all stages, each as recorded when it ran; {this_run_s:.1f} min in "
         "this run (skipped stages count 0). Per stage, in minutes: "
         + ", ".join(f"{name} {_recorded_seconds(s) / 60:.1f}" for name, s in report["stages"].items())
-        + ".",
+        + "."
+        + _earlier_attempts_words(report["stages"]),
         "",
     ]
     lines += [
