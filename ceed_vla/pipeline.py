@@ -164,15 +164,18 @@ ATTEMPTS_FILE = ".stage_attempts.json"
 
 
 def _close_attempts(out: Path, key: str) -> list[dict]:
-    """The unfinished earlier attempts of this stage at this key, each with its seconds. An attempt
-    whose process was killed recorded no end: it lasted until the last file it wrote in `out`."""
+    """The unfinished attempts of this stage at this key since it last finished, each with its seconds.
+    An attempt whose process was killed recorded no end: it lasted until the last file it wrote in `out`."""
     try:
         attempts = json.loads((out / ATTEMPTS_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return []
-    closed = []
+    closed: list[dict] = []
     for a in attempts:
-        if a.get("key") != key or a.get("ended") == "done":
+        if a.get("ended") == "done":
+            closed = []  # those belonged to the run that finished (a forced rerun starts afresh)
+            continue
+        if a.get("key") != key:
             continue
         if a.get("seconds") is None:
             last = max(

@@ -705,9 +705,9 @@ def checkpoint_write_failure(output_dir: str | Path, name: str, error: BaseExcep
     except CheckpointError:
         resume_from = "the start (no complete checkpoint yet)"
     if free is not None and free < LOW_DISK_BYTES:
-        sizes = [f.stat().st_size for d in ckpt_dir.glob("step_*") for f in d.rglob("*") if f.is_file()]
-        steps = max(1, len(list(ckpt_dir.glob("step_*"))))
-        need = f"; a checkpoint here takes about {sum(sizes) / steps / 2**20:.0f} MiB" if sizes else ""
+        done = list(ckpt_dir.glob("step_*"))
+        size = sum(f.stat().st_size for d in done for f in d.rglob("*") if f.is_file())
+        need = f"; a checkpoint here takes about {size / len(done) / 2**20:.0f} MiB" if size else ""
         cause = f"the disk is full: {free / 2**20:.0f} MiB free under {ckpt_dir}{need}"
     else:
         cause = f"{type(error).__name__}: {error}"

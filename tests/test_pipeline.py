@@ -107,3 +107,6 @@ def test_a_stage_that_needed_several_attempts_reports_what_the_unfinished_ones_t
         and "a 0.0" not in words
     )
     assert _earlier_attempts_words({"a": again["a"]}) == ""
+    # a forced rerun that finishes at once owes nothing to the attempts of the run before it
+    forced = Pipeline(tmp_path, _stages(calls)).run(force=["b"])
+    assert forced["b"]["earlier_attempts"] == 0 and forced["b"]["earlier_attempts_seconds"] == 0
