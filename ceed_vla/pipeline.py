@@ -25,6 +25,9 @@ from typing import Any
 
 from ceed_vla.atomic import atomic_write_json
 
+MARKER_FILE = ".stage.json"  # a stage is finished when this holds its key
+ATTEMPTS_FILE = ".stage_attempts.json"  # every attempt at the stage, finished or not
+
 
 class JobError(RuntimeError):
     """A `ceed` job run as its own process exited with an error."""
@@ -90,7 +93,7 @@ class Pipeline:
     def marker(self, name: str) -> dict:
         """What the stage recorded when it finished ({} when it has not)."""
         try:
-            return json.loads((self.stage_dir(name) / ".stage.json").read_text())
+            return json.loads((self.stage_dir(name) / MARKER_FILE).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
@@ -138,7 +141,7 @@ class Pipeline:
             atomic_write_json(out / ATTEMPTS_FILE, attempts)
             earlier_s = sum(a["seconds"] for a in earlier)
             atomic_write_json(
-                out / ".stage.json",
+                out / MARKER_FILE,
                 {
                     "key": key,
                     "config": stage.config,
@@ -158,9 +161,6 @@ class Pipeline:
                 "earlier_attempts_seconds": earlier_s,
             }
         return summary
-
-
-ATTEMPTS_FILE = ".stage_attempts.json"
 
 
 def _close_attempts(out: Path, key: str) -> list[dict]:

@@ -1,8 +1,11 @@
 import json
+import os
+import time
 
 import pytest
 
-from ceed_vla.pipeline import Pipeline, Stage, StageError
+from ceed_vla.demo.report import _earlier_attempts_words
+from ceed_vla.pipeline import ATTEMPTS_FILE, Pipeline, Stage, StageError
 
 
 def _recorder(calls, name, fail=False):
@@ -63,12 +66,6 @@ def test_dependency_on_later_stage_is_refused(tmp_path):
 
 
 def test_a_stage_that_needed_several_attempts_reports_what_the_unfinished_ones_took(tmp_path):
-    import os
-    import time
-
-    from ceed_vla.demo.report import _earlier_attempts_words
-    from ceed_vla.pipeline import ATTEMPTS_FILE
-
     calls = []
     with pytest.raises(StageError):
         Pipeline(tmp_path, _stages(calls, fail_b=True)).run()

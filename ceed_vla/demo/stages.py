@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ceed_vla.pipeline import Stage, run_job
+from ceed_vla.pipeline import MARKER_FILE, Stage, run_job
 
 from .profiles import DemoProfile
 
@@ -81,9 +81,9 @@ class StageCommand:
 
 def _fresh_or_resume(out: Path, content: Path) -> list[str]:
     """A stage that ran before under another config starts over; an interrupted one resumes."""
-    if (out / ".stage.json").exists():
+    if (out / MARKER_FILE).exists():
         shutil.rmtree(content, ignore_errors=True)
-        (out / ".stage.json").unlink()
+        (out / MARKER_FILE).unlink()
         return []
     return ["--resume"] if content.exists() and any(content.iterdir()) else []
 
