@@ -464,9 +464,15 @@ class ChunkScheduler:
             return request
 
     def _plan_ahead(self, tick: int) -> tuple[int, np.ndarray]:
-        """Commit the queue's next d steps; returns (the chunk's start tick, those steps [d, D])."""
+        """Commit the queue's next d steps; returns (the chunk's start tick, those steps [d, D]).
+
+        d is at least the steps an earlier request already committed: when the latency estimate falls
+        below the one that planned the previous chunk, a chunk planned for an earlier tick would start
+        inside steps no merge may change, and before the previous chunk it warm-starts from."""
         queued = self.queue.remaining(tick)  # [T, D]
-        d = min(self.prefix_ticks(), queued.shape[0])
+        committed_until = self.queue.committed_until
+        already = 0 if committed_until is None else committed_until - tick
+        d = min(max(self.prefix_ticks(), already), queued.shape[0])
         if d > 0:
             self.queue.commit(tick + d)
             self.planned_ahead_chunks += 1

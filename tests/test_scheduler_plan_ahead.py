@@ -71,6 +71,25 @@ def test_the_warm_start_shift_counts_from_chunk_start_to_chunk_start():
     assert request.chunk_tick == 6 and request.shift == 6
 
 
+def test_a_falling_latency_estimate_plans_after_the_steps_already_committed():
+    s = _scheduler(latency_window=1)
+    s.deliver(s.request(0), _chunk(1.0), now_tick=0, latency_s=5 * PERIOD)  # d = 5
+    first = s.request(0)
+    assert first.chunk_tick == 5  # ticks 0-4 committed
+    s.pop(0)
+    s.deliver(first, _chunk(2.0), now_tick=1, latency_s=PERIOD)  # early; the estimate falls to 1 tick
+    s.pop(1)
+    queued = s.remaining(2).copy()
+    request = s.request(2)  # d = 1 would start at 3, inside the committed ticks 2-4
+    assert request.chunk_tick == 5 and request.shift == 0
+    np.testing.assert_array_equal(request.committed_actions, queued[:3])
+    for t in range(2, 4):
+        s.pop(t)
+    s.deliver(request, _chunk(3.0), now_tick=4, latency_s=2 * PERIOD)
+    np.testing.assert_allclose(s.remaining(4)[0], queued[2])  # the committed tick 4 kept
+    np.testing.assert_allclose(s.remaining(4)[1:], _chunk(3.0))
+
+
 def test_plan_ahead_and_the_forced_prefix_are_exclusive():
     with pytest.raises(ValueError, match="choose one"):
         SchedulerConfig(action_dim=D, period_s=PERIOD, plan_ahead=True, forced_prefix=True)
