@@ -464,20 +464,23 @@ class ChunkScheduler:
             return request
 
     def _plan_ahead(self, tick: int) -> tuple[int, np.ndarray]:
-        """Commit the queue's next d steps; returns (the chunk's start tick, those steps [d, D]).
-
-        d is at least the steps an earlier request already committed: when the latency estimate falls
-        below the one that planned the previous chunk, a chunk planned for an earlier tick would start
-        inside steps no merge may change, and before the previous chunk it warm-starts from."""
+        """Commit the queue's next d steps; returns (the chunk's start tick, those steps [d, D])."""
         queued = self.queue.remaining(tick)  # [T, D]
-        committed_until = self.queue.committed_until
-        already = 0 if committed_until is None else committed_until - tick
-        d = min(max(self.prefix_ticks(), already), queued.shape[0])
+        d = min(self._committed_ticks(tick), queued.shape[0])
         if d > 0:
             self.queue.commit(tick + d)
             self.planned_ahead_chunks += 1
             self.planned_ahead_steps += d
         return tick + d, queued[:d].copy()
+
+    def _committed_ticks(self, tick: int) -> int:
+        """The d a request at `tick` commits, before the queue caps it: the latency estimate's, and at
+        least the steps an earlier request already committed. When the estimate falls below the one
+        that planned the previous chunk, a smaller d would put the chunk's first steps inside steps no
+        merge may change (and, planned ahead, before the previous chunk its warm start shifts)."""
+        committed_until = self.queue.committed_until
+        already = 0 if committed_until is None else committed_until - tick
+        return max(self.prefix_ticks(), already)
 
     def _executed_steps(self, request: ChunkRequest) -> int:
         """The steps of the chunk asked for by `request` that will run before the next chunk takes over
@@ -491,7 +494,7 @@ class ChunkScheduler:
         queued = self.queue.remaining_bins(request.obs_tick)  # [T, D]
         unknown = (queued == UNKNOWN_BIN).any(axis=1)  # [T]
         known = int(unknown.argmax()) if unknown.any() else queued.shape[0]  # leading steps with bins
-        d = min(self.prefix_ticks(), known)
+        d = min(self._committed_ticks(request.obs_tick), known)
         if self._previous_bins is not None:  # leave at least one step to decode
             d = min(d, self._previous_bins.shape[1] // self.config.action_dim - 1)
         if d <= 0:

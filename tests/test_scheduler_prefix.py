@@ -361,3 +361,18 @@ def test_the_vla_decodes_after_the_committed_steps_exactly_as_ar_given_them(make
 def test_bad_prefix_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         SchedulerConfig(action_dim=D, period_s=PERIOD, **kw)
+
+
+def test_a_falling_latency_estimate_forces_every_step_already_committed():
+    s, policy = _scheduler(latency_window=1), TokenPolicy()
+    request = s.request(0)
+    actions, bins = policy(request)
+    s.deliver(request, actions, now_tick=0, latency_s=5 * PERIOD, bins=bins)  # d = 5 from now on
+    request = s.request(0)
+    assert request.forced_steps == 5  # ticks 0-4 committed
+    s.pop(0)
+    actions, bins = policy(request)
+    s.deliver(request, actions, now_tick=1, latency_s=PERIOD, bins=bins)  # early; the estimate falls to 1
+    s.pop(1)
+    request = s.request(2)  # d = 1 would leave the committed ticks 3 and 4 outside the prefix
+    assert request.forced_steps == 3
