@@ -12,9 +12,18 @@ run resumed with the same arguments appends exactly what the uninterrupted run w
 larger --trajectories later extends the same plan.
 
 Initial guesses: a share `warm_start` of samples starts from the previous chunk's unexecuted tail,
-as decoding does at run time (`guess_from_previous_chunk`), taken from the ground-truth chunk of
-frame t - e with e in [1, K) executed steps drawn per sample (a stand-in for the policy's own
-previous chunk, which is close to it); the rest start from the decoder's constant guess.
+as decoding does at run time (`guess_from_previous_chunk`), the chunk of frame t - e with e in [1, K)
+executed steps drawn per sample; the rest start from the decoder's constant guess. The previous
+chunk (`--warm-start-source`) is the ground truth's (a stand-in for the policy's own) or the
+teacher's own greedy chunk decoded at frame t - e. The ground truth's tail continues the demonstration
+exactly, so its first step is this frame's; a policy's previous chunk was planned from an older image
+and its first step is often not this chunk's, as at run time.
+
+Fused states (`--fused-states`): the recorded trajectory starts from the guess with the prefill's
+exact first free token in place, the state every later iteration sees. The fused prefill (one forward
+over [prompt, guess block]) decodes from the guess itself; with this flag a sample whose guess holds
+another first free token records that guess as its first state, so the student can train on the
+state the fused pass sees.
 
 Forced prefixes (`--prefix-prob`, as in `ceed train`): a share of samples is decoded with the chunk's
 first d steps given (`decode(..., forced_bins=)`), the ground-truth tokens moved by the prefix noise,
@@ -49,6 +58,8 @@ from ceed_vla.cli import config_from_args
 from .store import StoreError, TeacherMismatchError, TrajectoryBatch, TrajectoryStore, fingerprint
 
 SUMMARY_FILE = "summary_rank{rank:03d}.json"
+# Whose previous chunk a warm start shifts: the demonstration's, or the teacher's own greedy chunk.
+WARM_SOURCES = ("ground_truth", "teacher")
 
 
 @dataclass
@@ -66,6 +77,8 @@ class CollectConfig:
     prefix: PrefixConfig = field(default_factory=PrefixConfig)  # forced prefixes (off by default)
     # images older than the state, drawn per frame from `seed` (`ceed distill train` draws the same)
     obs_lag: ObservationLag = field(default_factory=ObservationLag)
+    warm_start_source: str = "ground_truth"  # whose previous chunk a warm start shifts (WARM_SOURCES)
+    fused_states: bool = False  # record the guess the fused prefill sees as the first state
 
     def __post_init__(self) -> None:
         if self.trajectories is not None and self.trajectories < 1:
@@ -76,6 +89,10 @@ class CollectConfig:
             raise ValueError(f"warm_start is a probability in [0, 1], got {self.warm_start}")
         if self.delta < 0:
             raise ValueError(f"delta must be >= 0 (a fraction of the q01..q99 range), got {self.delta}")
+        if self.warm_start_source not in WARM_SOURCES:
+            raise ValueError(
+                f"warm_start_source must be one of {WARM_SOURCES}, got {self.warm_start_source!r}"
+            )
 
 
 def teacher_fingerprint(policy) -> str:
@@ -134,6 +151,16 @@ class SamplePlan:
         return self.prefix.draw(rng, free_limit, action_dim)
 
 
+def with_guess_state(states: np.ndarray, forced: int, guess_first: int) -> np.ndarray:
+    """The trajectory [T, n] with the state the fused prefill decodes from put first: its first state
+    with the first free token (position `forced`) the guess's own. Unchanged where they agree."""
+    if int(states[0, forced]) == guess_first:
+        return states
+    guess = states[0].copy()
+    guess[forced] = guess_first
+    return np.concatenate([guess[None], states], axis=0)
+
+
 def trim_trajectory(states: np.ndarray, fixed_point: np.ndarray) -> np.ndarray:
     """Cut a sequence's recorded states [T, n] after the first one equal to its fixed point."""
     hits = np.flatnonzero((states == fixed_point[None]).all(axis=1))
@@ -159,6 +186,8 @@ class Collector:
         self.chunk_size = teacher.config.chunk_size
         self.action_dim = teacher.config.action_dim
         config.prefix.check_chunk(self.chunk_size)
+        # [warm starts, of which the guess's first free token was the teacher's] over run_batch calls
+        self.warm_first_token = [0, 0]
 
     def plan(self) -> SamplePlan:
         cfg = self.config
@@ -179,30 +208,49 @@ class Collector:
         counts = [self.forced(plan, s, self.frame_index(plan, s))[0] * self.action_dim for s in ids]
         return np.asarray(counts, dtype=np.int64)
 
-    def _warm_guess(self, index: int, steps: int) -> torch.Tensor | None:
-        """[n] bins: the tail of frame (index - steps)'s chunk, or None at an episode's start."""
+    def _warm_guesses(self, plan: SamplePlan, ids: np.ndarray, indices: list[int]):
+        """(guesses [B, n] bins, warm [B] bool): the tail of frame (index - e)'s chunk where the plan
+        gives a warm start inside the episode, else the constant guess."""
         from ceed_vla.decoding import guess_from_previous_chunk
 
-        prev = index - steps
-        if prev < int(self.frames.ep_start[index]):
-            return None
-        actions = self.dataset[prev]["action"][None]  # [1, K, D]
-        bins = self.teacher.actions_to_bins(actions)  # [1, n]
-        return guess_from_previous_chunk(bins, steps, self.action_dim)[0]
+        guesses = torch.full((len(ids), self.teacher.chunk_tokens), self.decode_config.constant_bin)
+        warm = np.zeros(len(ids), dtype=bool)
+        previous: dict[int, tuple[int, int]] = {}  # row -> (frame index - e, e)
+        for k, s in enumerate(ids):
+            use_warm, steps = plan.guess(s)
+            prev = indices[k] - steps
+            if use_warm and prev >= int(self.frames.ep_start[indices[k]]):
+                previous[k] = (prev, steps)
+        if not previous:
+            return guesses.long(), warm
+        frames = [prev for prev, _ in previous.values()]
+        if self.config.warm_start_source == "teacher":
+            chunks = self._teacher_chunks(frames)  # [W, n]
+        else:
+            chunks = [self.teacher.actions_to_bins(self.dataset[p]["action"][None])[0] for p in frames]
+        for (k, (_, steps)), chunk in zip(previous.items(), chunks, strict=True):
+            guesses[k] = guess_from_previous_chunk(chunk[None], steps, self.action_dim)[0]
+            warm[k] = True
+        return guesses.long(), warm
+
+    def _teacher_chunks(self, frames: list[int]) -> torch.Tensor:
+        """[W, n] the teacher's greedy (AR) chunk at each dataset frame, as it saw the frame."""
+        from ceed_vla.decoding import DecodeConfig, decode
+
+        batch = torch.utils.data.default_collate([self.dataset[i] for i in frames])
+        embeds, mask = self.teacher.prefix_embeddings(batch)
+        config = DecodeConfig(mode="ar", n_bins=self.teacher.n_bins, backend=self.decode_config.backend)
+        out = decode(
+            self.teacher.lm, embeds, mask, self.teacher.chunk_tokens, self.teacher.action_token_start, config
+        )
+        return out.bins.cpu()
 
     @torch.no_grad()
     def run_batch(self, plan: SamplePlan, ids: np.ndarray) -> TrajectoryBatch:
         indices = [self.frame_index(plan, s) for s in ids]
         items = [self.dataset[i] for i in indices]
         batch = torch.utils.data.default_collate(items)
-        n = self.teacher.chunk_tokens
-        guesses = torch.full((len(ids), n), self.decode_config.constant_bin, dtype=torch.long)  # [B, n]
-        warm = np.zeros(len(ids), dtype=bool)
-        for k, s in enumerate(ids):
-            use_warm, steps = plan.guess(s)
-            g = self._warm_guess(indices[k], steps) if use_warm else None
-            if g is not None:
-                guesses[k], warm[k] = g, True
+        guesses, warm = self._warm_guesses(plan, ids, indices)  # [B, n], [B]
         gt_actions = batch["action"].float()  # [B, K, D]
         gt_bins = self.teacher.actions_to_bins(gt_actions)  # [B, n]
         forced = np.zeros(len(ids), dtype=np.int64)  # [B] forced tokens
@@ -215,6 +263,16 @@ class Collector:
         embeds, mask = self.teacher.prefix_embeddings(batch)  # [B, P, H], [B, P]
         fixed, states, iterations = self._decode(embeds, mask, guesses, forced_bins, forced)
         trajectories = [trim_trajectory(states[k], fixed[k].numpy()) for k in range(len(ids))]
+        # the first free token as the guess held it, before the prefill's exact token replaced it
+        guess_first = guesses[torch.arange(len(ids)), torch.from_numpy(forced)].numpy()  # [B]
+        right = guess_first == fixed.numpy()[np.arange(len(ids)), forced]  # [B]
+        self.warm_first_token[0] += int(warm.sum())
+        self.warm_first_token[1] += int((right & warm).sum())
+        if self.config.fused_states:
+            trajectories = [
+                with_guess_state(t, int(f), int(g))
+                for t, f, g in zip(trajectories, forced, guess_first, strict=True)
+            ]
         pad = batch.get("action_is_pad")
         pad = torch.zeros(gt_actions.shape[:2], dtype=torch.bool) if pad is None else pad.bool()
         given = torch.arange(self.chunk_size)[None, :] * self.action_dim < torch.from_numpy(forced)[:, None]
@@ -304,6 +362,14 @@ def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int)
             f"{store.path} was collected with observation lag {asdict(stored)}, not {asdict(cfg.obs_lag)}; "
             "resume with the original --obs-lag-* flags or use a new --output"
         )
+    was = store.attrs.get("meta", {}).get("collect", {})
+    for key in ("warm_start_source", "fused_states"):
+        before = was.get(key, CollectConfig.__dataclass_fields__[key].default)
+        if len(done) and before != getattr(cfg, key):
+            raise StoreError(
+                f"{store.path} was collected with {key}={before!r}, not {getattr(cfg, key)!r}; resume "
+                f"with the original --{key.replace('_', '-')} or use a new --output"
+            )
     todo = planned[len(done) :]
     t0 = time.perf_counter()
     with tqdm(
@@ -315,10 +381,13 @@ def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int)
             bar.update(len(ids))
     seconds = time.perf_counter() - t0
     summary = summarize(shard.read(), cfg.delta)
+    warm_now, right_now = collector.warm_first_token
     summary.update(
         rank=rank,
         world_size=world,
         collected_now=int(len(todo)),
+        # of the warm starts collected now: the guess's first free token was the teacher's own
+        warm_first_token_right_share=right_now / warm_now if warm_now else None,
         seconds=seconds,
         trajectories_per_s=len(todo) / seconds if seconds > 0 and len(todo) else None,
     )
@@ -367,6 +436,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="L1 threshold (fraction of the q01..q99 range) for the summary",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--warm-start-source",
+        choices=WARM_SOURCES,
+        default="ground_truth",
+        help="whose previous chunk a warm start shifts: the demonstration's, or the teacher's own greedy "
+        "chunk at that frame (planned from an older image, as the policy's is at run time)",
+    )
+    parser.add_argument(
+        "--fused-states",
+        action="store_true",
+        help="record the guess the fused prefill decodes from (its own first free token) as the first state",
+    )
     add_prefix_arguments(parser.add_argument_group("forced prefixes (real-time chunking)"))
     add_obs_lag_arguments(parser.add_argument_group("observation lag (planning ahead)"))
     parser.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
@@ -420,6 +501,8 @@ def main(args: argparse.Namespace) -> int:
         "warm_start",
         "delta",
         "seed",
+        "warm_start_source",
+        "fused_states",
         prefix=prefix_config_from_args(args),
         obs_lag=obs_lag_from_args(args),
     )

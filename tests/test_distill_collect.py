@@ -102,6 +102,108 @@ def test_store_of_another_teacher_is_refused(setup, tmp_path):
         C.open_store_for_rank(tmp_path / "s", C.teacher_fingerprint(other), 8, 64, 0, 1, {})
 
 
+def _run_with_meta(setup, path, **cfg):
+    """`_run`, with the store recording its collection config as `ceed distill collect` does."""
+    from dataclasses import asdict
+
+    teacher, frames, dataset = setup
+    config = C.CollectConfig(output=str(path), batch_size=4, trajectories=40, warm_start=0.5, **cfg)
+    store = C.open_store_for_rank(
+        path,
+        C.teacher_fingerprint(teacher),
+        teacher.chunk_tokens,
+        teacher.n_bins,
+        0,
+        1,
+        {"collect": asdict(config)},
+    )
+    collector = C.Collector(teacher, dataset, frames, config)
+    return C.collect(collector, store, 0, 1), store, collector
+
+
+def test_warm_starts_from_the_teachers_own_previous_chunk(setup, tmp_path):
+    from ceed_vla.decoding import DecodeConfig, guess_from_previous_chunk
+
+    teacher, frames, dataset = setup
+    cfg = C.CollectConfig(output="unused", warm_start=1.0, warm_start_source="teacher")
+    collector = C.Collector(teacher, dataset, frames, cfg)
+    plan = collector.plan()
+    ids = np.arange(12)
+    indices = [collector.frame_index(plan, s) for s in ids]
+    guesses, warm = collector._warm_guesses(plan, ids, indices)
+    assert warm.any()
+    for k in np.flatnonzero(warm):
+        _, steps = plan.guess(int(ids[k]))
+        prev = dataset[indices[k] - steps]
+        chunk = teacher.actions_to_bins(
+            teacher.predict_action_chunk(
+                torch.utils.data.default_collate([prev]), decoding=DecodeConfig(mode="ar", n_bins=64)
+            )
+        )
+        np.testing.assert_array_equal(
+            guesses[k].numpy(), guess_from_previous_chunk(chunk, steps, teacher.config.action_dim)[0].numpy()
+        )
+        assert not np.array_equal(chunk[0].numpy(), teacher.actions_to_bins(prev["action"][None])[0].numpy())
+    # the same plan from the demonstration: the same rows are warm, the guesses differ
+    gt = C.Collector(teacher, dataset, frames, C.CollectConfig(output="unused", warm_start=1.0))
+    gt_guesses, gt_warm = gt._warm_guesses(plan, ids, indices)
+    np.testing.assert_array_equal(gt_warm, warm)
+    assert not torch.equal(gt_guesses[warm], guesses[warm])
+
+
+def test_fused_states_start_from_the_guess_the_fused_pass_sees(setup, tmp_path):
+    summary, store, _ = _run_with_meta(setup, tmp_path / "f", warm_start_source="teacher", fused_states=True)
+    _, plain, _ = _run_with_meta(setup, tmp_path / "p", warm_start_source="teacher")
+    a, b = store.read(), plain.read()
+    np.testing.assert_array_equal(a.fixed_point, b.fixed_point)  # the same samples, the same teacher
+    added = 0
+    for i in range(len(a)):
+        fused, states = a.trajectory(i), b.trajectory(i)
+        if len(fused) == len(states):  # the guess held the exact first token: nothing to add
+            np.testing.assert_array_equal(fused, states)
+            continue
+        added += 1
+        np.testing.assert_array_equal(fused[1:], states)
+        differs = np.flatnonzero(fused[0] != states[0])
+        assert differs.tolist() == [int(a.forced_tokens[i])]  # only the first free token
+    # the constant guess's first token is rarely the teacher's, so some samples gain a state
+    assert added > 0
+    assert 0.0 <= summary["warm_first_token_right_share"] <= 1.0
+
+
+def test_with_guess_state_puts_the_guess_first_only_where_it_differs():
+    states = np.array([[5, 1, 2, 3], [5, 1, 2, 4], [5, 1, 7, 4]])
+    np.testing.assert_array_equal(C.with_guess_state(states, 1, 1), states)
+    out = C.with_guess_state(states, 1, 9)
+    np.testing.assert_array_equal(out[0], [5, 9, 2, 3])
+    np.testing.assert_array_equal(out[1:], states)
+
+
+@pytest.mark.parametrize("key", ["warm_start_source", "fused_states"])
+def test_resuming_with_another_guess_recipe_is_refused(setup, tmp_path, monkeypatch, key):
+    calls = {"n": 0}
+    original = C.Collector.run_batch
+
+    def crash_on_second(self, plan, ids):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, plan, ids)
+
+    monkeypatch.setattr(C.Collector, "run_batch", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        _run_with_meta(setup, tmp_path / "s")
+    monkeypatch.setattr(C.Collector, "run_batch", original)
+    other = {"warm_start_source": "teacher"} if key == "warm_start_source" else {"fused_states": True}
+    with pytest.raises(StoreError, match=f"was collected with {key}="):
+        _run_with_meta(setup, tmp_path / "s", **other)
+
+
+def test_an_unknown_warm_start_source_is_refused():
+    with pytest.raises(ValueError, match="warm_start_source must be one of"):
+        C.CollectConfig(output="x", warm_start_source="policy")
+
+
 def test_chunk_l1_ignores_padded_steps():
     teacher = torch.zeros(1, 2, 2)
     gt = torch.tensor([[[0.2, 0.4], [9.0, 9.0]]])
