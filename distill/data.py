@@ -40,6 +40,9 @@ class StateSampling:
         bins. The recorded initial state holds the prefill's exact first token; the fused prefill
         (one forward over [prompt, guess block]) decodes from the guess itself, whose first token is
         the previous chunk's or the constant one. These states train the student for that pass.
+    guess_state: where a trajectory starts with the recorded guess the fused prefill sees (`ceed
+        distill collect --fused-states`), the probability that an initial draw takes it rather than
+        the state after the prefill, which every later iteration (and so two-pass decoding) sees.
     """
 
     consistency: str = "global"
@@ -48,6 +51,7 @@ class StateSampling:
     n_bins: int = 256
     initial: float = 0.0
     first_token: float = 0.0
+    guess_state: float = 1.0
 
     def __post_init__(self) -> None:
         if self.consistency not in CONSISTENCY_MODES:
@@ -60,6 +64,8 @@ class StateSampling:
             raise ValueError(f"initial is a probability in [0, 1], got {self.initial}")
         if not 0.0 <= self.first_token <= 1.0:
             raise ValueError(f"first_token is a probability in [0, 1], got {self.first_token}")
+        if not 0.0 <= self.guess_state <= 1.0:
+            raise ValueError(f"guess_state is a probability in [0, 1], got {self.guess_state}")
 
 
 def sample_state(
@@ -75,6 +81,8 @@ def sample_state(
         return fixed.copy(), fixed.copy()
     if cfg.initial > 0 and rng.random() < cfg.initial:
         j = 0  # the initial guess
+        if starts_with_guess(states, forced) and cfg.guess_state < 1 and rng.random() >= cfg.guess_state:
+            j = 1  # the state after the prefill
     else:
         j = int(rng.integers(0, len(states) - 1))  # an intermediate state, never the fixed point
     target = states[j + 1] if cfg.consistency == "local" else fixed
@@ -83,6 +91,13 @@ def sample_state(
         shift = int(rng.integers(1, cfg.noise_bins + 1)) * int(rng.choice([-1, 1]))
         state[forced] = _bounced(np.int64(state[forced]), shift, cfg.n_bins)  # the guess's, not the prefill's
     return state, target.copy()
+
+
+def starts_with_guess(states: np.ndarray, forced: int = 0) -> bool:
+    """Whether the trajectory [T, n] starts with a recorded guess (`--fused-states`): the prefill
+    makes the first free token final, so only a guess state before it holds another one."""
+    n = states.shape[1]
+    return len(states) > 1 and forced < n and int(states[0, forced]) != int(states[1, forced])
 
 
 def noised_fixed_point(

@@ -84,6 +84,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "the fused prefill decodes from, whose first token is the guess's rather than the prefill's",
     )
 
+    loss.add_argument(
+        "--guess-state-share",
+        type=float,
+        default=1.0,
+        help="where a trajectory starts with the guess the fused prefill sees (collected with "
+        "--fused-states), the share of initial draws that take it rather than the state after the prefill",
+    )
+
     train = parser.add_argument_group("training")
     add_training_arguments(train, steps=2000, lr=1e-4, val_every=250, val_batches=8)
 
@@ -135,6 +143,7 @@ def build_datasets(args, student, store: TrajectoryStore):
         n_bins=student.n_bins,
         initial=args.initial_state_share,
         first_token=args.first_guess_noise,
+        guess_state=args.guess_state_share,
     )
     train_set = DistillDataset(frame_set, traj, train_rows, sampling, seed=args.seed)
     val_set = (
@@ -182,6 +191,7 @@ def main(args: argparse.Namespace) -> int:
         "noise": args.noise,
         "noise_bins": args.noise_bins,
         "initial_state_share": args.initial_state_share,
+        "guess_state_share": args.guess_state_share,
         "teacher_label_share": float((traj.l1 <= args.delta).mean()),
         "forced_prefix_share": float((traj.forced_tokens > 0).mean()),
     }

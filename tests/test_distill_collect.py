@@ -239,6 +239,36 @@ def test_initial_state_share_draws_the_initial_guess_that_often():
         StateSampling(initial=2.0)
 
 
+def test_guess_state_share_splits_initial_draws_between_the_guess_and_the_state_after_the_prefill():
+    from ceed_vla.distill.data import starts_with_guess
+
+    # a recorded guess (first free token 7, position 1 after a forced token), then the prefill's 1
+    states = np.array([[5, 7, 0, 0], [5, 1, 0, 0], [5, 1, 2, 0], [5, 1, 2, 3]])
+    assert starts_with_guess(states, forced=1) and not starts_with_guess(states[1:], forced=1)
+
+    def initial_draws(share):
+        rng = np.random.default_rng(0)
+        cfg = StateSampling(initial=1.0, guess_state=share)
+        return [tuple(sample_state(states, rng, cfg, forced=1)[0]) for _ in range(2000)]
+
+    assert set(initial_draws(1.0)) == {tuple(states[0])}
+    assert set(initial_draws(0.0)) == {tuple(states[1])}
+    half = initial_draws(0.5)
+    assert abs(half.count(tuple(states[0])) / len(half) - 0.5) < 0.04
+    # a trajectory without a recorded guess draws exactly as before, whatever the share
+    plain = states[1:]
+    a = [
+        tuple(sample_state(plain, np.random.default_rng(s), StateSampling(initial=0.5))[0]) for s in range(50)
+    ]
+    b = [
+        tuple(sample_state(plain, np.random.default_rng(s), StateSampling(initial=0.5, guess_state=0.0))[0])
+        for s in range(50)
+    ]
+    assert a == b
+    with pytest.raises(ValueError, match="guess_state"):
+        StateSampling(guess_state=1.5)
+
+
 def test_first_guess_noise_moves_only_the_first_free_token_of_initial_states():
     states = np.array([[5, 0, 0, 0], [5, 1, 0, 0], [5, 1, 2, 0], [5, 1, 2, 3]])
     cfg = StateSampling(initial=1.0, first_token=1.0, noise_bins=2, n_bins=8)

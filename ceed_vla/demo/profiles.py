@@ -310,8 +310,11 @@ DISTILL_RECIPE = ("--w-ar", "0.1", *_DISTILL_COMMON)
 # "Why the recipes"; the quick student lost with it).
 OBS_LAG = ("--obs-lag-prob", "0.5", "--obs-lag-max-steps", "4")
 # The quick profile's short distillation with the CE on the labels weighted 1: the student's greedy
-# policy stays nearer the teacher's (docs/demo.md, "Why the recipes").
-QUICK_DISTILL_RECIPE = ("--w-ar", "1.0", *_DISTILL_COMMON)
+# policy stays nearer the teacher's (docs/demo.md, "Why the recipes"). Half its initial states are
+# the guess the one-forward (fused) pass decodes from, the teacher's own previous chunk collected
+# with its own first token (FUSED_STATES).
+QUICK_DISTILL_RECIPE = ("--w-ar", "1.0", *_DISTILL_COMMON, "--guess-state-share", "0.5")
+FUSED_STATES = ("--warm-start-source", "teacher", "--fused-states")
 
 # Why each value: docs/demo.md, "Why the profiles".
 QUICK = DemoProfile(
@@ -333,6 +336,7 @@ QUICK = DemoProfile(
     tau=None,
     sweep_sigmas=(),
     extra_train_args=TEACHER_RECIPE,
+    extra_collect_args=FUSED_STATES,
     extra_distill_args=QUICK_DISTILL_RECIPE,
     # the student's delay curve at two delays, planned ahead; teacher AR's not at all
     student_delays=(2, 4),
