@@ -58,22 +58,27 @@ def test_collected_trajectories_are_exact_jacobi(setup, tmp_path):
         assert len(states) <= traj.iterations[i] + 1
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(setup, tmp_path, monkeypatch):
-    _, full = _run(setup, tmp_path / "full")
+def _interrupted(monkeypatch, run, batches: int) -> None:
+    """`run()` killed by a KeyboardInterrupt as its batch `batches + 1` starts."""
     calls = {"n": 0}
     original = C.Collector.run_batch
 
-    def crash_on_third(self, plan, ids):
+    def crash(self, plan, ids):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] > batches:
             raise KeyboardInterrupt
         return original(self, plan, ids)
 
-    monkeypatch.setattr(C.Collector, "run_batch", crash_on_third)
+    monkeypatch.setattr(C.Collector, "run_batch", crash)
     with pytest.raises(KeyboardInterrupt):
-        _run(setup, tmp_path / "cut")
-    assert len(TrajectoryStore.open(tmp_path / "cut").read()) == 8
+        run()
     monkeypatch.setattr(C.Collector, "run_batch", original)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(setup, tmp_path, monkeypatch):
+    _, full = _run(setup, tmp_path / "full")
+    _interrupted(monkeypatch, lambda: _run(setup, tmp_path / "cut"), batches=2)
+    assert len(TrajectoryStore.open(tmp_path / "cut").read()) == 8
     summary, resumed = _run(setup, tmp_path / "cut")
     assert summary["collected_now"] == 32
     a, b = full.read(), resumed.read()
@@ -181,19 +186,8 @@ def test_with_guess_state_puts_the_guess_first_only_where_it_differs():
 
 @pytest.mark.parametrize("key", ["warm_start_source", "fused_states"])
 def test_resuming_with_another_guess_recipe_is_refused(setup, tmp_path, monkeypatch, key):
-    calls = {"n": 0}
-    original = C.Collector.run_batch
-
-    def crash_on_second(self, plan, ids):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, plan, ids)
-
-    monkeypatch.setattr(C.Collector, "run_batch", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        _run_with_meta(setup, tmp_path / "s")
-    monkeypatch.setattr(C.Collector, "run_batch", original)
+    _interrupted(monkeypatch, lambda: _run_with_meta(setup, tmp_path / "s"), batches=1)
+    assert len(TrajectoryStore.open(tmp_path / "s").read()) == 4
     other = {"warm_start_source": "teacher"} if key == "warm_start_source" else {"fused_states": True}
     with pytest.raises(StoreError, match=f"was collected with {key}="):
         _run_with_meta(setup, tmp_path / "s", **other)
