@@ -213,7 +213,8 @@ class Collector:
         gives a warm start inside the episode, else the constant guess."""
         from ceed_vla.decoding import guess_from_previous_chunk
 
-        guesses = torch.full((len(ids), self.teacher.chunk_tokens), self.decode_config.constant_bin)
+        n = self.teacher.chunk_tokens
+        guesses = torch.full((len(ids), n), self.decode_config.constant_bin, dtype=torch.long)  # [B, n]
         warm = np.zeros(len(ids), dtype=bool)
         previous: dict[int, tuple[int, int]] = {}  # row -> (frame index - e, e)
         for k, s in enumerate(ids):
@@ -222,7 +223,7 @@ class Collector:
             if use_warm and prev >= int(self.frames.ep_start[indices[k]]):
                 previous[k] = (prev, steps)
         if not previous:
-            return guesses.long(), warm
+            return guesses, warm
         frames = [prev for prev, _ in previous.values()]
         if self.config.warm_start_source == "teacher":
             chunks = self._teacher_chunks(frames)  # [W, n]
@@ -231,7 +232,7 @@ class Collector:
         for (k, (_, steps)), chunk in zip(previous.items(), chunks, strict=True):
             guesses[k] = guess_from_previous_chunk(chunk[None], steps, self.action_dim)[0]
             warm[k] = True
-        return guesses.long(), warm
+        return guesses, warm
 
     def _teacher_chunks(self, frames: list[int]) -> torch.Tensor:
         """[W, n] the teacher's greedy (AR) chunk at each dataset frame, as it saw the frame."""
