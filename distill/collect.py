@@ -336,8 +336,16 @@ def range_fraction_l1(tokenizer, teacher: torch.Tensor, gt: torch.Tensor, is_pad
     return chunk_l1(tokenizer.normalize(teacher.float()) / 2.0, tokenizer.normalize(gt.float()) / 2.0, is_pad)
 
 
-def _lag_key(lag: ObservationLag) -> tuple[float, int] | None:
-    return (lag.prob, lag.max_steps) if lag.active else None
+def _guess_recipe(collect: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    """What a sample's frames and initial guess depend on besides the plan, from a collection config
+    as `asdict(CollectConfig)` writes it into the store's metadata (an older store lacks the later
+    keys: their defaults). -> {name: (value, the flags that set it)}; a resume must keep each."""
+    lag = ObservationLag(**collect.get("obs_lag", {}))
+    return {
+        "observation lag": (asdict(lag) if lag.active else "off", "--obs-lag-* flags"),
+        "warm_start_source": (collect.get("warm_start_source", "ground_truth"), "--warm-start-source"),
+        "fused_states": (collect.get("fused_states", False), "--fused-states"),
+    }
 
 
 def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int) -> dict[str, Any]:
@@ -357,19 +365,12 @@ def collect(collector: Collector, store: TrajectoryStore, rank: int, world: int)
             f"{store.path} rank {rank} holds samples that this plan does not produce (seed, dataset "
             f"or world size changed?); resume with the original arguments or use a new --output"
         )
-    stored = ObservationLag(**store.attrs.get("meta", {}).get("collect", {}).get("obs_lag", {}))
-    if len(done) and _lag_key(stored) != _lag_key(cfg.obs_lag):
-        raise StoreError(
-            f"{store.path} was collected with observation lag {asdict(stored)}, not {asdict(cfg.obs_lag)}; "
-            "resume with the original --obs-lag-* flags or use a new --output"
-        )
-    was = store.attrs.get("meta", {}).get("collect", {})
-    for key in ("warm_start_source", "fused_states"):
-        before = was.get(key, CollectConfig.__dataclass_fields__[key].default)
-        if len(done) and before != getattr(cfg, key):
+    was, now = _guess_recipe(store.attrs.get("meta", {}).get("collect", {})), _guess_recipe(asdict(cfg))
+    for name, (before, flags) in was.items():
+        if len(done) and before != now[name][0]:
             raise StoreError(
-                f"{store.path} was collected with {key}={before!r}, not {getattr(cfg, key)!r}; resume "
-                f"with the original --{key.replace('_', '-')} or use a new --output"
+                f"{store.path} was collected with {name}={before!r}, not {now[name][0]!r}; resume with "
+                f"the original {flags} or use a new --output"
             )
     todo = planned[len(done) :]
     t0 = time.perf_counter()
